@@ -1,0 +1,38 @@
+//! Flotilla's benchmarks. Each subcommand measures one layer and prints one JSON line,
+//! so runs can be compared and recorded in BENCHMARKS.md.
+//!
+//! - `sched`: the scheduling algorithm alone (`flotilla_sched::schedule`) on a synthetic
+//!   federation; only the call itself is timed.
+
+use clap::{Parser, Subcommand};
+
+mod sched;
+
+#[derive(Parser)]
+#[command(name = "flotilla-bench", about = "Benchmarks for Flotilla")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time one scheduling cycle over a synthetic federation and workload.
+    Sched(sched::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Sched(args) => sched::run(&args),
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`), in bytes; 0 where /proc is missing.
+pub fn peak_memory_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}

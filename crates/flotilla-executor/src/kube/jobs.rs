@@ -1,0 +1,195 @@
+//! Leases as `batch/v1` Jobs: names, labels and the Job spec.
+
+use std::collections::BTreeMap;
+
+use flotilla_api::v1::LeasedTask;
+use flotilla_model::{Resources, Taint, TaskId, GPU_RESOURCE};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::config::KubeBackendConfig;
+
+pub const LABEL_TASK_ID: &str = "flotilla.io/task-id";
+pub const LABEL_ATTEMPT: &str = "flotilla.io/attempt";
+pub const LABEL_QUEUE: &str = "flotilla.io/queue";
+pub const LABEL_TASK_SET: &str = "flotilla.io/task-set";
+pub const LABEL_GANG_ID: &str = "flotilla.io/gang-id";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "flotilla";
+/// Selects every Job and pod Flotilla created.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=flotilla";
+/// Selects every pod Flotilla did not create (their requests are a node's `reserved`).
+pub const UNMANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by!=flotilla";
+pub const CONTAINER_NAME: &str = "task";
+const CHECKPOINT_VOLUME: &str = "flotilla-checkpoint";
+
+/// `flotilla-<task id>-<attempt>`.
+pub fn job_name(task_id: TaskId, attempt: u32) -> String {
+    format!("flotilla-{task_id}-{attempt}")
+}
+
+/// The attempt a Job or pod belongs to, read from its labels.
+pub fn attempt_of(meta: &ObjectMeta) -> Option<(TaskId, u32)> {
+    let labels = meta.labels.as_ref()?;
+    let task_id = labels.get(LABEL_TASK_ID)?.parse().ok()?;
+    let attempt = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    Some((TaskId(task_id), attempt))
+}
+
+/// A string as a valid label value: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+pub fn label_value(s: &str) -> String {
+    let mapped: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).take(63).collect();
+    mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// The Job that runs `task`, pinned to the node whose `kubernetes.io/hostname` label is
+/// `hostname`.
+///
+/// `node_taints` are the taints of that node. The scheduler already checked the task's
+/// tolerations against them, but a lease does not carry tolerations, so the Job tolerates
+/// the node's own hard taints (not the `node.kubernetes.io/*` condition taints, which mean
+/// the node is unwell). GPU tasks also tolerate `nvidia.com/gpu`.
+pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], config: &KubeBackendConfig) -> Job {
+    let task_id = TaskId(task.task_id);
+    let labels = BTreeMap::from_iter(
+        [
+            (LABEL_TASK_ID, task.task_id.to_string()),
+            (LABEL_ATTEMPT, task.attempt.to_string()),
+            (LABEL_QUEUE, label_value(&task.queue)),
+            (LABEL_TASK_SET, label_value(&task.task_set)),
+            (LABEL_MANAGED_BY, MANAGED_BY.to_string()),
+        ]
+        .into_iter()
+        .chain((task.gang_size > 0).then(|| (LABEL_GANG_ID, task.gang_id.to_string())))
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let annotations = BTreeMap::from([
+        ("flotilla.io/task-name".to_string(), task.name.clone()),
+        ("flotilla.io/task-set".to_string(), task.task_set.clone()),
+        ("flotilla.io/priority-class".to_string(), task.priority_class.clone()),
+    ]);
+
+    let requests = task.requests.as_ref().map(Resources::from).unwrap_or_default();
+    let mut limits = task.limits.as_ref().map(Resources::from).unwrap_or_default();
+    // GPUs and other extended resources cannot be overcommitted: Kubernetes wants their
+    // limit equal to the request.
+    limits.gpu = requests.gpu;
+    limits.extended = requests.extended.clone();
+    let quantities = |r: &Resources| {
+        let q: BTreeMap<String, Quantity> = r.to_quantities().into_iter().map(|(k, v)| (k, Quantity(v))).collect();
+        (!q.is_empty()).then_some(q)
+    };
+
+    let mut env = vec![
+        env_var("FLOTILLA_TASK_ID", task.task_id.to_string()),
+        env_var("FLOTILLA_TASK_NAME", task.name.clone()),
+        env_var("FLOTILLA_TASK_INDEX", task.index.to_string()),
+        env_var("FLOTILLA_ATTEMPT", task.attempt.to_string()),
+        env_var("FLOTILLA_QUEUE", task.queue.clone()),
+        env_var("FLOTILLA_TASK_SET", task.task_set.clone()),
+    ];
+    if task.gang_size > 0 {
+        env.push(env_var("FLOTILLA_GANG_ID", task.gang_id.to_string()));
+        env.push(env_var("FLOTILLA_GANG_SIZE", task.gang_size.to_string()));
+        env.push(env_var("FLOTILLA_GANG_RANK", task.gang_rank.to_string()));
+    }
+    let (volumes, volume_mounts) = if task.checkpoint {
+        env.push(env_var("FLOTILLA_CHECKPOINT_DIR", config.checkpoint_mount_path.clone()));
+        checkpoint_volume(task, config)
+    } else {
+        (None, None)
+    };
+    let mut user_env: Vec<_> = task.env.iter().filter(|(k, _)| !k.starts_with("FLOTILLA_")).collect();
+    user_env.sort();
+    env.extend(user_env.into_iter().map(|(k, v)| env_var(k, v.clone())));
+
+    let mut tolerations: Vec<Toleration> = Vec::new();
+    if requests.gpu > 0 {
+        tolerations.push(Toleration { key: Some(GPU_RESOURCE.into()), operator: Some("Exists".into()), effect: Some("NoSchedule".into()), ..Default::default() });
+    }
+    for t in node_taints.iter().filter(|t| t.effect != "PreferNoSchedule" && !t.key.starts_with("node.kubernetes.io/")) {
+        let toleration = Toleration { key: Some(t.key.clone()), operator: Some("Exists".into()), effect: Some(t.effect.clone()), ..Default::default() };
+        if !tolerations.contains(&toleration) {
+            tolerations.push(toleration);
+        }
+    }
+
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(task.image.clone()),
+        command: (!task.command.is_empty()).then(|| task.command.clone()),
+        args: (!task.args.is_empty()).then(|| task.args.clone()),
+        env: Some(env),
+        resources: Some(ResourceRequirements { requests: quantities(&requests), limits: quantities(&limits), ..Default::default() }),
+        volume_mounts,
+        ..Default::default()
+    };
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        node_selector: Some(BTreeMap::from([(super::nodes::LABEL_HOSTNAME.to_string(), hostname.to_string())])),
+        termination_grace_period_seconds: Some(ceil_seconds(task.termination_grace_ms)),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        volumes,
+        service_account_name: config.service_account.clone(),
+        image_pull_secrets: (!config.image_pull_secrets.is_empty())
+            .then(|| config.image_pull_secrets.iter().map(|s| LocalObjectReference { name: s.clone() }).collect()),
+        ..Default::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(task_id, task.attempt)),
+            namespace: Some(namespace_for(&task.queue, config)),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // Retries belong to the scheduler, never to Kubernetes.
+            backoff_limit: Some(0),
+            completions: Some(1),
+            parallelism: Some(1),
+            active_deadline_seconds: (task.max_runtime_ms > 0).then(|| ceil_seconds(task.max_runtime_ms)),
+            template: PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(pod_spec) },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// `<prefix><queue>`.
+pub fn namespace_for(queue: &str, config: &KubeBackendConfig) -> String {
+    format!("{}{queue}", config.namespace_prefix)
+}
+
+/// The checkpoint directory: a sub-directory per task of a PVC in the queue's namespace
+/// when `checkpoint_claim` is set (it outlives attempts and nodes), else an emptyDir (it
+/// outlives container restarts only; a retry starts empty).
+fn checkpoint_volume(task: &LeasedTask, config: &KubeBackendConfig) -> (Option<Vec<Volume>>, Option<Vec<VolumeMount>>) {
+    let (volume, sub_path) = match &config.checkpoint_claim {
+        Some(claim) => (
+            Volume {
+                name: CHECKPOINT_VOLUME.into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.clone(), read_only: None }),
+                ..Default::default()
+            },
+            Some(format!("{}/{}", label_value(&task.task_set), task.task_id)),
+        ),
+        None => (Volume { name: CHECKPOINT_VOLUME.into(), empty_dir: Some(Default::default()), ..Default::default() }, None),
+    };
+    let mount = VolumeMount { name: CHECKPOINT_VOLUME.into(), mount_path: config.checkpoint_mount_path.clone(), sub_path, ..Default::default() };
+    (Some(vec![volume]), Some(vec![mount]))
+}
+
+fn env_var(name: &str, value: String) -> EnvVar {
+    EnvVar { name: name.to_string(), value: Some(value), value_from: None }
+}
+
+fn ceil_seconds(ms: u64) -> i64 {
+    i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,606 @@
+//! The simulated backend: nodes from a clusters file, pods that live on a clock.
+//!
+//! A [`SimCluster`] is a cheap, cloneable handle to one simulated cluster. Its state lives
+//! behind the handle, not in the executor loop, so a test can stop an executor and start a
+//! new one on the same cluster: the pods the old one started are still there, still running,
+//! and the new loop must reconcile them.
+//!
+//! Pods cost no task and no timer each. Every pod transition is a deadline in one binary
+//! heap; every call into the cluster first advances the clock and pops the deadlines that
+//! passed, in time order. Ten thousand pods cost ten thousand heap entries.
+//!
+//! A pod's life: `pending` for the cluster's `pending` time, then `running`, then after the
+//! task's simulated duration (`LeasedTask.sim_duration_ms`, else the cluster's
+//! `default_duration`) it ends:
+//! - OOM-killed half-way through when `sim_memory_peak_bytes` exceeds the memory limit (the
+//!   lease's limit, else its request);
+//! - else, with the cluster's injected fault probabilities, failed (exit 1), OOM-killed or
+//!   evicted at a random point of its run;
+//! - else failed with `sim_exit_code` when that is non-zero, else succeeded;
+//! - and in every case `DeadlineExceeded` if that would take longer than `max_runtime_ms`.
+//!
+//! The dice are thrown when the attempt starts, from one seeded generator per cluster, so a
+//! seed and an order of starts give the same outcomes every run.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use flotilla_api::v1::LeasedTask;
+use flotilla_model::{AttemptStatus, FailureKind, Node, TaskId};
+use futures::future::BoxFuture;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::backend::{unix_now_ms, Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend};
+use crate::config::{ClusterConfig, ClustersFile, ConfigError, Faults};
+
+/// Exit code of an OOM-killed container (SIGKILL).
+const OOM_EXIT_CODE: i32 = 137;
+
+/// How a simulated cluster is built, beyond its clusters-file entry.
+#[derive(Clone, Debug, Default)]
+pub struct SimOptions {
+    /// Overrides the file's `seed`. With neither, the seed comes from the system clock.
+    pub seed: Option<u64>,
+    /// Overrides the file's `speed`.
+    pub speed: Option<f64>,
+    /// Time moves only through [`SimCluster::advance`]: for tests that must not sleep.
+    pub manual_clock: bool,
+}
+
+/// A handle to one simulated cluster. Clones share the cluster.
+#[derive(Clone)]
+pub struct SimCluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    nodes: Vec<Node>,
+    node_names: HashSet<String>,
+    pending_ms: u64,
+    default_duration_ms: u64,
+    faults: Faults,
+    clock: Clock,
+    state: Mutex<State>,
+}
+
+/// Simulated time in milliseconds: `speed` × real time since creation (zero for a manual
+/// clock) plus whatever [`SimCluster::advance`] added.
+struct Clock {
+    origin: Instant,
+    origin_unix_ms: u64,
+    speed: f64,
+    offset_ms: AtomicU64,
+}
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        let real = (self.origin.elapsed().as_secs_f64() * 1000.0 * self.speed) as u64;
+        real.saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// The wall-clock time at which simulated time reaches `sim_ms`.
+    fn unix_ms_at(&self, sim_ms: u64) -> u64 {
+        let real_ms = if self.speed > 0.0 { sim_ms as f64 / self.speed } else { sim_ms as f64 };
+        self.origin_unix_ms.saturating_add(real_ms as u64)
+    }
+}
+
+struct State {
+    pods: HashMap<(TaskId, u32), Pod>,
+    /// Next transition of each pod, earliest first; entries of stopped pods are skipped.
+    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Pod of each timer serial.
+    timer_pods: HashMap<u64, (TaskId, u32)>,
+    events: VecDeque<AttemptEvent>,
+    rng: SmallRng,
+    next_serial: u64,
+}
+
+struct Pod {
+    serial: u64,
+    node: String,
+    status: AttemptStatus,
+    /// How long it runs once running, and how it ends.
+    run_ms: u64,
+    end: AttemptStatus,
+}
+
+impl SimCluster {
+    /// A simulated cluster from its clusters-file entry.
+    pub fn new(config: &ClusterConfig, options: SimOptions) -> Result<SimCluster, String> {
+        let nodes = config.nodes()?;
+        let speed = options.speed.unwrap_or(config.speed);
+        if !(speed.is_finite() && speed > 0.0) {
+            return Err(format!("cluster {:?}: speed {speed} must be a positive number", config.name));
+        }
+        let seed = options.seed.or(config.seed).unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            nanos ^ name_hash(&config.name)
+        });
+        Ok(SimCluster {
+            inner: Arc::new(Inner {
+                name: config.name.clone(),
+                node_names: nodes.iter().map(|n| n.name.clone()).collect(),
+                nodes,
+                pending_ms: config.pending.as_millis() as u64,
+                default_duration_ms: config.default_duration.as_millis() as u64,
+                faults: config.faults.clone(),
+                clock: Clock {
+                    origin: Instant::now(),
+                    origin_unix_ms: unix_now_ms(),
+                    speed: if options.manual_clock { 0.0 } else { speed },
+                    offset_ms: AtomicU64::new(0),
+                },
+                state: Mutex::new(State {
+                    pods: HashMap::new(),
+                    timers: BinaryHeap::new(),
+                    timer_pods: HashMap::new(),
+                    events: VecDeque::new(),
+                    rng: SmallRng::seed_from_u64(seed),
+                    next_serial: 0,
+                }),
+            }),
+        })
+    }
+
+    /// Cluster `name` of a clusters file.
+    pub fn from_file(file: &ClustersFile, name: &str, options: SimOptions) -> Result<SimCluster, ConfigError> {
+        let err = |message: String| ConfigError { path: file.path.clone(), message };
+        let config = file.cluster(name).ok_or_else(|| err(format!("no cluster named {name:?} (clusters: {})", file.cluster_names().join(", "))))?;
+        SimCluster::new(config, options).map_err(err)
+    }
+
+    /// Every cluster of a clusters file (dev mode, end-to-end tests, benchmarks). A seed in
+    /// `options` is mixed with each cluster's name so clusters do not throw the same dice.
+    pub fn federation(file: &ClustersFile, options: SimOptions) -> Result<Vec<SimCluster>, ConfigError> {
+        file.clusters
+            .iter()
+            .map(|c| {
+                let options = SimOptions { seed: options.seed.map(|s| s ^ name_hash(&c.name)), ..options.clone() };
+                SimCluster::new(c, options).map_err(|message| ConfigError { path: file.path.clone(), message })
+            })
+            .collect()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Moves simulated time forward by `by` (on top of the real clock, if any).
+    pub fn advance(&self, by: Duration) {
+        self.inner.clock.offset_ms.fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Simulated milliseconds since the cluster was created.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The simulated nodes.
+    pub fn sim_nodes(&self) -> &[Node] {
+        &self.inner.nodes
+    }
+
+    /// The attempts now in the cluster.
+    pub fn current_attempts(&self) -> Vec<Attempt> {
+        let state = self.advanced();
+        let mut out: Vec<Attempt> = state
+            .pods
+            .iter()
+            .map(|((task_id, attempt), pod)| Attempt {
+                task_id: *task_id,
+                attempt: *attempt,
+                node: pod.node.clone(),
+                phase: AttemptPhase::of(&pod.status),
+            })
+            .collect();
+        out.sort_by_key(|a| (a.task_id, a.attempt));
+        out
+    }
+
+    /// Starts an attempt (no-op when it exists). See the module docs for how it ends.
+    pub fn start_attempt(&self, task: &LeasedTask) {
+        let inner = &self.inner;
+        let mut state = self.advanced();
+        let key = (TaskId(task.task_id), task.attempt);
+        if state.pods.contains_key(&key) {
+            return;
+        }
+        let now = inner.clock.now_ms();
+        if !inner.node_names.contains(&task.node) {
+            tracing::warn!(cluster = %inner.name, task_id = task.task_id, attempt = task.attempt, node = %task.node, "lease names an unknown node");
+            let status = AttemptStatus::Failed {
+                kind: FailureKind::StartFailed,
+                exit_code: None,
+                message: format!("node {:?} is not in cluster {:?}", task.node, inner.name),
+            };
+            state.events.push_back(AttemptEvent {
+                task_id: key.0,
+                attempt: key.1,
+                node: task.node.clone(),
+                status,
+                time_ms: inner.clock.unix_ms_at(now),
+            });
+            return;
+        }
+        let (run_ms, end) = plan_run(task, inner.default_duration_ms, &inner.faults, &mut state.rng);
+        let serial = state.next_serial;
+        state.next_serial += 1;
+        state.pods.insert(key, Pod { serial, node: task.node.clone(), status: AttemptStatus::Pending, run_ms, end });
+        state.events.push_back(AttemptEvent {
+            task_id: key.0,
+            attempt: key.1,
+            node: task.node.clone(),
+            status: AttemptStatus::Pending,
+            time_ms: inner.clock.unix_ms_at(now),
+        });
+        state.timers.push(Reverse((now.saturating_add(inner.pending_ms), serial)));
+        state.timer_pods.insert(serial, key);
+    }
+
+    /// Removes an attempt (no-op when missing). Like deleting a Job: no event follows.
+    pub fn stop_attempt(&self, task_id: TaskId, attempt: u32) {
+        let mut state = self.advanced();
+        if let Some(pod) = state.pods.remove(&(task_id, attempt)) {
+            // Its heap entry, if any, is skipped when popped.
+            state.timer_pods.remove(&pod.serial);
+        }
+    }
+
+    /// Up to `max` events not yet acknowledged, oldest first.
+    pub fn peek_events(&self, max: usize) -> Vec<AttemptEvent> {
+        self.advanced().events.iter().take(max).cloned().collect()
+    }
+
+    /// Removes `events` from the front of the queue. Events that are not at the front
+    /// (acknowledged already, e.g. by an executor loop that was replaced) are ignored.
+    pub fn ack(&self, events: &[AttemptEvent]) {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        for e in events {
+            if state.events.front() == Some(e) {
+                state.events.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Takes up to `max` events, oldest first (peek and acknowledge at once).
+    pub fn take_events(&self, max: usize) -> Vec<AttemptEvent> {
+        let events = self.peek_events(max);
+        self.ack(&events);
+        events
+    }
+
+    /// Locks the state after applying every transition due by now.
+    fn advanced(&self) -> MutexGuard<'_, State> {
+        let inner = &self.inner;
+        let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = inner.clock.now_ms();
+        let state_ref = &mut *state;
+        while let Some(Reverse((at, serial))) = state_ref.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            state_ref.timers.pop();
+            let Some(key) = state_ref.timer_pods.remove(&serial) else { continue };
+            let Some(pod) = state_ref.pods.get_mut(&key) else { continue };
+            debug_assert_eq!(pod.serial, serial);
+            let next_status = match pod.status {
+                AttemptStatus::Pending => {
+                    state_ref.timers.push(Reverse((at.saturating_add(pod.run_ms), serial)));
+                    state_ref.timer_pods.insert(serial, key);
+                    AttemptStatus::Running
+                }
+                AttemptStatus::Running => pod.end.clone(),
+                // Terminal pods have no timer.
+                AttemptStatus::Succeeded | AttemptStatus::Failed { .. } => continue,
+            };
+            pod.status = next_status.clone();
+            state_ref.events.push_back(AttemptEvent {
+                task_id: key.0,
+                attempt: key.1,
+                node: pod.node.clone(),
+                status: next_status,
+                time_ms: inner.clock.unix_ms_at(at),
+            });
+        }
+        state
+    }
+}
+
+/// How long an attempt runs and how it ends.
+fn plan_run(task: &LeasedTask, default_duration_ms: u64, faults: &Faults, rng: &mut SmallRng) -> (u64, AttemptStatus) {
+    let duration_ms = if task.sim_duration_ms > 0 { task.sim_duration_ms } else { default_duration_ms };
+    let memory_limit = [task.limits.as_ref(), task.requests.as_ref()].into_iter().flatten().map(|r| r.memory_bytes).find(|m| *m > 0);
+    // Always throw both dice so one task's shape does not shift the others' outcomes.
+    let roll: f64 = rng.random();
+    let at_fraction: f64 = rng.random();
+    let failed = |kind, exit_code, message: String| AttemptStatus::Failed { kind, exit_code, message };
+    let (mut run_ms, mut end) = match memory_limit {
+        Some(limit) if task.sim_memory_peak_bytes > limit => (
+            duration_ms / 2,
+            failed(
+                FailureKind::OomKilled,
+                Some(OOM_EXIT_CODE),
+                format!("memory peaked at {} bytes over the limit of {limit} bytes", task.sim_memory_peak_bytes),
+            ),
+        ),
+        _ => {
+            let at_ms = (duration_ms as f64 * at_fraction) as u64;
+            // The faults split [0, 1) into consecutive ranges: OOM, error, eviction, none.
+            let oom_below = faults.oom_rate;
+            let error_below = oom_below + faults.failure_rate;
+            let eviction_below = error_below + faults.eviction_rate;
+            if roll < oom_below {
+                (at_ms, failed(FailureKind::OomKilled, Some(OOM_EXIT_CODE), "injected fault: OOM-killed".into()))
+            } else if roll < error_below {
+                (at_ms, failed(FailureKind::Error, Some(1), "injected fault: exited 1".into()))
+            } else if roll < eviction_below {
+                (at_ms, failed(FailureKind::Evicted, None, "injected fault: evicted".into()))
+            } else {
+                match task.sim_exit_code {
+                    Some(code) if code != 0 => (duration_ms, failed(FailureKind::Error, Some(code), format!("exited {code}"))),
+                    _ => (duration_ms, AttemptStatus::Succeeded),
+                }
+            }
+        }
+    };
+    if task.max_runtime_ms > 0 && run_ms > task.max_runtime_ms {
+        run_ms = task.max_runtime_ms;
+        end = failed(FailureKind::DeadlineExceeded, None, format!("ran longer than its max runtime of {} ms", task.max_runtime_ms));
+    }
+    (run_ms, end)
+}
+
+/// FNV-1a: a stable hash of a cluster name for seeds.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl ClusterBackend for SimCluster {
+    fn cluster(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<Node>, BackendError>> {
+        Box::pin(async move { Ok(self.inner.nodes.clone()) })
+    }
+
+    fn attempts(&self) -> BoxFuture<'_, Result<Vec<Attempt>, BackendError>> {
+        Box::pin(async move { Ok(self.current_attempts()) })
+    }
+
+    fn start(&self, task: LeasedTask) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.start_attempt(&task);
+            Ok(())
+        })
+    }
+
+    fn stop(&self, task_id: TaskId, attempt: u32) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.stop_attempt(task_id, attempt);
+            Ok(())
+        })
+    }
+
+    fn pending_events(&self, max: usize) -> BoxFuture<'_, Result<Vec<AttemptEvent>, BackendError>> {
+        Box::pin(async move { Ok(self.peek_events(max)) })
+    }
+
+    fn ack_events(&self, events: &[AttemptEvent]) {
+        self.ack(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_clusters;
+    use flotilla_api::v1::ResourceAmounts;
+
+    fn cluster(faults: &str, options: SimOptions) -> SimCluster {
+        let text = format!(
+            "[[cluster]]\nname = \"sim\"\npending = \"1s\"\ndefault_duration = \"10s\"\n{faults}\n\
+             [[cluster.pool]]\nname = \"cpu\"\ncount = 4\ncpu = \"64\"\nmemory = \"256Gi\"\nzones = [\"z1\"]\n"
+        );
+        SimCluster::from_file(&parse_clusters(&text, "test.toml").unwrap(), "sim", options).unwrap()
+    }
+
+    fn manual() -> SimOptions {
+        SimOptions { seed: Some(1), manual_clock: true, ..Default::default() }
+    }
+
+    fn lease(task_id: u64, duration_ms: u64) -> LeasedTask {
+        LeasedTask {
+            task_id,
+            attempt: 1,
+            node: "sim-cpu-01".into(),
+            sim_duration_ms: duration_ms,
+            requests: Some(ResourceAmounts { cpu_millis: 1000, memory_bytes: 1 << 30, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn statuses(events: &[AttemptEvent]) -> Vec<AttemptStatus> {
+        events.iter().map(|e| e.status.clone()).collect()
+    }
+
+    #[test]
+    fn attempts_go_pending_running_succeeded_on_the_simulated_clock() {
+        let sim = cluster("", manual());
+        sim.start_attempt(&lease(7, 5_000));
+        assert_eq!(statuses(&sim.take_events(10)), [AttemptStatus::Pending]);
+        sim.advance(Duration::from_millis(999));
+        assert!(sim.take_events(10).is_empty());
+        sim.advance(Duration::from_millis(1));
+        assert_eq!(statuses(&sim.take_events(10)), [AttemptStatus::Running]);
+        assert_eq!(sim.current_attempts()[0].phase, AttemptPhase::Running);
+        sim.advance(Duration::from_millis(5_000));
+        let done = sim.take_events(10);
+        assert_eq!(statuses(&done), [AttemptStatus::Succeeded]);
+        assert_eq!((done[0].task_id, done[0].attempt, done[0].node.as_str()), (TaskId(7), 1, "sim-cpu-01"));
+        // Finished attempts stay (like a finished Job) until stopped.
+        assert_eq!(sim.current_attempts()[0].phase, AttemptPhase::Succeeded);
+    }
+
+    #[test]
+    fn the_speed_factor_runs_simulated_time_faster_than_real_time() {
+        // 60 s of simulated pending + run at 10,000× is 6 ms of real time.
+        let sim = cluster("", SimOptions { seed: Some(1), speed: Some(10_000.0), manual_clock: false });
+        sim.start_attempt(&lease(1, 59_000));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while !seen.contains(&AttemptStatus::Succeeded) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            seen.extend(statuses(&sim.take_events(10)));
+        }
+        assert_eq!(seen, [AttemptStatus::Pending, AttemptStatus::Running, AttemptStatus::Succeeded]);
+        assert!(sim.now_ms() >= 60_000);
+    }
+
+    #[test]
+    fn attempts_whose_memory_peaks_above_the_limit_are_oom_killed() {
+        let sim = cluster("", manual());
+        let mut t = lease(1, 10_000);
+        t.sim_memory_peak_bytes = 2 << 30;
+        sim.start_attempt(&t);
+        let mut under_limit = lease(2, 10_000);
+        under_limit.limits = Some(ResourceAmounts { memory_bytes: 4 << 30, ..Default::default() });
+        under_limit.sim_memory_peak_bytes = 2 << 30;
+        sim.start_attempt(&under_limit);
+        sim.advance(Duration::from_secs(6));
+        let events = sim.take_events(10);
+        let oom: Vec<_> = events.iter().filter(|e| e.task_id == TaskId(1) && e.status.is_terminal()).collect();
+        assert_eq!(oom.len(), 1);
+        assert!(matches!(oom[0].status, AttemptStatus::Failed { kind: FailureKind::OomKilled, exit_code: Some(137), .. }));
+        sim.advance(Duration::from_secs(5));
+        let events = sim.take_events(10);
+        assert_eq!(events.iter().map(|e| (e.task_id, e.status.clone())).collect::<Vec<_>>(), [(TaskId(2), AttemptStatus::Succeeded)]);
+    }
+
+    #[test]
+    fn exit_codes_and_max_runtime_end_attempts_as_failed() {
+        let sim = cluster("", manual());
+        let mut bad = lease(1, 1_000);
+        bad.sim_exit_code = Some(3);
+        sim.start_attempt(&bad);
+        let mut slow = lease(2, 60_000);
+        slow.max_runtime_ms = 2_000;
+        sim.start_attempt(&slow);
+        sim.advance(Duration::from_secs(10));
+        let ends: Vec<_> = sim.take_events(10).into_iter().filter(|e| e.status.is_terminal()).map(|e| e.status).collect();
+        assert!(matches!(ends[0], AttemptStatus::Failed { kind: FailureKind::Error, exit_code: Some(3), .. }), "{ends:?}");
+        assert!(matches!(ends[1], AttemptStatus::Failed { kind: FailureKind::DeadlineExceeded, .. }), "{ends:?}");
+    }
+
+    fn outcomes(seed: u64) -> Vec<(u64, Option<FailureKind>)> {
+        let sim = cluster(
+            "[cluster.faults]\nfailure_rate = 0.2\noom_rate = 0.1\neviction_rate = 0.1\n",
+            SimOptions { seed: Some(seed), manual_clock: true, ..Default::default() },
+        );
+        for id in 0..1000 {
+            sim.start_attempt(&lease(id, 10_000));
+        }
+        sim.advance(Duration::from_secs(20));
+        let mut out: Vec<_> = sim
+            .take_events(10_000)
+            .into_iter()
+            .filter(|e| e.status.is_terminal())
+            .map(|e| {
+                let kind = match e.status {
+                    AttemptStatus::Failed { kind, .. } => Some(kind),
+                    _ => None,
+                };
+                (e.task_id.0, kind)
+            })
+            .collect();
+        out.sort_by_key(|o| o.0);
+        out
+    }
+
+    #[test]
+    fn injected_faults_follow_their_rates_and_repeat_with_a_seed() {
+        let a = outcomes(42);
+        assert_eq!(a.len(), 1000);
+        assert_eq!(a, outcomes(42));
+        assert_ne!(a, outcomes(43));
+        let count = |k: Option<FailureKind>| a.iter().filter(|o| o.1 == k).count();
+        // Expected 600 / 200 / 100 / 100; the bounds are ~5 standard deviations wide.
+        assert!((520..=680).contains(&count(None)), "{}", count(None));
+        assert!((140..=260).contains(&count(Some(FailureKind::Error))));
+        assert!((55..=145).contains(&count(Some(FailureKind::OomKilled))));
+        assert!((55..=145).contains(&count(Some(FailureKind::Evicted))));
+    }
+
+    #[test]
+    fn ten_thousand_pods_progress_in_one_poll() {
+        let sim = cluster("", manual());
+        for id in 0..10_000 {
+            sim.start_attempt(&lease(id, 1_000 + id % 1000));
+        }
+        assert_eq!(sim.take_events(20_000).len(), 10_000);
+        sim.advance(Duration::from_secs(3));
+        let events = sim.take_events(100_000);
+        assert_eq!(events.iter().filter(|e| e.status == AttemptStatus::Running).count(), 10_000);
+        assert_eq!(events.iter().filter(|e| e.status == AttemptStatus::Succeeded).count(), 10_000);
+        // Events of one attempt keep their order and carry non-decreasing times.
+        let first = events.iter().filter(|e| e.task_id == TaskId(999)).map(|e| (e.status.clone(), e.time_ms)).collect::<Vec<_>>();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].0, AttemptStatus::Running);
+        assert!(first[0].1 <= first[1].1);
+        assert!(sim.current_attempts().iter().all(|a| a.phase == AttemptPhase::Succeeded));
+    }
+
+    #[test]
+    fn start_is_idempotent_and_stop_removes_without_an_event() {
+        let sim = cluster("", manual());
+        sim.start_attempt(&lease(1, 5_000));
+        sim.start_attempt(&lease(1, 5_000));
+        assert_eq!(sim.take_events(10).len(), 1);
+        assert_eq!(sim.current_attempts().len(), 1);
+        sim.stop_attempt(TaskId(1), 1);
+        sim.stop_attempt(TaskId(1), 1);
+        sim.stop_attempt(TaskId(9), 3);
+        sim.advance(Duration::from_secs(60));
+        assert!(sim.current_attempts().is_empty());
+        assert!(sim.take_events(10).is_empty());
+    }
+
+    #[test]
+    fn a_lease_on_an_unknown_node_fails_to_start() {
+        let sim = cluster("", manual());
+        let mut t = lease(1, 5_000);
+        t.node = "elsewhere".into();
+        sim.start_attempt(&t);
+        let events = sim.take_events(10);
+        assert!(matches!(&events[0].status, AttemptStatus::Failed { kind: FailureKind::StartFailed, .. }));
+        assert!(sim.current_attempts().is_empty());
+    }
+
+    #[test]
+    fn events_stay_until_acknowledged_and_a_second_ack_is_harmless() {
+        let sim = cluster("", manual());
+        sim.start_attempt(&lease(1, 5_000));
+        sim.advance(Duration::from_secs(1));
+        let first = sim.peek_events(1);
+        assert_eq!(sim.peek_events(1), first);
+        sim.ack(&first);
+        sim.ack(&first);
+        assert_eq!(statuses(&sim.peek_events(10)), [AttemptStatus::Running]);
+    }
+
+    #[test]
+    fn clones_share_one_cluster() {
+        let sim = cluster("", manual());
+        let other = sim.clone();
+        sim.start_attempt(&lease(1, 5_000));
+        assert_eq!(other.current_attempts().len(), 1);
+    }
+}

@@ -1,0 +1,35 @@
+//! Flotilla's domain types: the words of DESIGN.md as Rust types.
+//!
+//! This crate is for the data every other crate shares: [`Resources`] and Kubernetes
+//! quantity parsing, [`Node`]s and their topology, [`Queue`]s and [`PriorityClass`]es,
+//! tasks ([`TaskSpec`], [`SchedTask`], [`TaskState`]) and the task-file format with its
+//! validation ([`TaskFile`], [`expand`]).
+//!
+//! It is not for behaviour: no scheduling (`flotilla-sched`), no storage
+//! (`flotilla-store`), no I/O, no gRPC or Kubernetes types.
+//!
+//! ```
+//! use flotilla_model::{parse_bytes, parse_cpu_millis};
+//! assert_eq!(parse_cpu_millis("500m").unwrap(), 500);
+//! assert_eq!(parse_bytes("2Gi").unwrap(), 2 * 1024 * 1024 * 1024);
+//! ```
+
+mod node;
+mod queue;
+mod resources;
+mod task;
+mod taskfile;
+
+pub use node::{normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology};
+pub use queue::{PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET};
+pub use resources::{
+    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, QuantityError, ResourceLimits, Resources, GPU_RESOURCE,
+};
+pub use task::{
+    AttemptStatus, FailureKind, GangRef, Placement, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState, TopologyLevel,
+    DEFAULT_BACKOFF_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
+};
+pub use taskfile::{
+    check_name, expand, is_dns1123_label, parse_duration_ms, FieldError, GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate,
+    SubmitLimits, TaskFile, TaskTemplate, ValidationErrors,
+};

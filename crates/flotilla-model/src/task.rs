@@ -1,0 +1,331 @@
+//! Tasks: their full spec, their states and events, and the view the scheduler needs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeRef, Resources, Toleration};
+
+/// A task's id, assigned by the replicated state machine in submit order. Unique forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a task is in its life. `Succeeded`, `Failed` and `Cancelled` are final (invariant 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting to be scheduled (or for its dependencies, backoff, or a paused task set).
+    Queued,
+    /// The scheduler chose a node; the executor has not reported the pod yet.
+    Leased,
+    /// The pod exists but is not running (pulling the image, waiting for the kubelet).
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Queued,
+        TaskState::Leased,
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+
+    /// Holds resources on a node (leased, pending or running).
+    pub fn is_active(self) -> bool {
+        matches!(self, TaskState::Leased | TaskState::Pending | TaskState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Leased => "leased",
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The topology domain a gang must fit in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologyLevel {
+    Node,
+    Rack,
+    Zone,
+    Cluster,
+}
+
+impl TopologyLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopologyLevel::Node => "node",
+            TopologyLevel::Rack => "rack",
+            TopologyLevel::Zone => "zone",
+            TopologyLevel::Cluster => "cluster",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TopologyLevel> {
+        match s {
+            "node" => Some(TopologyLevel::Node),
+            "rack" | "block" => Some(TopologyLevel::Rack),
+            "zone" => Some(TopologyLevel::Zone),
+            "cluster" => Some(TopologyLevel::Cluster),
+            _ => None,
+        }
+    }
+}
+
+/// Membership of a gang: all `size` members start together inside one `topology` domain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GangRef {
+    /// Shared by every member; the id of the gang's first task.
+    pub id: TaskId,
+    pub size: u32,
+    pub rank: u32,
+    pub topology: TopologyLevel,
+}
+
+/// Whether a task may, must or must not run on spot (preemptible cloud) capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpotPolicy {
+    #[default]
+    Allowed,
+    Required,
+    Never,
+}
+
+impl SpotPolicy {
+    pub fn parse(s: &str) -> Option<SpotPolicy> {
+        match s {
+            "allowed" => Some(SpotPolicy::Allowed),
+            "required" => Some(SpotPolicy::Required),
+            "never" => Some(SpotPolicy::Never),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpotPolicy::Allowed => "allowed",
+            SpotPolicy::Required => "required",
+            SpotPolicy::Never => "never",
+        }
+    }
+}
+
+/// Where a task may run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    /// Empty means every cluster.
+    #[serde(default)]
+    pub allowed_clusters: Vec<String>,
+    /// Preferred cluster: wins placement ties with other equally good nodes.
+    #[serde(default)]
+    pub preferred_cluster: Option<String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default)]
+    pub spot: SpotPolicy,
+}
+
+/// Retry policy of a task. Retries belong to the scheduler, never to Kubernetes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. 1 means never retry.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each attempt up to `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// When set, an OOM-killed attempt retries with its memory limit times this factor.
+    #[serde(default)]
+    pub oom_memory_growth: Option<f64>,
+}
+
+pub const MAX_ATTEMPTS_CAP: u32 = 100;
+pub const DEFAULT_BACKOFF_MS: u64 = 10_000;
+pub const MAX_BACKOFF_MS: u64 = 30 * 60 * 1000;
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 3, backoff_ms: DEFAULT_BACKOFF_MS, max_backoff_ms: MAX_BACKOFF_MS, oom_memory_growth: None }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `next_attempt` (2 is the first retry): exponential, capped.
+    pub fn backoff_before(&self, next_attempt: u32) -> u64 {
+        let doublings = next_attempt.saturating_sub(2).min(32);
+        self.backoff_ms.saturating_mul(1u64 << doublings).min(self.max_backoff_ms)
+    }
+}
+
+/// How the simulated backend runs a task (dev mode, tests, benchmarks).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimSpec {
+    pub duration_ms: u64,
+    /// Exit with this code instead of succeeding (a bad image, a bug).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Grow in memory and be OOM-killed unless the memory limit is at least this.
+    #[serde(default)]
+    pub memory_peak_bytes: Option<u64>,
+}
+
+/// Everything needed to run a task: what a user wrote, expanded for one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task's name in its file (`agent`); with `index` for array tasks.
+    pub name: String,
+    pub queue: String,
+    pub task_set: String,
+    /// Position in an array task (`FLOTILLA_TASK_INDEX`), 0 otherwise.
+    #[serde(default)]
+    pub index: u32,
+    pub priority_class: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Requests: what the scheduler reserves.
+    pub resources: Resources,
+    /// Limits: what the container may use (memory limit drives OOM kills).
+    #[serde(default)]
+    pub limits: Resources,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub checkpoint: bool,
+    #[serde(default)]
+    pub max_runtime_ms: Option<u64>,
+    /// SIGTERM-to-SIGKILL grace for checkpointing on preemption or cancel.
+    #[serde(default = "default_grace_ms")]
+    pub termination_grace_ms: u64,
+    #[serde(default)]
+    pub gang: Option<GangRef>,
+    #[serde(default)]
+    pub placement: Placement,
+    /// Names of tasks in the same task set that must all succeed before this one starts.
+    #[serde(default)]
+    pub after: Vec<String>,
+    #[serde(default)]
+    pub sim: Option<SimSpec>,
+}
+
+pub const DEFAULT_TERMINATION_GRACE_MS: u64 = 30_000;
+
+fn default_grace_ms() -> u64 {
+    DEFAULT_TERMINATION_GRACE_MS
+}
+
+/// The scheduling view of a task: only what placement and fairness need.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SchedTask {
+    pub id: TaskId,
+    pub queue: String,
+    pub priority: i32,
+    pub preemptible: bool,
+    /// Submit order (the state machine's sequence); lower goes first within a priority.
+    pub submit_seq: u64,
+    pub resources: Resources,
+    pub gang: Option<GangRef>,
+    pub placement: Placement,
+    /// Nodes where earlier attempts failed: avoided when others fit.
+    #[serde(default)]
+    pub avoid_nodes: Vec<NodeRef>,
+    /// Clusters where earlier attempts failed repeatedly: avoided when others fit.
+    #[serde(default)]
+    pub avoid_clusters: Vec<String>,
+}
+
+/// Why a pod ended, as the executor saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The container exited non-zero.
+    Error,
+    OomKilled,
+    /// The kubelet or the cloud took the node's capacity back (spot reclaim, node pressure).
+    Evicted,
+    /// The image could not be pulled (a bad tag floods clusters with retries if unchecked).
+    ImagePull,
+    /// `maxRuntime` passed.
+    DeadlineExceeded,
+    /// The node or its cluster disappeared under the task.
+    Lost,
+    /// The executor could not create the Job.
+    StartFailed,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Error => "Error",
+            FailureKind::OomKilled => "OOMKilled",
+            FailureKind::Evicted => "Evicted",
+            FailureKind::ImagePull => "ImagePullBackOff",
+            FailureKind::DeadlineExceeded => "DeadlineExceeded",
+            FailureKind::Lost => "Lost",
+            FailureKind::StartFailed => "StartFailed",
+        }
+    }
+
+    /// Failures that are not the task's fault do not use up its attempts.
+    pub fn counts_against_attempts(self) -> bool {
+        !matches!(self, FailureKind::Evicted | FailureKind::Lost)
+    }
+}
+
+/// What an executor reports about one attempt of one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AttemptStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed { kind: FailureKind, exit_code: Option<i32>, message: String },
+}
+
+impl AttemptStatus {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, AttemptStatus::Succeeded | AttemptStatus::Failed { .. })
+    }
+}

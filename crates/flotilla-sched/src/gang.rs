@@ -1,0 +1,146 @@
+//! Gangs: members that start together inside one topology domain, or not at all.
+//!
+//! A gang is one unit of its queue, ordered by its most urgent member. Placement looks at
+//! candidate domains (one node, or every rack / zone / cluster), best fit first: the
+//! domain with the fewest free GPUs that could still hold the gang, so big empty domains
+//! stay free for big gangs. Domains whose GPU histogram shows they cannot hold the gang
+//! are skipped without looking at their nodes. Inside a domain, members are placed with
+//! `Cycle::plan_members`, which commits nothing unless every member fits.
+
+use std::cmp::Reverse;
+
+use flotilla_model::{TaskId, TopologyLevel};
+
+use crate::amount::Amount;
+use crate::cycle::{Cycle, Unit};
+use crate::index::level_slot;
+use crate::placement::best_node;
+use crate::plan::Tentative;
+
+pub(crate) struct GangUnit {
+    pub id: TaskId,
+    /// Queued tasks, in placement order: largest first, then by rank.
+    pub members: Vec<u32>,
+    pub level: TopologyLevel,
+    pub total: Amount,
+    /// Gangs with the same member shapes and level fit (or fail) alike.
+    pub shape: u32,
+    /// Position in its queue: most urgent member's priority, earliest submit, id.
+    pub order: (Reverse<i32>, u64, TaskId),
+}
+
+impl Cycle<'_> {
+    /// Checks a gang's members agree with each other and are all queued, then adds the
+    /// gang to its queue as one unit; otherwise every member gets the reason.
+    pub(crate) fn admit_gang(&mut self, id: TaskId, mut members: Vec<u32>) {
+        let queued = &self.input.queued;
+        let first = &queued[members[0] as usize];
+        let Some(g0) = first.gang.as_ref() else { return };
+        let consistent = members.iter().all(|m| {
+            let t = &queued[*m as usize];
+            t.queue == first.queue && t.gang.as_ref().is_some_and(|g| g.size == g0.size && g.topology == g0.topology)
+        });
+        let count = members.len() as u64;
+        let size = u64::from(g0.size);
+        let reason = if !consistent {
+            Some(format!("gang {id}: members disagree on queue, size or topology"))
+        } else if count < size {
+            Some(format!("gang {id}: {count} of {size} members queued; waiting for the rest"))
+        } else if count > size {
+            Some(format!("gang {id}: {count} members queued but its size is {size}"))
+        } else {
+            let mut ranks: Vec<u32> = members.iter().filter_map(|m| queued[*m as usize].gang.as_ref().map(|g| g.rank)).collect();
+            ranks.sort_unstable();
+            let ok = ranks.iter().enumerate().all(|(i, r)| u64::from(*r) == i as u64);
+            (!ok).then(|| format!("gang {id}: ranks are not 0..{size} each once"))
+        };
+        if let Some(r) = reason {
+            let r = self.reasons.intern(r);
+            for m in members {
+                self.task_reason[m as usize] = Some(r);
+            }
+            return;
+        }
+        members.sort_by_key(|m| {
+            let t = &queued[*m as usize];
+            (Reverse(Amount::of(&t.resources)), t.gang.as_ref().map_or(0, |g| g.rank))
+        });
+        let total = members.iter().fold(Amount::default(), |a, m| a.plus(Amount::of(&queued[*m as usize].resources)));
+        let key = (members.iter().map(|m| self.task_shape[*m as usize]).collect::<Vec<u32>>(), g0.topology);
+        let next = self.gang_shapes.len() as u32;
+        let shape = *self.gang_shapes.entry(key).or_insert(next);
+        let priority = members.iter().map(|m| queued[*m as usize].priority).max().unwrap_or(first.priority);
+        let seq = members.iter().map(|m| queued[*m as usize].submit_seq).min().unwrap_or(first.submit_seq);
+        let Some(q) = self.task_queue[members[0] as usize] else { return };
+        let unit = Unit::Gang(self.gangs.len() as u32);
+        self.gangs.push(GangUnit { id, members, level: g0.topology, total, shape, order: (Reverse(priority), seq, id) });
+        self.queues[q].units.push(unit);
+    }
+
+    /// Places a whole gang on free capacity, or says why not.
+    pub(crate) fn place_gang(&mut self, g: u32) -> Result<Vec<(u32, u32)>, u32> {
+        let shape = self.gangs[g as usize].shape as usize;
+        if let Some((generation, reason)) = self.gang_shape_failed[shape] {
+            if generation == self.generation {
+                self.stats.shapes_skipped += self.gangs[g as usize].members.len();
+                return Err(reason);
+            }
+        }
+        self.stats.placement_attempts += 1;
+        if let Some(t) = self.find_gang_domain(g) {
+            return Ok(t.assignments);
+        }
+        let reason = self.reasons.intern(self.diagnose_gang(g));
+        self.gang_shape_failed[shape] = Some((self.generation, reason));
+        Err(reason)
+    }
+
+    fn find_gang_domain(&self, g: u32) -> Option<Tentative> {
+        let gang = &self.gangs[g as usize];
+        let index = &self.index;
+        let lead = &self.shapes[self.task_shape[gang.members[0] as usize] as usize];
+        let Some(slot) = level_slot(gang.level) else {
+            // One node: the index finds the tightest node with room for the whole gang's
+            // total; `plan_members` then checks each member's own filters.
+            let n = best_node(index, lead, gang.total, &|n| self.plan_members(&[n], &gang.members, None, None).is_some())?;
+            return self.plan_members(&[n], &gang.members, None, None);
+        };
+        let gpu_each = gang.members.iter().map(|m| self.shapes[self.task_shape[*m as usize] as usize].amount.gpu).min().unwrap_or(0);
+        let mut candidates: Vec<(u64, bool, u32)> = Vec::new();
+        for (d, dom) in index.domains[slot].iter().enumerate() {
+            if dom.nodes.is_empty() || lead.clusters.as_ref().is_some_and(|cs| cs.binary_search(&dom.cluster).is_err()) {
+                continue;
+            }
+            let free = match index.domain_gpu_bound(slot, d as u32, &lead.models, gpu_each) {
+                Some((fit, free)) if fit >= gang.members.len() as u64 && free >= gang.total.gpu => free,
+                Some(_) => continue,
+                None => 0,
+            };
+            let not_preferred = lead.preferred.is_some_and(|p| p != dom.cluster);
+            candidates.push((free, not_preferred, d as u32));
+        }
+        candidates.sort_unstable();
+        candidates.into_iter().find_map(|(_, _, d)| self.plan_members(&index.domains[slot][d as usize].nodes, &gang.members, None, None))
+    }
+
+    fn diagnose_gang(&self, g: u32) -> String {
+        let gang = &self.gangs[g as usize];
+        for &m in &gang.members {
+            let shape = &self.shapes[self.task_shape[m as usize] as usize];
+            let any_node = self.index.schedulable.iter().any(|&n| shape.allows(&self.index, n) && shape.amount.fits_in(self.index.nodes[n as usize].cap));
+            if !any_node {
+                return format!("gang member {}", crate::placement::diagnose(&self.index, shape));
+            }
+        }
+        let lead = &self.shapes[self.task_shape[gang.members[0] as usize] as usize];
+        let same = gang.members.iter().all(|m| self.shapes[self.task_shape[*m as usize] as usize].amount == lead.amount);
+        let what = if !same {
+            format!("tasks needing {} in all", gang.total.describe(&Default::default()))
+        } else if lead.amount.gpu > 0 {
+            lead.gpu_words(lead.amount.gpu)
+        } else {
+            format!("({})", lead.amount.describe(lead.ext))
+        };
+        format!("no {} with room for gang of {} x {what}", gang.level.as_str(), gang.members.len())
+    }
+}

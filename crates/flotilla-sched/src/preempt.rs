@@ -1,0 +1,236 @@
+//! Preemption: which running tasks yield so that a queued unit can start.
+//!
+//! Two reasons let a unit evict a preemptible running task:
+//! - *urgency*: the unit's priority is higher than the victim's;
+//! - *fair-share reclaim*: the unit's queue holds less than its fair share and the
+//!   victim's queue holds more, and stays at or above its fair share after the eviction.
+//!
+//! Either way a victim's queue never drops below its guarantee, never loses more tasks in
+//! one cycle than its disruption budget, and the cycle never evicts more than
+//! `Config::max_evictions_per_cycle`. A running gang member takes its whole gang with it.
+//! Victims on a node are taken lowest priority first, then newest, and only while they
+//! help (free a resource the unit still lacks); a plan is used only if the unit then fits
+//! completely, so nothing is ever evicted for a unit that would still not start.
+
+use flotilla_model::TaskId;
+
+use crate::amount::Amount;
+use crate::cycle::{Cycle, Unit};
+use crate::fairness::SHARE_EPSILON;
+use crate::index::level_slot;
+use crate::plan::{Plan, Tentative};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Urgency,
+    Reclaim,
+}
+
+/// Who is asking for room.
+pub(crate) struct EvictCtx {
+    pub queue: usize,
+    pub priority: i32,
+    /// The queue is below its fair share, so it may reclaim from queues above theirs.
+    pub reclaim: bool,
+    pub preemptor: TaskId,
+}
+
+impl Cycle<'_> {
+    /// A plan that evicts running tasks so the unit fits, or `None`.
+    pub(crate) fn try_preempt(&mut self, q: usize, unit: Unit, members: &[u32]) -> Option<Plan> {
+        if self.preemptions.len() >= self.config.max_evictions_per_cycle {
+            return None;
+        }
+        let priority = members.iter().map(|m| self.input.queued[*m as usize].priority).max()?;
+        let reclaim = self.dominant_share(q) + SHARE_EPSILON < self.queues[q].fair_share;
+        let urgent = self.min_evictable_priority.is_some_and(|p| p < priority);
+        if !reclaim && !urgent {
+            return None;
+        }
+        // Units of one shape, priority and queue fare alike: remember failures.
+        let key_unit = match unit {
+            Unit::Single(t) => Unit::Single(self.task_shape[t as usize]),
+            Unit::Gang(g) => Unit::Gang(self.gangs[g as usize].shape),
+        };
+        if self.preempt_failed.contains(&(key_unit, priority, q)) {
+            return None;
+        }
+        self.stats.placement_attempts += 1;
+        let preemptor = match unit {
+            Unit::Single(t) => self.input.queued[t as usize].id,
+            Unit::Gang(g) => self.gangs[g as usize].id,
+        };
+        let ctx = EvictCtx { queue: q, priority, reclaim, preemptor };
+        let tent = match unit {
+            Unit::Single(_) => self.plan_members(&self.index.schedulable, members, Some(&ctx), None),
+            Unit::Gang(g) => self.plan_gang_evicting(g, &ctx),
+        };
+        let Some(tent) = tent else {
+            self.preempt_failed.insert((key_unit, priority, q));
+            return None;
+        };
+        debug_assert!(tent.assignments.len() == members.len());
+        Some(self.describe_plan(tent, &ctx))
+    }
+
+    /// The cheapest domain (lowest victim priority, then fewest victims) for a gang.
+    fn plan_gang_evicting(&self, g: u32, ctx: &EvictCtx) -> Option<Tentative> {
+        let gang = &self.gangs[g as usize];
+        let lead = &self.shapes[self.task_shape[gang.members[0] as usize] as usize];
+        let mut best: Option<Tentative> = None;
+        let mut consider = |nodes: &[u32]| {
+            let bound = best.as_ref().map(|b| b.cost());
+            if let Some(t) = self.plan_members(nodes, &gang.members, Some(ctx), bound) {
+                if best.as_ref().is_none_or(|b| t.cost() < b.cost()) {
+                    best = Some(t);
+                }
+            }
+        };
+        match level_slot(gang.level) {
+            None => {
+                for &n in &self.index.schedulable {
+                    if lead.allows(&self.index, n) && gang.total.fits_in(self.index.nodes[n as usize].cap) {
+                        consider(&[n]);
+                    }
+                }
+            }
+            Some(slot) => {
+                for dom in &self.index.domains[slot] {
+                    if dom.nodes.is_empty() || lead.clusters.as_ref().is_some_and(|cs| cs.binary_search(&dom.cluster).is_err()) {
+                        continue;
+                    }
+                    consider(&dom.nodes);
+                }
+            }
+        }
+        best
+    }
+
+    /// Victims on node `n` that make room for `need`, and the highest priority among them.
+    pub(crate) fn choose_victims(&self, n: u32, need: Amount, ctx: &EvictCtx, tent: &Tentative) -> Option<(Vec<(u32, Kind)>, i32)> {
+        let mut avail = tent.free_on(&self.index, n);
+        let mut chosen: Vec<(u32, Kind)> = Vec::new();
+        let mut scratch = Tentative::default();
+        let mut max_priority = i32::MIN;
+        for &r in &self.index.nodes[n as usize].running {
+            if need.fits_in(avail) {
+                break;
+            }
+            let run = &self.running[r as usize];
+            if !run.evictable || run.evicted || tent.is_victim(r) || scratch.is_victim(r) {
+                continue;
+            }
+            let lacking = need.minus(avail);
+            let helps = (lacking.gpu > 0 && run.amount.gpu > 0)
+                || (lacking.cpu_millis > 0 && run.amount.cpu_millis > 0)
+                || (lacking.memory_bytes > 0 && run.amount.memory_bytes > 0);
+            if !helps {
+                continue;
+            }
+            let Some(group) = self.victim_group(r) else { continue };
+            let Some(kind) = self.victim_kind(&group, ctx, tent, &scratch) else { continue };
+            let tagged: Vec<(u32, Kind)> = group.iter().map(|g| (*g, kind)).collect();
+            // The scratch plan only feeds the budget and share checks of later candidates.
+            scratch.add_victims(self, &tagged);
+            for &g in &group {
+                let member = &self.running[g as usize];
+                if member.node == Some(n) {
+                    avail = avail.plus(member.amount);
+                }
+                max_priority = max_priority.max(member.task.priority);
+            }
+            chosen.extend(tagged);
+        }
+        need.fits_in(avail).then_some((chosen, max_priority))
+    }
+
+    /// The running tasks that go if `r` goes: its whole gang, when every member may go.
+    fn victim_group(&self, r: u32) -> Option<Vec<u32>> {
+        let run = &self.running[r as usize];
+        let Some(g) = &run.task.gang else { return Some(vec![r]) };
+        let members = self.running_gangs.get(&g.id)?;
+        let mut group = Vec::with_capacity(members.len());
+        for &m in members {
+            let mr = &self.running[m as usize];
+            if mr.evicted {
+                continue;
+            }
+            if !mr.evictable {
+                // Evicting the rest would leave a partial gang running.
+                return None;
+            }
+            group.push(m);
+        }
+        Some(group)
+    }
+
+    /// Why `group` may be evicted for `ctx`, if it may: bounds, guarantees and shares.
+    fn victim_kind(&self, group: &[u32], ctx: &EvictCtx, tent: &Tentative, scratch: &Tentative) -> Option<Kind> {
+        let planned = tent.victims.len() + scratch.victims.len() + group.len();
+        if self.preemptions.len().saturating_add(planned) > self.config.max_evictions_per_cycle {
+            return None;
+        }
+        let mut per_queue: Vec<(usize, Amount, u32)> = Vec::new();
+        let mut max_priority = i32::MIN;
+        for &g in group {
+            let run = &self.running[g as usize];
+            let q = run.queue?;
+            max_priority = max_priority.max(run.task.priority);
+            match per_queue.iter_mut().find(|(x, _, _)| *x == q) {
+                Some(e) => {
+                    e.1 = e.1.plus(run.amount);
+                    e.2 += 1;
+                }
+                None => per_queue.push((q, run.amount, 1)),
+            }
+        }
+        let mut reclaim = ctx.reclaim;
+        for (q, amount, count) in per_queue {
+            let qs = &self.queues[q];
+            let (a1, c1) = tent.removed_from(q);
+            let (a2, c2) = scratch.removed_from(q);
+            if u64::from(qs.evicted) + u64::from(c1) + u64::from(c2) + u64::from(count) > u64::from(qs.queue.disruption_budget) {
+                return None;
+            }
+            let after = qs.alloc.minus(a1).minus(a2).minus(amount);
+            if !qs.guarantee.fits_in(after) {
+                return None;
+            }
+            if q == ctx.queue || after.dominant_share(self.index.total) + SHARE_EPSILON < qs.fair_share {
+                reclaim = false;
+            }
+        }
+        if max_priority < ctx.priority {
+            Some(Kind::Urgency)
+        } else if reclaim {
+            Some(Kind::Reclaim)
+        } else {
+            None
+        }
+    }
+
+    fn describe_plan(&self, tent: Tentative, ctx: &EvictCtx) -> Plan {
+        let queue = &self.queues[ctx.queue].queue.name;
+        let victims = tent
+            .victims
+            .iter()
+            .map(|&(r, kind)| {
+                let run = &self.running[r as usize];
+                let mut reason = match kind {
+                    Kind::Urgency => {
+                        format!("preempted by task {} of queue {queue} (priority {} over {})", ctx.preemptor, ctx.priority, run.task.priority)
+                    }
+                    Kind::Reclaim => {
+                        let vq = run.queue.map(|q| self.queues[q].queue.name.as_str()).unwrap_or("");
+                        format!("preempted so queue {queue} can reach its fair share (queue {vq} is above its own)")
+                    }
+                };
+                if let Some(g) = &run.task.gang {
+                    reason.push_str(&format!("; gang {} stops whole", g.id));
+                }
+                (r, reason)
+            })
+            .collect();
+        Plan { assignments: tent.assignments, victims }
+    }
+}

@@ -1,0 +1,51 @@
+//! The leader's soft state: what each executor last reported.
+//!
+//! Capacity reports change every second and are cheap to resend, so they are not Raft
+//! entries (DESIGN.md). After a leader change the new leader waits one report interval
+//! before it schedules, so that it never decides on an empty picture of the federation.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flotilla_model::{Node, TaskId};
+
+#[derive(Clone, Debug)]
+pub struct ClusterReport {
+    pub nodes: Vec<Node>,
+    /// (task, attempt, phase) the executor says it has.
+    pub attempts: Vec<(TaskId, u32, String)>,
+    pub executor_id: String,
+    pub received: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Capacity {
+    pub reports: BTreeMap<String, ClusterReport>,
+    /// When this replica last became leader: reports older than that are not trusted.
+    pub leader_since: Option<Instant>,
+}
+
+impl Capacity {
+    pub fn record(&mut self, cluster: &str, report: ClusterReport) {
+        self.reports.insert(cluster.to_string(), report);
+    }
+
+    /// Nodes of clusters that reported within `fresh_within`.
+    pub fn fresh_nodes(&self, now: Instant, fresh_within: Duration) -> Vec<Node> {
+        self.reports
+            .values()
+            .filter(|r| now.saturating_duration_since(r.received) <= fresh_within)
+            .flat_map(|r| r.nodes.iter().cloned())
+            .collect()
+    }
+
+    pub fn age(&self, cluster: &str, now: Instant) -> Option<Duration> {
+        self.reports.get(cluster).map(|r| now.saturating_duration_since(r.received))
+    }
+
+    /// Forget everything: called when leadership changes hands.
+    pub fn reset(&mut self, leader_since: Option<Instant>) {
+        self.reports.clear();
+        self.leader_since = leader_since;
+    }
+}

@@ -1,0 +1,196 @@
+//! Conversions between stored records and wire messages.
+
+use flotilla_api::v1;
+use flotilla_model::{
+    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, PriorityClass, Queue, ResourceLimits, Resources,
+    SchedTask, DEFAULT_DISRUPTION_BUDGET,
+};
+use flotilla_store::{State, TaskEvent, TaskRecord};
+
+pub fn task_to_proto(t: &TaskRecord) -> v1::Task {
+    let (cluster, node) = t.lease.as_ref().map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default();
+    v1::Task {
+        id: t.id.0,
+        name: t.spec.name.clone(),
+        index: t.spec.index,
+        queue: t.spec.queue.clone(),
+        task_set: t.spec.task_set.clone(),
+        state: t.state.as_str().to_string(),
+        attempt: t.attempt,
+        cluster,
+        node,
+        reason: t.reason.clone(),
+        priority_class: t.spec.priority_class.clone(),
+        resources: Some((&t.spec.resources).into()),
+        submitted_at_ms: t.submitted_ms,
+        updated_at_ms: t.updated_ms,
+        exit_code: t.exit_code,
+        gang_id: t.spec.gang.as_ref().map_or(0, |g| g.id.0),
+        image: t.spec.image.clone(),
+    }
+}
+
+pub fn event_to_proto(e: &TaskEvent, state: &State) -> v1::TaskEvent {
+    let (task_name, task_index) = state.task(e.task).map(|t| (t.spec.name.clone(), t.spec.index)).unwrap_or_default();
+    v1::TaskEvent {
+        seq: e.seq,
+        task_id: e.task.0,
+        attempt: e.attempt,
+        kind: e.kind.as_str().to_string(),
+        state: e.state.as_str().to_string(),
+        cluster: e.cluster.clone(),
+        node: e.node.clone(),
+        reason: e.reason.clone(),
+        time_ms: e.time_ms,
+        exit_code: e.exit_code,
+        task_name,
+        task_index,
+    }
+}
+
+/// What an executor needs to run the task's current attempt.
+pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
+    let s = &t.spec;
+    let sim = s.sim.clone().unwrap_or_default();
+    v1::LeasedTask {
+        task_id: t.id.0,
+        attempt: t.attempt,
+        node: t.lease.as_ref().map(|l| l.node.clone()).unwrap_or_default(),
+        name: s.name.clone(),
+        index: s.index,
+        queue: s.queue.clone(),
+        task_set: s.task_set.clone(),
+        image: s.image.clone(),
+        command: s.command.clone(),
+        args: s.args.clone(),
+        env: s.env.clone().into_iter().collect(),
+        requests: Some((&s.resources).into()),
+        limits: Some((&s.limits).into()),
+        gang_id: s.gang.as_ref().map_or(0, |g| g.id.0),
+        gang_size: s.gang.as_ref().map_or(0, |g| g.size),
+        gang_rank: s.gang.as_ref().map_or(0, |g| g.rank),
+        checkpoint: s.checkpoint,
+        max_runtime_ms: s.max_runtime_ms.unwrap_or(0),
+        termination_grace_ms: s.termination_grace_ms,
+        priority_class: s.priority_class.clone(),
+        sim_duration_ms: sim.duration_ms,
+        sim_exit_code: sim.exit_code,
+        sim_memory_peak_bytes: sim.memory_peak_bytes.unwrap_or(0),
+    }
+}
+
+/// The scheduling view of a stored task.
+pub fn sched_task(t: &TaskRecord, avoid_cluster_after: u32) -> SchedTask {
+    let class = PriorityClass::lookup(&t.spec.priority_class).unwrap_or(PriorityClass { name: "default".into(), priority: 100, preemptible: true });
+    SchedTask {
+        id: t.id,
+        queue: t.spec.queue.clone(),
+        priority: class.priority,
+        preemptible: class.preemptible,
+        submit_seq: t.id.0,
+        resources: t.spec.resources.clone(),
+        gang: t.spec.gang.clone(),
+        placement: t.spec.placement.clone(),
+        avoid_nodes: t.avoid_nodes.clone(),
+        avoid_clusters: t.avoid_clusters(avoid_cluster_after),
+    }
+}
+
+fn quantities(r: &Resources) -> std::collections::HashMap<String, String> {
+    r.to_quantities().into_iter().collect()
+}
+
+fn limit_quantities(l: &ResourceLimits) -> std::collections::HashMap<String, String> {
+    let mut m = std::collections::HashMap::new();
+    if let Some(v) = l.cpu_millis {
+        m.insert("cpu".to_string(), format_cpu_millis(v));
+    }
+    if let Some(v) = l.memory_bytes {
+        m.insert("memory".to_string(), format_bytes(v));
+    }
+    if let Some(v) = l.gpu {
+        m.insert(flotilla_model::GPU_RESOURCE.to_string(), v.to_string());
+    }
+    m
+}
+
+pub fn queue_to_spec(q: &Queue) -> v1::QueueSpec {
+    v1::QueueSpec {
+        name: q.name.clone(),
+        weight: q.weight,
+        guarantee: quantities(&q.guarantee),
+        limit: limit_quantities(&q.limit),
+        owner: q.owner.clone(),
+        disruption_budget: q.disruption_budget,
+    }
+}
+
+/// Validates a queue spec; errors name the field.
+pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    flotilla_model::check_name("name", &spec.name, &mut errors);
+    if !(spec.weight.is_finite() && spec.weight >= 0.0) {
+        errors.push(FieldError::new("weight", format!("{} must be a number >= 0", spec.weight)));
+    }
+    let mut guarantee = Resources::default();
+    let mut keys: Vec<_> = spec.guarantee.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        let r = match k.as_str() {
+            "cpu" => parse_cpu_millis(v).map(|x| guarantee.cpu_millis = x),
+            "memory" => parse_bytes(v).map(|x| guarantee.memory_bytes = x),
+            "gpu" | flotilla_model::GPU_RESOURCE => parse_count(v).map(|x| guarantee.gpu = x),
+            _ => {
+                errors.push(FieldError::new(format!("guarantee.{k}"), "unknown resource (use cpu, memory or nvidia.com/gpu)"));
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            errors.push(FieldError::new(format!("guarantee.{k}"), e.to_string()));
+        }
+    }
+    let mut limit = ResourceLimits::default();
+    let mut keys: Vec<_> = spec.limit.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        let r = match k.as_str() {
+            "cpu" => parse_cpu_millis(v).map(|x| limit.cpu_millis = Some(x)),
+            "memory" => parse_bytes(v).map(|x| limit.memory_bytes = Some(x)),
+            "gpu" | flotilla_model::GPU_RESOURCE => parse_count(v).map(|x| limit.gpu = Some(x)),
+            _ => {
+                errors.push(FieldError::new(format!("limit.{k}"), "unknown resource (use cpu, memory or nvidia.com/gpu)"));
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            errors.push(FieldError::new(format!("limit.{k}"), e.to_string()));
+        }
+    }
+    for (name, g, l) in [
+        ("cpu", guarantee.cpu_millis, limit.cpu_millis),
+        ("memory", guarantee.memory_bytes, limit.memory_bytes),
+        ("nvidia.com/gpu", guarantee.gpu, limit.gpu),
+    ] {
+        if let Some(l) = l {
+            if g > l {
+                errors.push(FieldError::new(format!("guarantee.{name}"), "is above the queue's limit"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Queue {
+        name: spec.name.clone(),
+        weight: spec.weight,
+        guarantee,
+        limit,
+        owner: spec.owner.clone(),
+        disruption_budget: if spec.disruption_budget == 0 { DEFAULT_DISRUPTION_BUDGET } else { spec.disruption_budget },
+    })
+}
+
+pub fn invalid(errors: &[FieldError]) -> tonic::Status {
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    tonic::Status::invalid_argument(lines.join("\n"))
+}

@@ -1,0 +1,240 @@
+//! The leader loop: scheduling cycles, cluster-loss detection and compaction.
+//!
+//! Only the Raft leader runs a cycle. It runs every `schedule_interval`, or sooner when
+//! work or capacity changed (a submit, an event, a new cluster), but never more often
+//! than every [`MIN_CYCLE_GAP`]: bursts of events are batched into one cycle and one
+//! Raft entry. A new leader first waits one sync interval so that every executor has
+//! reported to it: capacity is soft state and deciding on an empty picture would be wrong.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_model::{Resources, TaskId};
+use flotilla_sched::{Input, Running};
+use flotilla_store::{ClusterState, Command, CommandResult, LeaseDecision, PreemptDecision, ScheduleDecisions};
+use tracing::Instrument;
+
+use crate::convert::sched_task;
+use crate::{now_ms, Context};
+
+/// Shortest time between two cycles, so that a burst of triggers becomes one cycle.
+pub const MIN_CYCLE_GAP: Duration = Duration::from_millis(50);
+/// How often finished tasks are considered for compaction.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(ctx: Arc<Context>) {
+    let mut was_leader = false;
+    let mut reasons: HashMap<TaskId, String> = HashMap::new();
+    let mut last_compact = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.schedule_interval) => {}
+            _ = ctx.schedule_now.notified() => {}
+        }
+        tokio::time::sleep(MIN_CYCLE_GAP).await;
+        refresh_raft_metrics(&ctx);
+        let leader = ctx.is_leader();
+        if leader != was_leader {
+            let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
+            cap.reset(leader.then(Instant::now));
+            reasons.clear();
+            tracing::info!(leader, term = ctx.replica.current_term(), "leadership changed");
+        }
+        was_leader = leader;
+        if !leader {
+            continue;
+        }
+        let leader_for = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).leader_since.map_or(Duration::ZERO, |t| t.elapsed());
+        if leader_for < ctx.config.sync_interval + ctx.config.sync_interval / 2 {
+            // Give every executor one sync to report to the new leader first.
+            continue;
+        }
+        let span = tracing::info_span!("cycle", term = ctx.replica.current_term());
+        async {
+            detect_lost_clusters(&ctx).await;
+            if let Err(e) = cycle(&ctx, &mut reasons).await {
+                tracing::warn!(error = %e, "scheduling cycle not committed");
+            }
+            if last_compact.elapsed() >= COMPACT_EVERY {
+                last_compact = Instant::now();
+                compact(&ctx).await;
+            }
+        }
+        .instrument(span)
+        .await;
+        refresh_state_metrics(&ctx);
+    }
+}
+
+/// One scheduling cycle: snapshot, decide (off the async runtime), commit.
+async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Result<(), tonic::Status> {
+    let started = Instant::now();
+    let now = now_ms();
+    let lost_after = ctx.config.cluster_lost_after;
+    let fresh_nodes = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).fresh_nodes(Instant::now(), lost_after);
+    let input = ctx.read(|s| {
+        let ready = |c: &str| s.cluster(c).is_some_and(|r| r.state == ClusterState::Ready);
+        let avoid_after = s.limits.avoid_cluster_after_failures;
+        Input {
+            queues: s.queues().cloned().collect(),
+            nodes: fresh_nodes.into_iter().filter(|n| ready(&n.cluster)).collect(),
+            queued: s.queued().filter(|t| s.is_schedulable(t, now)).map(|t| sched_task(t, avoid_after)).collect(),
+            running: s
+                .active()
+                .filter_map(|t| t.lease.clone().map(|node| Running { task: sched_task(t, avoid_after), node }))
+                .collect(),
+            config: ctx.config.sched.clone(),
+        }
+    });
+    ctx.metrics.schedulable_tasks.set(input.queued.len() as f64);
+    if input.queued.is_empty() && input.queues.is_empty() {
+        return Ok(());
+    }
+    let (input, decisions) = tokio::task::spawn_blocking(move || {
+        let d = flotilla_sched::schedule(&input);
+        (input, d)
+    })
+    .await
+    .map_err(|e| tonic::Status::internal(format!("scheduler panicked: {e}")))?;
+    *ctx.shares.lock().unwrap_or_else(|e| e.into_inner()) = decisions.queue_shares.clone();
+    for share in &decisions.queue_shares {
+        ctx.metrics.queue_fair_share.with_label_values(&[share.queue.as_str()]).set(share.fair_share);
+        ctx.metrics.queue_actual_share.with_label_values(&[share.queue.as_str()]).set(share.actual_share);
+    }
+
+    // Attempts as the leader sees them now; applying the entry re-checks them, so a
+    // decision made on a state that moved on is dropped, never double-applied.
+    let (leases, preemptions) = ctx.read(|s| {
+        let leases: Vec<LeaseDecision> = decisions
+            .leases
+            .iter()
+            .filter_map(|l| s.task(l.task).map(|t| LeaseDecision { task: l.task, attempt: t.attempt + 1, node: l.node.clone() }))
+            .collect();
+        let preemptions: Vec<PreemptDecision> = decisions
+            .preemptions
+            .iter()
+            .filter_map(|p| s.task(p.task).map(|t| PreemptDecision { task: p.task, attempt: t.attempt, reason: p.reason.clone() }))
+            .collect();
+        (leases, preemptions)
+    });
+    let mut changed_reasons = Vec::new();
+    let mut still_queued = HashMap::with_capacity(decisions.unscheduled.len());
+    for u in &decisions.unscheduled {
+        if reasons.get(&u.task) != Some(&u.reason) {
+            changed_reasons.push((u.task, u.reason.clone()));
+        }
+        still_queued.insert(u.task, u.reason.clone());
+    }
+    *reasons = still_queued;
+    drop(input);
+    if leases.is_empty() && preemptions.is_empty() && changed_reasons.is_empty() {
+        ctx.metrics.schedule_cycle_seconds.observe(started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    let (n_leases, n_preempt) = (leases.len(), preemptions.len());
+    let result = ctx.propose(Command::Schedule(ScheduleDecisions { leases, preemptions, reasons: changed_reasons })).await?;
+    ctx.metrics.schedule_cycle_seconds.observe(started.elapsed().as_secs_f64());
+    ctx.metrics.placements_total.inc_by(n_leases as u64);
+    ctx.metrics.preemptions_total.inc_by(n_preempt as u64);
+    if n_leases + n_preempt > 0 {
+        tracing::info!(
+            leases = n_leases,
+            preemptions = n_preempt,
+            applied = ?result,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "scheduling cycle committed"
+        );
+    }
+    Ok(())
+}
+
+/// Invariant 6: a cluster silent for `cluster_lost_after` has its tasks requeued elsewhere.
+async fn detect_lost_clusters(ctx: &Arc<Context>) {
+    let now = Instant::now();
+    let lost_after = ctx.config.cluster_lost_after;
+    let ready: Vec<String> = ctx.read(|s| s.clusters().filter(|c| c.state == ClusterState::Ready).map(|c| c.name.clone()).collect());
+    for cluster in ready {
+        let silent_for = {
+            let cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
+            // A cluster that never reported to this leader counts from when it took over.
+            cap.age(&cluster, now).or_else(|| cap.leader_since.map(|t| now.saturating_duration_since(t))).unwrap_or_default()
+        };
+        if silent_for <= lost_after {
+            continue;
+        }
+        tracing::warn!(cluster = %cluster, silent_for_s = silent_for.as_secs(), "cluster lost: requeueing its tasks");
+        match ctx.propose(Command::ClusterLost { cluster: cluster.clone() }).await {
+            Ok(CommandResult::Count(n)) => {
+                ctx.metrics.clusters_lost_total.inc();
+                ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).reports.remove(&cluster);
+                tracing::warn!(cluster = %cluster, requeued = n, "cluster marked lost");
+            }
+            Ok(other) => tracing::warn!(cluster = %cluster, result = ?other, "cluster loss not applied"),
+            Err(e) => tracing::warn!(cluster = %cluster, error = %e, "could not commit cluster loss"),
+        }
+    }
+}
+
+async fn compact(ctx: &Arc<Context>) {
+    let retention_ms = ctx.config.finished_retention.as_millis() as u64;
+    let cutoff = now_ms().saturating_sub(retention_ms);
+    let max_tasks = ctx.config.max_tasks;
+    let needed = ctx.read(|s| s.task_count() > max_tasks || s.tasks().any(|t| t.state.is_terminal() && t.updated_ms < cutoff));
+    if needed {
+        match ctx.propose(Command::Compact { finished_before_ms: cutoff, max_tasks }).await {
+            Ok(r) => tracing::info!(result = ?r, "compacted finished tasks"),
+            Err(e) => tracing::warn!(error = %e, "compaction not committed"),
+        }
+    }
+}
+
+pub fn refresh_raft_metrics(ctx: &Context) {
+    let m = ctx.replica.metrics();
+    let (committed, applied) = (m.commit_index.unwrap_or(0), m.last_applied_index.unwrap_or(0));
+    ctx.metrics.raft_term.set(m.term as i64);
+    ctx.metrics.raft_leader.set(m.leader.unwrap_or(0) as i64);
+    ctx.metrics.raft_is_leader.set(i64::from(ctx.is_leader()));
+    ctx.metrics.raft_commit_index.set(committed as i64);
+    ctx.metrics.raft_applied_index.set(applied as i64);
+    ctx.metrics.raft_apply_lag.set(committed.saturating_sub(applied) as i64);
+}
+
+/// Task counts, cluster capacity and usage, sync ages.
+pub fn refresh_state_metrics(ctx: &Context) {
+    let now = Instant::now();
+    ctx.read(|s| {
+        for q in s.queues() {
+            let counts = s.counts(&q.name);
+            for (state, n) in flotilla_model::TaskState::ALL.iter().zip(counts) {
+                ctx.metrics.tasks.with_label_values(&[q.name.as_str(), state.as_str()]).set(n as i64);
+            }
+        }
+        ctx.metrics.events_trimmed_total.set(s.events_trimmed as i64);
+        let cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
+        for c in s.clusters() {
+            ctx.metrics.cluster_ready.with_label_values(&[c.name.as_str()]).set(i64::from(c.state == ClusterState::Ready));
+            let mut allocatable = Resources::default();
+            if let Some(r) = cap.reports.get(&c.name) {
+                for n in &r.nodes {
+                    allocatable.add(&n.allocatable);
+                }
+            }
+            let mut used = Resources::default();
+            for t in s.active_in(&c.name) {
+                used.add(&t.spec.resources);
+            }
+            for (resource, a, u) in [
+                ("cpu", allocatable.cpu_millis as f64 / 1000.0, used.cpu_millis as f64 / 1000.0),
+                ("memory_bytes", allocatable.memory_bytes as f64, used.memory_bytes as f64),
+                ("gpu", allocatable.gpu as f64, used.gpu as f64),
+            ] {
+                ctx.metrics.cluster_capacity.with_label_values(&[c.name.as_str(), resource]).set(a);
+                ctx.metrics.cluster_usage.with_label_values(&[c.name.as_str(), resource]).set(u);
+            }
+            if let Some(age) = cap.age(&c.name, now) {
+                ctx.metrics.executor_sync_age_seconds.with_label_values(&[c.name.as_str()]).set(age.as_secs_f64());
+            }
+        }
+    });
+}

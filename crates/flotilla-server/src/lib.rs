@@ -1,0 +1,336 @@
+//! A Flotilla scheduler replica.
+//!
+//! One process of the replicated scheduler: it joins the Raft group ([`raft`]), serves the
+//! public gRPC API (`Queues`, `Tasks`, `Clusters`) and the executor protocol (`Executor`)
+//! on one port together with Raft traffic, and serves `/metrics`, `/healthz`, `/readyz` and
+//! a small read-only web view on the HTTP port. The replica that is Raft leader also runs
+//! the scheduling loop ([`leader`]): it feeds the queued tasks, running tasks and the
+//! executors' capacity reports to `flotilla_sched::schedule` and commits the decisions.
+//!
+//! This crate is not for the scheduling algorithm (`flotilla-sched`), the state machine
+//! (`flotilla-store`) or running tasks (`flotilla-executor`); it wires them together.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let config = flotilla_server::ServerConfig::single("127.0.0.1:50051".parse()?, "/tmp/flotilla".into());
+//! let server = flotilla_server::start(config).await?;
+//! server.wait_for_leader(std::time::Duration::from_secs(10)).await?;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod capacity;
+mod convert;
+mod http;
+pub mod leader;
+pub mod metrics;
+pub mod raft;
+pub mod services;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use flotilla_model::SubmitLimits;
+use flotilla_store::{Command, CommandResult, State};
+use tokio::sync::{oneshot, Notify};
+use tonic::Status;
+
+pub use capacity::Capacity;
+pub use metrics::Metrics;
+pub use raft::{NetworkFault, Replica, ReplicaConfig};
+
+/// Everything a replica needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub id: u64,
+    /// gRPC: public API, executor protocol and Raft traffic.
+    pub listen: SocketAddr,
+    /// HTTP: metrics, health, web view. `None` disables it.
+    pub http: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    /// Every replica of the group by id, including this one (`http://host:port`).
+    pub peers: BTreeMap<u64, String>,
+    pub schedule_interval: Duration,
+    /// A cluster whose executor has not synced for this long has its tasks requeued.
+    pub cluster_lost_after: Duration,
+    /// What executors are told to use between syncs.
+    pub sync_interval: Duration,
+    pub submit_limits: SubmitLimits,
+    /// Most attempts one Sync response asks an executor to start.
+    pub max_starts_per_sync: usize,
+    /// Most events accepted in one ReportEvents call.
+    pub max_events_per_report: usize,
+    /// Finished tasks are forgotten after this long...
+    pub finished_retention: Duration,
+    /// ...or once more than this many tasks are held.
+    pub max_tasks: usize,
+    pub sched: flotilla_sched::Config,
+    /// Test hook: drop Raft traffic between replicas.
+    pub fault: Option<NetworkFault>,
+}
+
+impl ServerConfig {
+    /// A one-replica group (dev mode, tests).
+    pub fn single(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            id: 1,
+            listen,
+            http: None,
+            data_dir,
+            peers: BTreeMap::from([(1, format!("http://{listen}"))]),
+            schedule_interval: Duration::from_secs(1),
+            cluster_lost_after: Duration::from_secs(30),
+            sync_interval: Duration::from_secs(1),
+            submit_limits: SubmitLimits::default(),
+            max_starts_per_sync: 5_000,
+            max_events_per_report: 10_000,
+            finished_retention: Duration::from_secs(24 * 3600),
+            max_tasks: 2_000_000,
+            sched: flotilla_sched::Config::default(),
+            fault: None,
+        }
+    }
+}
+
+/// Parses `1=http://127.0.0.1:7001,2=http://127.0.0.1:7002`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part.split_once('=').ok_or_else(|| format!("--peers: {part:?} is not ID=URL"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("--peers: {id:?} is not a replica id (a positive number)"))?;
+        if id == 0 {
+            return Err("--peers: replica ids start at 1".into());
+        }
+        let url = url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("--peers: {url:?} must start with http:// or https://"));
+        }
+        if peers.insert(id, url.to_string()).is_some() {
+            return Err(format!("--peers: replica {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers: at least one replica is required".into());
+    }
+    Ok(peers)
+}
+
+/// Shared by the services, the leader loop and the HTTP endpoints of one replica.
+pub struct Context {
+    pub config: ServerConfig,
+    pub replica: Arc<Replica>,
+    pub capacity: Mutex<Capacity>,
+    pub metrics: Metrics,
+    /// Wakes the leader loop early (new work or new capacity).
+    pub schedule_now: Notify,
+    /// Last cycle's fair and actual shares, for metrics, ListQueues and the web view.
+    pub shares: Mutex<Vec<flotilla_sched::QueueShare>>,
+    pub started: Instant,
+    /// A channel to the current leader's gRPC port, for calls only the leader can answer.
+    leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Context {
+    /// Reads the local replica's state. Never held across an await.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let state = self.replica.state();
+        let guard = state.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    /// Proposes a command through Raft (forwarded to the leader when this replica is not
+    /// it) and waits until it is committed and applied.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, Status> {
+        match self.replica.propose(command).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(Status::unavailable(format!("could not commit: {e}"))),
+        }
+    }
+
+    /// Like [`propose`](Self::propose), but a rejected command is an error naming why.
+    pub async fn propose_ok(&self, command: Command) -> Result<CommandResult, Status> {
+        match self.propose(command).await? {
+            CommandResult::Rejected { message } => {
+                let code = if message.contains("does not exist") || message.contains("is not known") {
+                    tonic::Code::NotFound
+                } else if message.contains("already exists") {
+                    tonic::Code::AlreadyExists
+                } else {
+                    tonic::Code::FailedPrecondition
+                };
+                Err(Status::new(code, message))
+            }
+            other => Ok(other),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.replica.is_leader()
+    }
+
+    /// A (cached, lazily connected) channel to the leader, when another replica leads.
+    pub fn leader_channel(&self) -> Option<tonic::transport::Channel> {
+        let url = self.replica.leader_url()?;
+        let mut cache = self.leader_channel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, channel)) = cache.as_ref() {
+            if *cached == url {
+                return Some(channel.clone());
+            }
+        }
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        *cache = Some((url, channel.clone()));
+        Some(channel)
+    }
+}
+
+/// A running replica.
+pub struct ServerHandle {
+    pub ctx: Arc<Context>,
+    pub local_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    shutdown: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Waits until some replica of the group is known to lead.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.ctx.replica.leader_id() {
+                return Ok(id);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("no leader elected within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops serving, stops Raft and waits for the background tasks.
+    pub async fn shutdown(mut self) {
+        for tx in self.shutdown.drain(..) {
+            let _ = tx.send(());
+        }
+        self.ctx.replica.shutdown().await;
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens the store, joins the group and starts serving. Returns once listening.
+pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
+    if !config.peers.contains_key(&config.id) {
+        anyhow::bail!("--id {} is not in --peers ({:?})", config.id, config.peers.keys().collect::<Vec<_>>());
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding gRPC address {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+
+    let replica = Replica::open(ReplicaConfig::new(config.id, config.peers.clone(), config.data_dir.clone(), config.fault.clone()))
+        .await
+        .context("opening the replica")?;
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        replica,
+        capacity: Mutex::new(Capacity::default()),
+        metrics: Metrics::new(),
+        schedule_now: Notify::new(),
+        shares: Mutex::new(Vec::new()),
+        started: Instant::now(),
+        leader_channel: Mutex::new(None),
+    });
+
+    let mut shutdown = Vec::new();
+    let mut tasks = Vec::new();
+
+    let (tx, rx) = oneshot::channel();
+    shutdown.push(tx);
+    let router = services::router(ctx.clone());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            })
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    }));
+
+    let mut http_addr = None;
+    if let Some(addr) = config.http {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP address {addr}"))?;
+        http_addr = Some(listener.local_addr()?);
+        let (tx, rx) = oneshot::channel();
+        shutdown.push(tx);
+        tasks.push(tokio::spawn(http::serve(ctx.clone(), listener, rx)));
+    }
+
+    ctx.replica.bootstrap();
+    tasks.push(tokio::spawn(leader::run(ctx.clone())));
+    tracing::info!(id = config.id, grpc = %local_addr, http = ?http_addr, "replica started");
+    Ok(ServerHandle { ctx, local_addr, http_addr, shutdown, tasks })
+}
+
+/// Runs a replica until SIGINT or SIGTERM.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_entries_name_the_problem() {
+        let p = parse_peers("1=http://127.0.0.1:7001, 2=http://127.0.0.1:7002").unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[&2], "http://127.0.0.1:7002");
+        assert!(parse_peers("1=127.0.0.1:7001").unwrap_err().contains("must start with http://"));
+        assert!(parse_peers("x=http://a").unwrap_err().contains("not a replica id"));
+        assert!(parse_peers("1=http://a,1=http://b").unwrap_err().contains("listed twice"));
+        assert!(parse_peers("").unwrap_err().contains("at least one"));
+    }
+}

@@ -1,0 +1,72 @@
+//! `flotilla.v1.Clusters`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use flotilla_api::v1::{self, clusters_server::Clusters};
+use flotilla_model::Resources;
+use flotilla_store::ClusterState;
+use tonic::{Request, Response, Status};
+
+use crate::Context;
+
+pub struct ClustersService(pub Arc<Context>);
+
+/// The cluster list as this replica sees it. Capacity comes from executor reports, which
+/// only the leader receives: followers show the registry with empty capacity.
+pub fn list(ctx: &Context) -> Vec<v1::Cluster> {
+    let now = Instant::now();
+    let capacity = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
+    ctx.read(|s| {
+        s.clusters()
+            .map(|c| {
+                let report = capacity.reports.get(&c.name);
+                let mut allocatable = Resources::default();
+                let mut models = BTreeSet::new();
+                if let Some(r) = report {
+                    for n in &r.nodes {
+                        allocatable.add(&n.allocatable);
+                        if let Some(m) = &n.gpu_model {
+                            models.insert(m.clone());
+                        }
+                    }
+                }
+                let mut used = Resources::default();
+                let mut active = 0;
+                for t in s.active_in(&c.name) {
+                    used.add(&t.spec.resources);
+                    active += 1;
+                }
+                v1::Cluster {
+                    name: c.name.clone(),
+                    state: match c.state {
+                        ClusterState::Ready => "ready".into(),
+                        ClusterState::Lost => "lost".into(),
+                    },
+                    nodes: report.map_or(0, |r| r.nodes.len() as u32),
+                    allocatable: Some((&allocatable).into()),
+                    used: Some((&used).into()),
+                    last_sync_age_ms: capacity.age(&c.name, now).map_or(0, |d| d.as_millis() as u64),
+                    active_tasks: active,
+                    gpu_models: models.into_iter().collect(),
+                }
+            })
+            .collect()
+    })
+}
+
+#[tonic::async_trait]
+impl Clusters for ClustersService {
+    async fn list_clusters(&self, _req: Request<v1::ListClustersRequest>) -> Result<Response<v1::ListClustersResponse>, Status> {
+        if !self.0.is_leader() {
+            if let Some(channel) = self.0.leader_channel() {
+                let mut client = v1::clusters_client::ClustersClient::new(channel);
+                if let Ok(r) = client.list_clusters(v1::ListClustersRequest {}).await {
+                    return Ok(r);
+                }
+            }
+        }
+        Ok(Response::new(v1::ListClustersResponse { clusters: list(&self.0) }))
+    }
+}

@@ -1,0 +1,148 @@
+//! `flotilla.v1.Executor`: the executors' Sync and ReportEvents.
+//!
+//! Sync is level-triggered. The executor reports every attempt it has; the leader compares
+//! that with the committed leases of the cluster and answers with the difference: attempts
+//! to start (committed leases the executor lacks) and attempts to stop (anything that is
+//! not the current lease of its task: invariant 2). Only committed leases are ever sent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flotilla_api::{node_from_report, v1, v1::executor_server::Executor};
+use flotilla_model::{AttemptStatus, FailureKind, FieldError, TaskId};
+use flotilla_store::{AttemptEvent, ClusterState, Command};
+use tonic::{Request, Response, Status};
+
+use crate::capacity::ClusterReport;
+use crate::convert::{invalid, leased_task};
+use crate::Context;
+
+/// Most nodes one cluster may report.
+const MAX_NODES_PER_CLUSTER: usize = 100_000;
+
+pub struct ExecutorService {
+    ctx: Arc<Context>,
+}
+
+impl ExecutorService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        ExecutorService { ctx }
+    }
+}
+
+pub fn failure_kind(s: &str) -> FailureKind {
+    match s {
+        "OOMKilled" => FailureKind::OomKilled,
+        "Evicted" => FailureKind::Evicted,
+        "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" => FailureKind::ImagePull,
+        "DeadlineExceeded" => FailureKind::DeadlineExceeded,
+        "Lost" => FailureKind::Lost,
+        "StartFailed" => FailureKind::StartFailed,
+        _ => FailureKind::Error,
+    }
+}
+
+fn attempt_event(e: &v1::AttemptEvent) -> Result<AttemptEvent, String> {
+    let status = match e.status.as_str() {
+        "pending" => AttemptStatus::Pending,
+        "running" => AttemptStatus::Running,
+        "succeeded" => AttemptStatus::Succeeded,
+        "failed" => AttemptStatus::Failed { kind: failure_kind(&e.failure_kind), exit_code: e.exit_code, message: e.message.clone() },
+        other => return Err(format!("{other:?} is not one of pending, running, succeeded, failed")),
+    };
+    Ok(AttemptEvent { task: TaskId(e.task_id), attempt: e.attempt, status, node: e.node.clone(), time_ms: e.time_ms })
+}
+
+#[tonic::async_trait]
+impl Executor for ExecutorService {
+    async fn sync(&self, req: Request<v1::SyncRequest>) -> Result<Response<v1::SyncResponse>, Status> {
+        let ctx = &self.ctx;
+        if !ctx.is_leader() {
+            // Capacity reports are the leader's soft state: hand the call to the leader.
+            let channel = ctx.leader_channel().ok_or_else(|| Status::unavailable("no leader elected yet"))?;
+            let mut client = v1::executor_client::ExecutorClient::new(channel)
+                .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
+            return client.sync(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let mut errors = Vec::new();
+        flotilla_model::check_name("cluster", &r.cluster, &mut errors);
+        if r.nodes.len() > MAX_NODES_PER_CLUSTER {
+            errors.push(FieldError::new("nodes", format!("{} nodes exceed the limit of {MAX_NODES_PER_CLUSTER}", r.nodes.len())));
+        }
+        if !errors.is_empty() {
+            return Err(invalid(&errors));
+        }
+        let cluster = r.cluster.clone();
+        let _span = tracing::debug_span!("sync", cluster = %cluster).entered();
+        let nodes = r.nodes.iter().map(|n| node_from_report(&cluster, n)).collect();
+        let attempts: Vec<(TaskId, u32, String)> = r.attempts.iter().map(|a| (TaskId(a.task_id), a.attempt, a.phase.clone())).collect();
+        let first_report = {
+            let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
+            let first = !cap.reports.contains_key(&cluster);
+            cap.record(&cluster, ClusterReport { nodes, attempts: attempts.clone(), executor_id: r.executor_id.clone(), received: Instant::now() });
+            first
+        };
+        drop(_span);
+        let registered = ctx.read(|s| s.cluster(&cluster).map(|c| c.state));
+        if registered != Some(ClusterState::Ready) {
+            ctx.propose_ok(Command::ClusterSeen { cluster: cluster.clone() }).await?;
+            tracing::info!(cluster = %cluster, "cluster ready");
+        }
+        if first_report {
+            ctx.schedule_now.notify_one();
+        }
+
+        let max_starts = ctx.config.max_starts_per_sync;
+        let (start, stop) = ctx.read(|s| {
+            let desired: HashMap<TaskId, u32> = s.active_in(&cluster).map(|t| (t.id, t.attempt)).collect();
+            let reported: HashSet<(TaskId, u32)> = attempts.iter().map(|(t, a, _)| (*t, *a)).collect();
+            let stop: Vec<v1::AttemptRef> = attempts
+                .iter()
+                .filter(|(t, a, _)| desired.get(t) != Some(a))
+                .map(|(t, a, _)| v1::AttemptRef { task_id: t.0, attempt: *a })
+                .collect();
+            let mut start = Vec::new();
+            for t in s.active_in(&cluster) {
+                if start.len() >= max_starts {
+                    break;
+                }
+                if !reported.contains(&(t.id, t.attempt)) {
+                    start.push(leased_task(t));
+                }
+            }
+            (start, stop)
+        });
+        if !stop.is_empty() {
+            tracing::info!(cluster = %cluster, stop = stop.len(), "stopping attempts that are not current leases");
+        }
+        Ok(Response::new(v1::SyncResponse { start, stop, sync_interval_ms: ctx.config.sync_interval.as_millis() as u32 }))
+    }
+
+    async fn report_events(&self, req: Request<v1::ReportEventsRequest>) -> Result<Response<v1::ReportEventsResponse>, Status> {
+        let r = req.into_inner();
+        let max = self.ctx.config.max_events_per_report;
+        if r.events.len() > max {
+            return Err(invalid(&[FieldError::new("events", format!("{} events exceed the limit of {max} per call", r.events.len()))]));
+        }
+        let mut events = Vec::with_capacity(r.events.len());
+        let mut errors = Vec::new();
+        for (i, e) in r.events.iter().enumerate() {
+            match attempt_event(e) {
+                Ok(ev) => events.push(ev),
+                Err(m) => errors.push(FieldError::new(format!("events[{i}].status"), m)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(invalid(&errors));
+        }
+        let n = events.len() as u32;
+        if n > 0 {
+            self.ctx.propose_ok(Command::ReportEvents { cluster: r.cluster, events }).await?;
+            self.ctx.schedule_now.notify_one();
+        }
+        Ok(Response::new(v1::ReportEventsResponse { accepted: n }))
+    }
+}

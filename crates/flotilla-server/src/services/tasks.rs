@@ -1,0 +1,251 @@
+//! `flotilla.v1.Tasks`: submit, cancel, resume, get, list, watch.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_api::{template_from_proto, v1, v1::tasks_server::Tasks};
+use flotilla_model::{expand, FieldError, TaskId, TaskState, TaskTemplate};
+use flotilla_store::{CancelTarget, Command, CommandResult};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{event_to_proto, invalid, task_to_proto};
+use crate::{now_ms, Context};
+
+/// Most ids one GetTasks call may ask for; most tasks one ListTasks page returns.
+const MAX_IDS_PER_GET: usize = 10_000;
+const DEFAULT_PAGE: usize = 1_000;
+const MAX_PAGE: usize = 10_000;
+/// Events sent per read of the log while a watcher catches up.
+const WATCH_BATCH: usize = 1_000;
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+pub struct TasksService(pub Arc<Context>);
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TasksService {
+    async fn linearize(&self, linearizable: bool) -> Result<(), Status> {
+        if linearizable {
+            self.0.replica.read_linearizable().await.map_err(|e| Status::unavailable(format!("linearizable read failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Tasks no node reporting now could ever hold: accepted (clusters scale, executors
+    /// reconnect) but the caller is told. Only the leader knows capacity.
+    fn capacity_warnings(&self, templates: &[TaskTemplate], specs: &[flotilla_model::TaskSpec]) -> Vec<String> {
+        let nodes = {
+            let cap = self.0.capacity.lock().unwrap_or_else(|e| e.into_inner());
+            cap.fresh_nodes(Instant::now(), self.0.config.cluster_lost_after)
+        };
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        let mut warnings = Vec::new();
+        for (i, t) in templates.iter().enumerate() {
+            let Some(spec) = specs.iter().find(|s| s.name == t.name) else { continue };
+            let fits = nodes.iter().any(|n| {
+                spec.resources.fits_in(&n.schedulable_capacity())
+                    && spec.placement.gpu_model.as_ref().is_none_or(|m| n.gpu_model.as_ref() == Some(m))
+            });
+            if !fits {
+                warnings.push(format!(
+                    "tasks[{i}]: needs {}{}, more than any node now reporting offers; it stays queued until such a node appears",
+                    spec.resources,
+                    spec.placement.gpu_model.as_ref().map(|m| format!(" on {m}")).unwrap_or_default()
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::TaskEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Tasks for TasksService {
+    async fn submit_tasks(&self, req: Request<v1::SubmitTasksRequest>) -> Result<Response<v1::SubmitTasksResponse>, Status> {
+        let r = req.into_inner();
+        let limits = &self.0.config.submit_limits;
+        if r.tasks.len() > limits.max_templates_per_submit as usize {
+            return Err(invalid(&[FieldError::new(
+                "tasks",
+                format!("{} entries exceed the limit of {} per submission", r.tasks.len(), limits.max_templates_per_submit),
+            )]));
+        }
+        if r.client_request_id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(invalid(&[FieldError::new("clientRequestId", format!("is longer than {MAX_REQUEST_ID_BYTES} bytes"))]));
+        }
+        let templates: Vec<TaskTemplate> = r.tasks.iter().map(template_from_proto).collect();
+        let specs = match expand(&r.queue, &r.task_set, &templates, limits) {
+            Ok(s) => s,
+            Err(e) => {
+                self.0.metrics.rejected_requests_total.with_label_values(&["invalid"]).inc();
+                return Err(invalid(&e.0));
+            }
+        };
+        if !self.0.read(|s| s.queue(&r.queue).is_some()) {
+            self.0.metrics.rejected_requests_total.with_label_values(&["unknown_queue"]).inc();
+            return Err(invalid(&[FieldError::new(
+                "queue",
+                format!("{:?} does not exist (create it with `flotilla queue create {}`)", r.queue, r.queue),
+            )]));
+        }
+        let warnings = self.capacity_warnings(&templates, &specs);
+        let client_request_id = if r.client_request_id.is_empty() {
+            // No dedupe without a caller-chosen id; still unique so nothing collides.
+            format!("auto-{}-{}-{}", self.0.config.id, now_ms(), REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed))
+        } else {
+            r.client_request_id
+        };
+        let n = specs.len();
+        let result =
+            self.0.propose_ok(Command::Submit { client_request_id, queue: r.queue.clone(), task_set: r.task_set.clone(), specs }).await?;
+        let CommandResult::Submitted { task_ids } = result else {
+            return Err(Status::internal(format!("unexpected result of submit: {result:?}")));
+        };
+        self.0.metrics.submitted_tasks_total.inc_by(n as u64);
+        self.0.schedule_now.notify_one();
+        tracing::info!(queue = %r.queue, task_set = %r.task_set, tasks = n, "submitted");
+        Ok(Response::new(v1::SubmitTasksResponse { task_ids: task_ids.iter().map(|t| t.0).collect(), warnings }))
+    }
+
+    async fn cancel_tasks(&self, req: Request<v1::CancelTasksRequest>) -> Result<Response<v1::CancelTasksResponse>, Status> {
+        let r = req.into_inner();
+        let target = match (r.task_ids.is_empty(), r.queue.is_empty() || r.task_set.is_empty()) {
+            (false, true) => {
+                if r.task_ids.len() > MAX_IDS_PER_GET {
+                    return Err(invalid(&[FieldError::new("taskIds", format!("at most {MAX_IDS_PER_GET} per call"))]));
+                }
+                CancelTarget::Tasks(r.task_ids.iter().map(|i| TaskId(*i)).collect())
+            }
+            (true, false) => CancelTarget::TaskSet { queue: r.queue, task_set: r.task_set },
+            _ => return Err(Status::invalid_argument("give either task ids or both queue and task set")),
+        };
+        let reason = if r.reason.is_empty() { "cancelled by user".to_string() } else { r.reason };
+        match self.0.propose_ok(Command::Cancel { target, reason }).await? {
+            CommandResult::Count(n) => Ok(Response::new(v1::CancelTasksResponse { cancelled: n as u32 })),
+            other => Err(Status::internal(format!("unexpected result of cancel: {other:?}"))),
+        }
+    }
+
+    async fn resume_task_set(&self, req: Request<v1::ResumeTaskSetRequest>) -> Result<Response<v1::ResumeTaskSetResponse>, Status> {
+        let r = req.into_inner();
+        self.0.propose_ok(Command::Resume { queue: r.queue, task_set: r.task_set }).await?;
+        self.0.schedule_now.notify_one();
+        Ok(Response::new(v1::ResumeTaskSetResponse {}))
+    }
+
+    async fn get_tasks(&self, req: Request<v1::GetTasksRequest>) -> Result<Response<v1::GetTasksResponse>, Status> {
+        let r = req.into_inner();
+        if r.task_ids.len() > MAX_IDS_PER_GET {
+            return Err(invalid(&[FieldError::new("taskIds", format!("at most {MAX_IDS_PER_GET} per call"))]));
+        }
+        self.linearize(r.linearizable).await?;
+        let (tasks, missing): (Vec<_>, Vec<_>) = self.0.read(|s| {
+            let found: Vec<_> = r.task_ids.iter().map(|id| (id, s.task(TaskId(*id)).map(task_to_proto))).collect();
+            found.into_iter().partition(|(_, t)| t.is_some())
+        });
+        if !missing.is_empty() {
+            let ids: Vec<String> = missing.iter().map(|(id, _)| id.to_string()).collect();
+            return Err(Status::not_found(format!("no task with id {}", ids.join(", "))));
+        }
+        Ok(Response::new(v1::GetTasksResponse { tasks: tasks.into_iter().filter_map(|(_, t)| t).collect() }))
+    }
+
+    async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let state = if r.state.is_empty() {
+            None
+        } else {
+            Some(TaskState::parse(&r.state).ok_or_else(|| {
+                invalid(&[FieldError::new("state", format!("{:?} is not one of queued, leased, pending, running, succeeded, failed, cancelled", r.state))])
+            })?)
+        };
+        if !r.task_set.is_empty() && r.queue.is_empty() {
+            return Err(invalid(&[FieldError::new("queue", "is required with taskSet")]));
+        }
+        self.linearize(r.linearizable).await?;
+        let page = if r.limit == 0 { DEFAULT_PAGE } else { (r.limit as usize).min(MAX_PAGE) };
+        let (tasks, next) = self.0.read(|s| {
+            let matches = |t: &&flotilla_store::TaskRecord| {
+                (r.queue.is_empty() || t.spec.queue == r.queue)
+                    && (r.task_set.is_empty() || t.spec.task_set == r.task_set)
+                    && state.is_none_or(|st| t.state == st)
+            };
+            let mut out = Vec::new();
+            let mut next = 0;
+            let mut push = |t: &flotilla_store::TaskRecord| {
+                if out.len() == page {
+                    next = out.last().map_or(0, |l: &v1::Task| l.id);
+                    return false;
+                }
+                out.push(task_to_proto(t));
+                true
+            };
+            if !r.task_set.is_empty() {
+                if let Some(set) = s.task_set(&r.queue, &r.task_set) {
+                    for id in set.tasks.iter().filter(|id| id.0 > r.after_id) {
+                        if let Some(t) = s.task(*id).filter(|t| matches(t)) {
+                            if !push(t) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            } else {
+                for t in s.tasks_after(TaskId(r.after_id)).filter(matches) {
+                    if !push(t) {
+                        break;
+                    }
+                }
+            }
+            (out, next)
+        });
+        Ok(Response::new(v1::ListTasksResponse { tasks, next_after_id: next }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let r = req.into_inner();
+        if !self.0.read(|s| s.task_set(&r.queue, &r.task_set).is_some()) {
+            return Err(Status::not_found(format!("task set {}/{} does not exist", r.queue, r.task_set)));
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BATCH);
+        let ctx = self.0.clone();
+        let mut applied = ctx.replica.applied();
+        tokio::spawn(async move {
+            let mut next = r.from_seq.max(1);
+            loop {
+                let batch: Vec<v1::TaskEvent> = ctx.read(|s| {
+                    s.task_set(&r.queue, &r.task_set)
+                        .map(|set| set.events_from(next.max(set.first_seq()), WATCH_BATCH).iter().map(|e| event_to_proto(e, s)).collect())
+                        .unwrap_or_default()
+                });
+                let full = batch.len() == WATCH_BATCH;
+                for e in batch {
+                    next = e.seq + 1;
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    // Also wake now and then, in case a change was missed between read and wait.
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,342 @@
+use flotilla_model::{expand, GangTemplate, SubmitLimits, TaskTemplate, TopologyLevel};
+
+use super::*;
+
+fn template(name: &str) -> TaskTemplate {
+    TaskTemplate {
+        name: name.into(),
+        image: "busybox".into(),
+        resources: [("cpu".to_string(), "1".to_string()), ("memory".to_string(), "1Gi".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fn specs(templates: &[TaskTemplate]) -> Vec<TaskSpec> {
+    expand("q", "s", templates, &SubmitLimits::default()).unwrap()
+}
+
+fn apply(state: &mut State, now_ms: u64, c: Command) -> CommandResult {
+    state.apply(&Request { now_ms, commands: vec![c] }).results.remove(0)
+}
+
+fn setup() -> State {
+    let mut s = State::with_limits(Limits::default());
+    assert_eq!(apply(&mut s, 0, Command::PutQueue { queue: Queue::new("q", 1.0), create: true }), CommandResult::Ok);
+    for c in ["a", "b"] {
+        apply(&mut s, 0, Command::ClusterSeen { cluster: c.into() });
+    }
+    s
+}
+
+fn submit(s: &mut State, id: &str, templates: &[TaskTemplate]) -> Vec<TaskId> {
+    match apply(s, 1, Command::Submit { client_request_id: id.into(), queue: "q".into(), task_set: "s".into(), specs: specs(templates) }) {
+        CommandResult::Submitted { task_ids } => task_ids,
+        other => panic!("submit failed: {other:?}"),
+    }
+}
+
+fn node(cluster: &str, n: &str) -> NodeRef {
+    NodeRef { cluster: cluster.into(), node: n.into() }
+}
+
+fn lease(s: &mut State, now: u64, id: TaskId, attempt: u32, at: NodeRef) -> CommandResult {
+    apply(s, now, Command::Schedule(ScheduleDecisions { leases: vec![LeaseDecision { task: id, attempt, node: at }], ..Default::default() }))
+}
+
+fn report(s: &mut State, now: u64, cluster: &str, id: TaskId, attempt: u32, status: AttemptStatus) -> CommandResult {
+    apply(
+        s,
+        now,
+        Command::ReportEvents { cluster: cluster.into(), events: vec![AttemptEvent { task: id, attempt, status, node: "n".into(), time_ms: now }] },
+    )
+}
+
+fn failed(kind: FailureKind) -> AttemptStatus {
+    AttemptStatus::Failed { kind, exit_code: Some(1), message: String::new() }
+}
+
+#[test]
+fn retried_submission_returns_the_same_ids_and_creates_nothing() {
+    let mut s = setup();
+    let first = submit(&mut s, "req-1", &[template("a")]);
+    let again = submit(&mut s, "req-1", &[template("a")]);
+    assert_eq!(first, again);
+    assert_eq!(s.task_count(), 1);
+}
+
+#[test]
+fn submit_to_a_missing_queue_changes_nothing() {
+    let mut s = setup();
+    let r = apply(&mut s, 1, Command::Submit { client_request_id: "x".into(), queue: "nope".into(), task_set: "s".into(), specs: specs(&[template("a")]) });
+    assert!(matches!(r, CommandResult::Rejected { .. }));
+    assert_eq!(s.task_count(), 0);
+}
+
+#[test]
+fn lease_starts_the_next_attempt_and_stale_decisions_are_dropped() {
+    let mut s = setup();
+    let id = submit(&mut s, "r", &[template("a")])[0];
+    assert_eq!(lease(&mut s, 2, id, 2, node("a", "n1")), CommandResult::Count(0), "wrong attempt");
+    assert_eq!(lease(&mut s, 2, id, 1, node("a", "n1")), CommandResult::Count(1));
+    assert_eq!(lease(&mut s, 2, id, 1, node("b", "n1")), CommandResult::Count(0), "already leased");
+    let t = s.task(id).unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Leased, 1));
+    assert_eq!(s.active_in("a").count(), 1);
+    assert_eq!(s.active_in("b").count(), 0);
+}
+
+#[test]
+fn events_of_stale_attempts_or_other_clusters_are_ignored() {
+    let mut s = setup();
+    let id = submit(&mut s, "r", &[template("a")])[0];
+    lease(&mut s, 2, id, 1, node("a", "n1"));
+    assert_eq!(report(&mut s, 3, "b", id, 1, AttemptStatus::Running), CommandResult::Count(0));
+    assert_eq!(report(&mut s, 3, "a", id, 0, AttemptStatus::Succeeded), CommandResult::Count(0));
+    assert_eq!(report(&mut s, 3, "a", id, 1, AttemptStatus::Running), CommandResult::Count(1));
+    assert_eq!(s.task(id).unwrap().state, TaskState::Running);
+}
+
+#[test]
+fn terminal_states_are_final() {
+    let mut s = setup();
+    let id = submit(&mut s, "r", &[template("a")])[0];
+    lease(&mut s, 2, id, 1, node("a", "n1"));
+    report(&mut s, 3, "a", id, 1, AttemptStatus::Succeeded);
+    assert_eq!(apply(&mut s, 4, Command::Cancel { target: CancelTarget::Tasks(vec![id]), reason: String::new() }), CommandResult::Count(0));
+    assert_eq!(report(&mut s, 4, "a", id, 1, failed(FailureKind::Error)), CommandResult::Count(0));
+    assert_eq!(s.task(id).unwrap().state, TaskState::Succeeded);
+}
+
+#[test]
+fn failed_attempt_retries_with_exponential_backoff_and_avoids_the_node() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(4), backoff: Some("10s".into()), ..Default::default() });
+    let id = submit(&mut s, "r", &[t])[0];
+    lease(&mut s, 1_000, id, 1, node("a", "n1"));
+    report(&mut s, 2_000, "a", id, 1, failed(FailureKind::Error));
+    let rec = s.task(id).unwrap();
+    assert_eq!(rec.state, TaskState::Queued);
+    assert_eq!(rec.not_before_ms, 12_000, "first retry waits the base backoff");
+    assert_eq!(rec.avoid_nodes, vec![node("a", "n1")]);
+    assert!(!s.is_schedulable(rec, 11_999));
+    assert!(s.is_schedulable(rec, 12_000));
+    lease(&mut s, 12_000, id, 2, node("a", "n2"));
+    report(&mut s, 13_000, "a", id, 2, failed(FailureKind::Error));
+    assert_eq!(s.task(id).unwrap().not_before_ms, 33_000, "second retry waits twice as long");
+    assert_eq!(s.task(id).unwrap().avoid_clusters(2), vec!["a".to_string()], "two failures in one cluster avoid it");
+}
+
+#[test]
+fn out_of_attempts_fails_the_task_and_cancels_its_dependents() {
+    let mut s = setup();
+    let mut a = template("a");
+    a.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(1), ..Default::default() });
+    let mut b = template("b");
+    b.after = vec!["a".into()];
+    let ids = submit(&mut s, "r", &[a, b]);
+    assert!(!s.is_schedulable(s.task(ids[1]).unwrap(), 0), "b waits for a");
+    lease(&mut s, 1, ids[0], 1, node("a", "n1"));
+    report(&mut s, 2, "a", ids[0], 1, failed(FailureKind::Error));
+    assert_eq!(s.task(ids[0]).unwrap().state, TaskState::Failed);
+    assert!(s.task(ids[0]).unwrap().reason.starts_with("failed after 1 attempts: Error (exit code 1)"));
+    let b = s.task(ids[1]).unwrap();
+    assert_eq!(b.state, TaskState::Cancelled);
+    assert!(b.reason.contains("dependency a"), "{}", b.reason);
+}
+
+#[test]
+fn dependents_start_after_every_dependency_succeeded() {
+    let mut s = setup();
+    let mut a = template("a");
+    a.count = Some(2);
+    let mut b = template("b");
+    b.after = vec!["a".into()];
+    let ids = submit(&mut s, "r", &[a, b]);
+    for (i, id) in ids[..2].iter().enumerate() {
+        lease(&mut s, 1, *id, 1, node("a", &format!("n{i}")));
+        report(&mut s, 2, "a", *id, 1, AttemptStatus::Succeeded);
+        assert_eq!(s.is_schedulable(s.task(ids[2]).unwrap(), 3), i == 1);
+    }
+}
+
+#[test]
+fn evictions_and_lost_clusters_do_not_use_up_attempts() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(1), ..Default::default() });
+    let id = submit(&mut s, "r", &[t])[0];
+    lease(&mut s, 1, id, 1, node("a", "n1"));
+    report(&mut s, 2, "a", id, 1, failed(FailureKind::Evicted));
+    assert_eq!(s.task(id).unwrap().state, TaskState::Queued);
+    assert_eq!(s.task(id).unwrap().not_before_ms, 2, "no backoff for evictions");
+    lease(&mut s, 3, id, 2, node("a", "n2"));
+    apply(&mut s, 4, Command::ClusterLost { cluster: "a".into() });
+    let rec = s.task(id).unwrap();
+    assert_eq!((rec.state, rec.failures), (TaskState::Queued, 0));
+    assert_eq!(lease(&mut s, 5, id, 3, node("a", "n3")), CommandResult::Count(0), "no leases on a lost cluster");
+    assert_eq!(lease(&mut s, 5, id, 3, node("b", "n3")), CommandResult::Count(1));
+}
+
+#[test]
+fn oom_killed_task_retries_with_more_memory_up_to_the_cap() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.limits = [("memory".to_string(), "1Gi".to_string())].into();
+    t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(10), backoff: Some("1s".into()), oom_memory_growth: Some(3.0), ..Default::default() });
+    let id = submit(&mut s, "r", &[t])[0];
+    let mut now = 0;
+    for attempt in 1..=3 {
+        now = s.task(id).unwrap().not_before_ms.max(now);
+        lease(&mut s, now, id, attempt, node("b", &format!("n{attempt}")));
+        report(&mut s, now, "b", id, attempt, failed(FailureKind::OomKilled));
+    }
+    let spec = &s.task(id).unwrap().spec;
+    assert_eq!(spec.limits.memory_bytes, 4 << 30, "3x then capped at 4x the first limit");
+    assert_eq!(spec.resources.memory_bytes, 4 << 30, "the scheduler reserves what the task may use");
+}
+
+#[test]
+fn failure_spike_pauses_the_task_set_until_resumed() {
+    let mut s = setup();
+    s.limits.breaker_failures = 3;
+    let mut t = template("a");
+    t.count = Some(5);
+    let ids = submit(&mut s, "r", &[t]);
+    for (i, id) in ids.iter().take(3).enumerate() {
+        lease(&mut s, 10, *id, 1, node("a", &format!("n{i}")));
+        report(&mut s, 11, "a", *id, 1, failed(FailureKind::ImagePull));
+    }
+    let set = s.task_set("q", "s").unwrap();
+    assert!(set.paused);
+    assert!(set.events.iter().any(|e| e.kind == EventKind::Paused));
+    assert!(!s.is_schedulable(s.task(ids[4]).unwrap(), 1_000_000));
+    assert_eq!(apply(&mut s, 12, Command::Resume { queue: "q".into(), task_set: "s".into() }), CommandResult::Ok);
+    assert!(s.is_schedulable(s.task(ids[4]).unwrap(), 1_000_000));
+}
+
+fn gang(size: u32) -> TaskTemplate {
+    let mut t = template("g");
+    t.gang = Some(GangTemplate { size, topology: Some("rack".into()) });
+    t
+}
+
+#[test]
+fn a_gang_is_leased_whole_or_not_at_all() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(3)]);
+    let g = s.task(ids[1]).unwrap().spec.gang.clone().unwrap();
+    assert_eq!((g.id, g.rank, g.topology), (ids[0], 1, TopologyLevel::Rack));
+    let partial = ScheduleDecisions {
+        leases: ids[..2].iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
+        ..Default::default()
+    };
+    assert_eq!(apply(&mut s, 2, Command::Schedule(partial)), CommandResult::Count(0));
+    assert!(ids.iter().all(|id| s.task(*id).unwrap().state == TaskState::Queued));
+    let whole = ScheduleDecisions {
+        leases: ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
+        ..Default::default()
+    };
+    assert_eq!(apply(&mut s, 2, Command::Schedule(whole)), CommandResult::Count(3));
+}
+
+#[test]
+fn a_failed_gang_member_restarts_the_whole_gang() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(2)]);
+    let whole = ScheduleDecisions {
+        leases: ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
+        ..Default::default()
+    };
+    apply(&mut s, 2, Command::Schedule(whole));
+    report(&mut s, 3, "a", ids[0], 1, failed(FailureKind::Error));
+    for id in &ids {
+        assert_eq!(s.task(*id).unwrap().state, TaskState::Queued);
+    }
+    assert_eq!(s.active_in("a").count(), 0);
+}
+
+#[test]
+fn preemption_requeues_the_current_attempt_only() {
+    let mut s = setup();
+    let id = submit(&mut s, "r", &[template("a")])[0];
+    lease(&mut s, 1, id, 1, node("a", "n1"));
+    let stale = PreemptDecision { task: id, attempt: 0, reason: "x".into() };
+    apply(&mut s, 2, Command::Schedule(ScheduleDecisions { preemptions: vec![stale], ..Default::default() }));
+    assert_eq!(s.task(id).unwrap().state, TaskState::Leased);
+    let p = PreemptDecision { task: id, attempt: 1, reason: "reclaimed by fair share".into() };
+    apply(&mut s, 2, Command::Schedule(ScheduleDecisions { preemptions: vec![p], ..Default::default() }));
+    let t = s.task(id).unwrap();
+    assert_eq!((t.state, t.attempt, t.failures), (TaskState::Queued, 1, 0));
+}
+
+#[test]
+fn event_log_is_bounded_and_sequence_numbers_stay_dense() {
+    let mut s = setup();
+    s.limits.max_events_per_task_set = 5;
+    let mut t = template("a");
+    t.count = Some(8);
+    submit(&mut s, "r", &[t]);
+    let set = s.task_set("q", "s").unwrap();
+    assert_eq!(set.events.len(), 5);
+    assert_eq!(set.first_seq(), 4);
+    assert_eq!(set.events_from(6, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7, 8]);
+    assert_eq!(s.events_trimmed, 3);
+}
+
+#[test]
+fn counts_and_indexes_follow_every_transition() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.count = Some(3);
+    let ids = submit(&mut s, "r", &[t]);
+    lease(&mut s, 1, ids[0], 1, node("a", "n1"));
+    apply(&mut s, 1, Command::Cancel { target: CancelTarget::Tasks(vec![ids[1]]), reason: String::new() });
+    let c = s.counts("q");
+    assert_eq!((c[0], c[1], c[6]), (1, 1, 1));
+    assert_eq!(s.queued().map(|t| t.id).collect::<Vec<_>>(), vec![ids[2]]);
+    assert_eq!(s.active().count(), 1);
+}
+
+#[test]
+fn deleting_a_queue_with_unfinished_tasks_is_refused() {
+    let mut s = setup();
+    submit(&mut s, "r", &[template("a")]);
+    assert!(matches!(apply(&mut s, 1, Command::DeleteQueue { name: "q".into() }), CommandResult::Rejected { .. }));
+    apply(&mut s, 1, Command::Cancel { target: CancelTarget::TaskSet { queue: "q".into(), task_set: "s".into() }, reason: String::new() });
+    assert_eq!(apply(&mut s, 1, Command::DeleteQueue { name: "q".into() }), CommandResult::Ok);
+}
+
+#[test]
+fn compaction_forgets_old_finished_tasks_only() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.count = Some(2);
+    let ids = submit(&mut s, "r", &[t]);
+    apply(&mut s, 5, Command::Cancel { target: CancelTarget::Tasks(vec![ids[0]]), reason: String::new() });
+    assert_eq!(apply(&mut s, 10, Command::Compact { finished_before_ms: 6, max_tasks: 1000 }), CommandResult::Count(1));
+    assert!(s.task(ids[0]).is_none());
+    assert!(s.task(ids[1]).is_some());
+}
+
+#[test]
+fn state_survives_a_snapshot_round_trip() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(2), template("x")]);
+    lease(&mut s, 1, ids[2], 1, node("a", "n1"));
+    let bytes = serde_json::to_vec(&s).unwrap();
+    let back: State = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back, s);
+}
+
+#[test]
+fn same_log_gives_the_same_state() {
+    let build = || {
+        let mut s = setup();
+        let ids = submit(&mut s, "r", &[template("a"), gang(2)]);
+        lease(&mut s, 1, ids[0], 1, node("a", "n1"));
+        report(&mut s, 2, "a", ids[0], 1, failed(FailureKind::OomKilled));
+        s
+    };
+    assert_eq!(build(), build());
+}

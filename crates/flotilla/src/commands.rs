@@ -1,0 +1,287 @@
+//! The subcommands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+
+use flotilla_api::v1::{self, clusters_client::ClustersClient, queues_client::QueuesClient, tasks_client::TasksClient};
+use flotilla_model::{TaskFile, TaskState};
+use tonic::transport::Channel;
+
+use crate::client::{Client, MAX_MESSAGE_BYTES};
+use crate::output::{self, table};
+use crate::{Cli, Command, Failure, Format, QueueArgs, QueueCommand};
+
+fn tasks(c: Channel) -> TasksClient<Channel> {
+    TasksClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let format = cli.output;
+    match cli.command {
+        Command::Server(a) => crate::dev::server(a).await,
+        Command::Executor(a) => crate::dev::executor(&cli.server, a).await,
+        Command::Dev(a) => crate::dev::dev(a, format).await,
+        other => {
+            let client = Client::new(&cli.server).map_err(Failure::Input)?;
+            client_command(&client, other, format).await
+        }
+    }
+}
+
+async fn client_command(client: &Client, command: Command, format: Format) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Queue(q) => queue(client, q, format).await,
+        Command::Submit(a) => {
+            let text = std::fs::read_to_string(&a.file).map_err(|e| Failure::Input(format!("{}: {e}", a.file.display())))?;
+            let file = TaskFile::from_yaml(&text).map_err(|e| Failure::Input(format!("{}: {}", a.file.display(), e.message)))?;
+            let queue = a.queue.or(file.queue.clone()).ok_or_else(|| Failure::Input("queue: not set in the file nor with --queue".into()))?;
+            let task_set =
+                a.task_set.or(file.task_set.clone()).ok_or_else(|| Failure::Input("taskSet: not set in the file nor with --task-set".into()))?;
+            // One id for every try, so a retry on another replica creates nothing twice.
+            let request_id = a.request_id.unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                format!("cli-{}-{nanos:x}", std::process::id())
+            });
+            let req = v1::SubmitTasksRequest {
+                queue: queue.clone(),
+                task_set: task_set.clone(),
+                tasks: file.tasks.iter().map(flotilla_api::template_to_proto).collect(),
+                client_request_id: request_id,
+            };
+            let resp = client.call(|c| { let req = req.clone(); async move { tasks(c).submit_tasks(req).await } }).await?.into_inner();
+            for w in &resp.warnings {
+                eprintln!("warning: {w}");
+            }
+            match format {
+                Format::Json => print_json(&serde_json::json!({"queue": queue, "taskSet": task_set, "taskIds": resp.task_ids})),
+                Format::Table => println!(
+                    "submitted {} tasks to {queue}/{task_set} (ids {}..={})",
+                    resp.task_ids.len(),
+                    resp.task_ids.first().copied().unwrap_or(0),
+                    resp.task_ids.last().copied().unwrap_or(0)
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get(a) => {
+            let list = if !a.ids.is_empty() {
+                let req = v1::GetTasksRequest { task_ids: a.ids.clone(), linearizable: a.linearizable };
+                client.call(|c| { let req = req.clone(); async move { tasks(c).get_tasks(req).await } }).await?.into_inner().tasks
+            } else {
+                if a.task_set.is_some() && a.queue.is_none() {
+                    return Err(Failure::Input("--task-set needs --queue".into()));
+                }
+                let mut all = Vec::new();
+                let mut after_id = 0;
+                loop {
+                    let req = v1::ListTasksRequest {
+                        queue: a.queue.clone().unwrap_or_default(),
+                        task_set: a.task_set.clone().unwrap_or_default(),
+                        state: a.state.clone().unwrap_or_default(),
+                        limit: 10_000,
+                        after_id,
+                        linearizable: a.linearizable,
+                    };
+                    let page = client.call(|c| { let req = req.clone(); async move { tasks(c).list_tasks(req).await } }).await?.into_inner();
+                    all.extend(page.tasks);
+                    if page.next_after_id == 0 {
+                        break;
+                    }
+                    after_id = page.next_after_id;
+                }
+                all
+            };
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(list.iter().map(output::task_json).collect())),
+                Format::Table => table(&output::TASK_HEADERS, &list.iter().map(output::task_row).collect::<Vec<_>>()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch(a) => watch(client, a, format).await,
+        Command::Cancel(a) => {
+            let by_set = a.queue.is_some() || a.task_set.is_some();
+            if a.ids.is_empty() == !by_set || (by_set && (a.queue.is_none() || a.task_set.is_none())) {
+                return Err(Failure::Input("give task ids, or both --queue and --task-set".into()));
+            }
+            let req = v1::CancelTasksRequest {
+                task_ids: a.ids,
+                queue: a.queue.unwrap_or_default(),
+                task_set: a.task_set.unwrap_or_default(),
+                reason: a.reason,
+            };
+            let resp = client.call(|c| { let req = req.clone(); async move { tasks(c).cancel_tasks(req).await } }).await?.into_inner();
+            match format {
+                Format::Json => print_json(&serde_json::json!({"cancelled": resp.cancelled})),
+                Format::Table => println!("cancelled {} tasks", resp.cancelled),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume(a) => {
+            let req = v1::ResumeTaskSetRequest { queue: a.queue.clone(), task_set: a.task_set.clone() };
+            client.call(|c| { let req = req.clone(); async move { tasks(c).resume_task_set(req).await } }).await?;
+            if format == Format::Table {
+                println!("resumed {}/{}", a.queue, a.task_set);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Clusters => {
+            let resp = client
+                .call(|c| async move { ClustersClient::new(c).list_clusters(v1::ListClustersRequest {}).await })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(resp.clusters.iter().map(output::cluster_json).collect())),
+                Format::Table => table(&output::CLUSTER_HEADERS, &resp.clusters.iter().map(output::cluster_row).collect::<Vec<_>>()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(_) | Command::Executor(_) | Command::Dev(_) => unreachable!("handled in run"),
+    }
+}
+
+/// Parses `nvidia.com/gpu=8,cpu=64` into a map; the server checks the quantities.
+fn resource_map(flag: &str, s: &str) -> Result<HashMap<String, String>, Failure> {
+    let mut m = HashMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| Failure::Input(format!("--{flag}: {part:?} is not RESOURCE=QUANTITY")))?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(m)
+}
+
+fn queue_spec(a: &QueueArgs) -> Result<v1::QueueSpec, Failure> {
+    Ok(v1::QueueSpec {
+        name: a.name.clone(),
+        weight: a.weight,
+        guarantee: resource_map("guarantee", &a.guarantee)?,
+        limit: resource_map("limit", &a.limit)?,
+        owner: a.owner.clone(),
+        disruption_budget: a.disruption_budget,
+    })
+}
+
+async fn queue(client: &Client, q: QueueCommand, format: Format) -> Result<ExitCode, Failure> {
+    let queues = |c: Channel| QueuesClient::new(c);
+    let shown = match q {
+        QueueCommand::Create(a) => {
+            let req = v1::CreateQueueRequest { queue: Some(queue_spec(&a)?) };
+            vec![client.call(|c| { let req = req.clone(); async move { queues(c).create_queue(req).await } }).await?.into_inner()]
+        }
+        QueueCommand::Update(a) => {
+            let req = v1::UpdateQueueRequest { queue: Some(queue_spec(&a)?) };
+            vec![client.call(|c| { let req = req.clone(); async move { queues(c).update_queue(req).await } }).await?.into_inner()]
+        }
+        QueueCommand::Delete { name } => {
+            let req = v1::DeleteQueueRequest { name: name.clone() };
+            client.call(|c| { let req = req.clone(); async move { queues(c).delete_queue(req).await } }).await?;
+            if format == Format::Table {
+                println!("deleted queue {name}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueCommand::Get { name } => {
+            let req = v1::GetQueueRequest { name };
+            vec![client.call(|c| { let req = req.clone(); async move { queues(c).get_queue(req).await } }).await?.into_inner()]
+        }
+        QueueCommand::List => {
+            client.call(|c| async move { queues(c).list_queues(v1::ListQueuesRequest {}).await }).await?.into_inner().queues
+        }
+    };
+    match format {
+        Format::Json => print_json(&serde_json::Value::Array(shown.iter().map(output::queue_json).collect())),
+        Format::Table => table(&output::QUEUE_HEADERS, &shown.iter().map(output::queue_row).collect::<Vec<_>>()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams events; with `--until-done`, exits when every task of the set is finished.
+async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<ExitCode, Failure> {
+    // Current states first, so that a trimmed event log cannot hide a task.
+    let mut states: BTreeMap<u64, String> = BTreeMap::new();
+    if a.until_done {
+        let mut after_id = 0;
+        loop {
+            let req = v1::ListTasksRequest {
+                queue: a.queue.clone(),
+                task_set: a.task_set.clone(),
+                state: String::new(),
+                limit: 10_000,
+                after_id,
+                linearizable: false,
+            };
+            let page = client.call(|c| { let req = req.clone(); async move { tasks(c).list_tasks(req).await } }).await?.into_inner();
+            for t in page.tasks {
+                states.insert(t.id, t.state);
+            }
+            if page.next_after_id == 0 {
+                break;
+            }
+            after_id = page.next_after_id;
+        }
+        if states.is_empty() {
+            return Err(Failure::Input(format!("task set {}/{} has no tasks", a.queue, a.task_set)));
+        }
+    }
+    let done = |states: &BTreeMap<u64, String>| {
+        !states.is_empty() && states.values().all(|s| TaskState::parse(s).is_some_and(TaskState::is_terminal))
+    };
+    let mut next_seq = a.from_seq.max(1);
+    loop {
+        if a.until_done && done(&states) {
+            break;
+        }
+        let req = v1::WatchRequest { queue: a.queue.clone(), task_set: a.task_set.clone(), from_seq: next_seq };
+        let mut stream = match client.call(|c| { let req = req.clone(); async move { tasks(c).watch(req).await } }).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => return Err(e.into()),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(e)) => {
+                    next_seq = e.seq + 1;
+                    match format {
+                        Format::Json => println!("{}", serde_json::to_string(&event_json(&e)).unwrap_or_default()),
+                        Format::Table => println!("{}", output::event_line(&e)),
+                    }
+                    if e.task_id != 0 {
+                        let known = states.get(&e.task_id).and_then(|s| TaskState::parse(s));
+                        // Terminal states are final: an older event never overrides one.
+                        if !known.is_some_and(TaskState::is_terminal) {
+                            states.insert(e.task_id, e.state.clone());
+                        }
+                    }
+                    if a.until_done && done(&states) {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
+                    // The replica went away: resume from the next sequence number elsewhere.
+                    eprintln!("watch interrupted ({}); resuming from event {next_seq}", s.message());
+                    break;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        if !a.until_done {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let failed = states.values().filter(|s| s.as_str() != "succeeded").count();
+    if format == Format::Table {
+        println!("{} tasks finished: {} succeeded, {failed} did not", states.len(), states.len() - failed);
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn event_json(e: &v1::TaskEvent) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq, "taskId": e.task_id, "taskName": e.task_name, "taskIndex": e.task_index, "attempt": e.attempt,
+        "kind": e.kind, "state": e.state, "cluster": e.cluster, "node": e.node, "reason": e.reason,
+        "timeMs": e.time_ms, "exitCode": e.exit_code,
+    })
+}

@@ -1,0 +1,215 @@
+//! `flotilla server`, `flotilla executor` and `flotilla dev`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_api::v1::{self, clusters_client::ClustersClient, queues_client::QueuesClient, tasks_client::TasksClient};
+use flotilla_executor::{BackendSource, ExecutorConfig, KubeBackendConfig, SimCluster, SimOptions};
+use flotilla_model::TaskFile;
+use flotilla_server::{parse_peers, ServerConfig};
+use tonic::transport::Channel;
+
+use crate::{DevArgs, ExecutorArgs, Failure, Format, ServerArgs};
+
+pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
+    let peers = match &a.peers {
+        Some(p) => parse_peers(p).map_err(Failure::Input)?,
+        None => BTreeMap::from([(a.id, format!("http://{}", a.listen))]),
+    };
+    let mut config = ServerConfig::single(a.listen, a.data_dir);
+    config.id = a.id;
+    config.peers = peers;
+    config.http = Some(a.http);
+    config.schedule_interval = a.schedule_interval;
+    config.cluster_lost_after = a.cluster_lost_after;
+    flotilla_server::run(config).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn executor(servers: &str, a: ExecutorArgs) -> Result<ExitCode, Failure> {
+    let servers: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if servers.is_empty() {
+        return Err(Failure::Input("--server: at least one URL is required".into()));
+    }
+    let source = match (&a.kubeconfig, a.in_cluster, &a.sim) {
+        (Some(path), false, None) => BackendSource::Kubeconfig { path: path.clone(), context: None },
+        (None, true, None) => BackendSource::InCluster,
+        (None, false, Some(file)) => BackendSource::Sim { file: file.clone() },
+        _ => return Err(Failure::Input("give exactly one of --kubeconfig PATH, --in-cluster, --sim FILE".into())),
+    };
+    let mut kube = match &a.kube_config {
+        Some(path) => KubeBackendConfig::load(path).map_err(|e| Failure::Input(e.to_string()))?,
+        None => KubeBackendConfig::default(),
+    };
+    if let Some(p) = &a.namespace_prefix {
+        kube.namespace_prefix = p.clone();
+    }
+    if let Some(l) = &a.rack_label {
+        kube.rack_label = l.clone();
+    }
+    kube.validate().map_err(Failure::Input)?;
+    if !(a.speed.is_finite() && a.speed > 0.0) {
+        return Err(Failure::Input(format!("--speed: {} must be a number above 0", a.speed)));
+    }
+    let mut config = ExecutorConfig::new(servers, a.cluster.clone());
+    config.sync_interval = a.sync_interval;
+    let sim = SimOptions { speed: Some(a.speed), ..SimOptions::default() };
+    flotilla_executor::run_executor(config, &source, kube, sim, flotilla_server::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Queues and files of the demo: (queue, weight, file).
+const DEMO: [(&str, f64, &str); 2] = [("agents", 1.0, "examples/agents.yaml"), ("research", 3.0, "examples/train-gang.yaml")];
+
+pub async fn dev(a: DevArgs, format: Format) -> Result<ExitCode, Failure> {
+    if !(a.speed.is_finite() && a.speed > 0.0) {
+        return Err(Failure::Input(format!("--speed: {} must be a number above 0", a.speed)));
+    }
+    let clusters = flotilla_executor::load_clusters(&a.clusters).map_err(|e| {
+        Failure::Input(format!("{e} (run from the repository root, or pass --clusters FILE)"))
+    })?;
+    let (_tmp, data_dir) = match &a.data_dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let t = tempfile::Builder::new().prefix("flotilla-dev-").tempdir().map_err(|e| Failure::Op(format!("temporary directory: {e}")))?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let mut config = ServerConfig::single(a.listen, data_dir.clone());
+    config.http = Some(a.http);
+    config.cluster_lost_after = a.cluster_lost_after;
+    let server = flotilla_server::start(config).await?;
+    server.wait_for_leader(Duration::from_secs(30)).await?;
+    let url = format!("http://{}", server.local_addr);
+
+    let mut executors = Vec::new();
+    for name in clusters.cluster_names() {
+        let sim = SimCluster::from_file(&clusters, &name, SimOptions { speed: Some(a.speed), ..SimOptions::default() })
+            .map_err(|e| Failure::Input(e.to_string()))?;
+        executors.push(flotilla_executor::spawn(ExecutorConfig::new(vec![url.clone()], name), Arc::new(sim)));
+    }
+    eprintln!(
+        "flotilla dev: gRPC on {url}, web view and metrics on http://{}, {} simulated clusters, state in {}",
+        server.http_addr.map_or("-".to_string(), |h| h.to_string()),
+        executors.len(),
+        data_dir.display()
+    );
+
+    let mut code = ExitCode::SUCCESS;
+    if a.demo {
+        let channel = Channel::from_shared(url.clone()).map_err(|e| Failure::Op(e.to_string()))?.connect().await.map_err(|e| Failure::Op(e.to_string()))?;
+        let sets = start_demo(&channel).await?;
+        let ok = demo_progress(&channel, &sets, format).await?;
+        if a.exit_after_demo {
+            code = if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
+        } else {
+            eprintln!("demo finished; Flotilla keeps running (Ctrl-C to stop). Try: flotilla get --queue agents, flotilla clusters");
+            flotilla_server::shutdown_signal().await;
+        }
+    } else {
+        flotilla_server::shutdown_signal().await;
+    }
+    for e in executors {
+        e.abort();
+    }
+    server.shutdown().await;
+    Ok(code)
+}
+
+/// Creates the demo queues and submits the example files. Returns (queue, task set) pairs.
+async fn start_demo(channel: &Channel) -> Result<Vec<(String, String)>, Failure> {
+    let mut sets = Vec::new();
+    for (queue, weight, file) in DEMO {
+        let spec = v1::QueueSpec { name: queue.into(), weight, ..Default::default() };
+        match QueuesClient::new(channel.clone()).create_queue(v1::CreateQueueRequest { queue: Some(spec) }).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => return Err(s.into()),
+        }
+        let text = std::fs::read_to_string(Path::new(file)).map_err(|e| Failure::Input(format!("{file}: {e} (run from the repository root)")))?;
+        let tf = TaskFile::from_yaml(&text).map_err(|e| Failure::Input(format!("{file}: {}", e.message)))?;
+        let task_set = tf.task_set.clone().unwrap_or_else(|| "demo".into());
+        let req = v1::SubmitTasksRequest {
+            queue: tf.queue.clone().unwrap_or_else(|| queue.into()),
+            task_set: task_set.clone(),
+            tasks: tf.tasks.iter().map(flotilla_api::template_to_proto).collect(),
+            client_request_id: format!("demo-{queue}-{task_set}"),
+        };
+        let resp = TasksClient::new(channel.clone()).submit_tasks(req.clone()).await?.into_inner();
+        eprintln!("submitted {} tasks from {file} to {}/{}", resp.task_ids.len(), req.queue, task_set);
+        sets.push((req.queue, task_set));
+    }
+    Ok(sets)
+}
+
+/// Prints progress every two seconds until every demo task is finished.
+async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: Format) -> Result<bool, Failure> {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_cluster: BTreeMap<String, u64> = BTreeMap::new();
+        let mut total = 0;
+        let mut finished = 0;
+        let mut failed = 0;
+        for (queue, task_set) in sets {
+            let mut after_id = 0;
+            loop {
+                let req = v1::ListTasksRequest { queue: queue.clone(), task_set: task_set.clone(), limit: 10_000, after_id, ..Default::default() };
+                let page = TasksClient::new(channel.clone()).list_tasks(req).await?.into_inner();
+                for t in &page.tasks {
+                    total += 1;
+                    *by_state.entry(t.state.clone()).or_default() += 1;
+                    if !t.cluster.is_empty() {
+                        *by_cluster.entry(t.cluster.clone()).or_default() += 1;
+                    }
+                    if matches!(t.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                        finished += 1;
+                        if t.state != "succeeded" {
+                            failed += 1;
+                        }
+                    }
+                }
+                if page.next_after_id == 0 {
+                    break;
+                }
+                after_id = page.next_after_id;
+            }
+        }
+        let queues = QueuesClient::new(channel.clone()).list_queues(v1::ListQueuesRequest {}).await?.into_inner().queues;
+        let clusters = ClustersClient::new(channel.clone()).list_clusters(v1::ListClustersRequest {}).await?.into_inner().clusters;
+        let shares: Vec<String> = queues
+            .iter()
+            .map(|q| {
+                let s = q.status.clone().unwrap_or_default();
+                format!("{} fair {:.0}% / actual {:.0}%", q.spec.as_ref().map_or("", |x| x.name.as_str()), s.fair_share * 100.0, s.actual_share * 100.0)
+            })
+            .collect();
+        let gpus: Vec<String> = clusters
+            .iter()
+            .map(|c| format!("{} {}/{} GPUs", c.name, c.used.clone().unwrap_or_default().gpu, c.allocatable.clone().unwrap_or_default().gpu))
+            .collect();
+        match format {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"elapsedS": started.elapsed().as_secs(), "tasks": by_state, "activeByCluster": by_cluster, "total": total})
+            ),
+            Format::Table => {
+                let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let active: Vec<String> = by_cluster.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!("[{:>4}s] tasks: {}", started.elapsed().as_secs(), states.join(", "));
+                println!("        on clusters: {} | {}", if active.is_empty() { "-".into() } else { active.join(", ") }, gpus.join(", "));
+                println!("        shares: {}", shares.join("; "));
+            }
+        }
+        if total > 0 && finished == total {
+            println!("all {total} demo tasks finished in {}s: {} succeeded, {failed} did not", started.elapsed().as_secs(), total - failed);
+            return Ok(failed == 0);
+        }
+    }
+}
+

@@ -1,0 +1,289 @@
+//! The `flotilla` binary: scheduler replica, executor, dev mode and the CLI.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 bad input or usage.
+
+mod client;
+mod commands;
+mod dev;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version, about = "A replicated, multi-cluster scheduler for AI-agent fleets and GPU jobs on Kubernetes")]
+pub struct Cli {
+    /// Scheduler replicas to talk to; the next one is tried when one does not answer.
+    #[arg(long, global = true, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Log format of server, executor and dev.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a scheduler replica.
+    Server(ServerArgs),
+    /// Run the executor of one cluster.
+    Executor(ExecutorArgs),
+    /// One replica and simulated clusters on this machine, for trying Flotilla out.
+    Dev(DevArgs),
+    /// Create, update, delete and list queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Submit the tasks of a task file.
+    Submit(SubmitArgs),
+    /// Show tasks.
+    Get(GetArgs),
+    /// Stream a task set's events.
+    Watch(WatchArgs),
+    /// Cancel tasks, or every task of a task set.
+    Cancel(CancelArgs),
+    /// Resume a task set paused by the retry circuit breaker.
+    Resume(ResumeArgs),
+    /// Show the clusters, their capacity and health.
+    Clusters,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// This replica's id (a key of --peers).
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// gRPC address: public API, executor protocol and Raft traffic.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// HTTP address: /metrics, /healthz, /readyz and the web view.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    #[arg(long, default_value = "flotilla-data")]
+    pub data_dir: PathBuf,
+    /// Every replica as ID=URL, the same list on each (default: a one-replica group).
+    #[arg(long)]
+    pub peers: Option<String>,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub schedule_interval: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub cluster_lost_after: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecutorArgs {
+    /// The cluster this executor runs (with --sim: its name in the file).
+    #[arg(long)]
+    pub cluster: String,
+    #[arg(long, group = "backend")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, group = "backend")]
+    pub in_cluster: bool,
+    /// A clusters TOML file: simulate the named cluster.
+    #[arg(long, group = "backend")]
+    pub sim: Option<PathBuf>,
+    /// Simulated time runs this many times faster (--sim only).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Namespace prefix for Jobs (kube only): tasks of queue Q run in PREFIX + Q.
+    #[arg(long)]
+    pub namespace_prefix: Option<String>,
+    /// Node label holding the rack or block (kube only).
+    #[arg(long)]
+    pub rack_label: Option<String>,
+    /// Kubernetes backend settings (prices per instance type, checkpoint volume...), TOML.
+    #[arg(long)]
+    pub kube_config: Option<PathBuf>,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub sync_interval: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    #[arg(long, default_value = "clusters.example.toml")]
+    pub clusters: PathBuf,
+    /// Keep state here (default: a temporary directory removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Simulated time runs this many times faster.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Create two queues, submit the examples and show progress until they finish.
+    #[arg(long)]
+    pub demo: bool,
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub cluster_lost_after: Duration,
+    /// With --demo: exit once the demo's tasks are finished (0 if all succeeded).
+    #[arg(long, requires = "demo")]
+    pub exit_after_demo: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    Create(QueueArgs),
+    Update(QueueArgs),
+    Delete { name: String },
+    Get { name: String },
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct QueueArgs {
+    pub name: String,
+    #[arg(long, default_value_t = 1.0)]
+    pub weight: f64,
+    /// Never preempted below this, e.g. `nvidia.com/gpu=8,cpu=64`.
+    #[arg(long, default_value = "")]
+    pub guarantee: String,
+    /// Never scheduled above this, e.g. `nvidia.com/gpu=16`.
+    #[arg(long, default_value = "")]
+    pub limit: String,
+    #[arg(long, default_value = "")]
+    pub owner: String,
+    /// Most tasks preempted per scheduling cycle (0: the default).
+    #[arg(long, default_value_t = 0)]
+    pub disruption_budget: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    pub file: PathBuf,
+    /// Overrides the file's queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Overrides the file's task set.
+    #[arg(long)]
+    pub task_set: Option<String>,
+    /// Makes retries safe: the same id returns the same tasks (default: a fresh id).
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    pub ids: Vec<u64>,
+    #[arg(long)]
+    pub queue: Option<String>,
+    #[arg(long)]
+    pub task_set: Option<String>,
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Read through the leader with a majority check (linearizable).
+    #[arg(long)]
+    pub linearizable: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[arg(long)]
+    pub queue: String,
+    #[arg(long)]
+    pub task_set: String,
+    /// Exit when every task is finished: 0 if all succeeded, 1 otherwise.
+    #[arg(long)]
+    pub until_done: bool,
+    #[arg(long, default_value_t = 1)]
+    pub from_seq: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    pub ids: Vec<u64>,
+    #[arg(long)]
+    pub queue: Option<String>,
+    #[arg(long)]
+    pub task_set: Option<String>,
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    #[arg(long)]
+    pub queue: String,
+    #[arg(long)]
+    pub task_set: String,
+}
+
+/// What went wrong, and so which exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input or usage: exit 2.
+    Input(String),
+    /// The operation failed: exit 1.
+    Op(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => Failure::Input(s.message().to_string()),
+            tonic::Code::Unavailable => Failure::Op(format!("no scheduler replica answered: {}", s.message())),
+            _ => Failure::Op(s.message().to_string()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Op(format!("{e:#}"))
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if matches!(cli.command, Command::Server(_) | Command::Executor(_) | Command::Dev(_)) {
+        init_tracing(cli.log_format);
+    }
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(Failure::Input(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Op(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}

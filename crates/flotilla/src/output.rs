@@ -1,0 +1,142 @@
+//! Tables and JSON for the CLI's output.
+
+use flotilla_api::v1;
+use flotilla_model::{format_bytes, format_cpu_millis};
+use serde_json::{json, Value};
+
+/// Prints rows as columns aligned under their headers.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths.get(i).copied().unwrap_or(0))).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn task_json(t: &v1::Task) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "index": t.index,
+        "queue": t.queue,
+        "taskSet": t.task_set,
+        "state": t.state,
+        "attempt": t.attempt,
+        "cluster": t.cluster,
+        "node": t.node,
+        "reason": t.reason,
+        "exitCode": t.exit_code,
+        "priorityClass": t.priority_class,
+        "gangId": if t.gang_id == 0 { Value::Null } else { json!(t.gang_id) },
+        "submittedAtMs": t.submitted_at_ms,
+    })
+}
+
+pub fn task_row(t: &v1::Task) -> Vec<String> {
+    let place = if t.cluster.is_empty() { String::new() } else { format!("{}/{}", t.cluster, t.node) };
+    vec![
+        t.id.to_string(),
+        t.queue.clone(),
+        t.task_set.clone(),
+        format!("{}[{}]", t.name, t.index),
+        t.state.clone(),
+        t.attempt.to_string(),
+        place,
+        t.reason.clone(),
+    ]
+}
+
+pub const TASK_HEADERS: [&str; 8] = ["id", "queue", "task set", "name", "state", "attempt", "cluster/node", "reason"];
+
+fn amounts_json(r: &Option<v1::ResourceAmounts>) -> Value {
+    let r = r.clone().unwrap_or_default();
+    json!({ "cpu": r.cpu_millis as f64 / 1000.0, "memory": r.memory_bytes, "gpu": r.gpu })
+}
+
+pub fn cluster_json(c: &v1::Cluster) -> Value {
+    json!({
+        "name": c.name,
+        "state": c.state,
+        "nodes": c.nodes,
+        "allocatable": amounts_json(&c.allocatable),
+        "used": amounts_json(&c.used),
+        "activeTasks": c.active_tasks,
+        "gpuModels": c.gpu_models,
+        "lastSyncAgeMs": c.last_sync_age_ms,
+    })
+}
+
+pub fn cluster_row(c: &v1::Cluster) -> Vec<String> {
+    let a = c.allocatable.clone().unwrap_or_default();
+    let u = c.used.clone().unwrap_or_default();
+    vec![
+        c.name.clone(),
+        c.state.clone(),
+        c.nodes.to_string(),
+        format!("{}/{}", u.gpu, a.gpu),
+        format!("{}/{}", format_cpu_millis(u.cpu_millis), format_cpu_millis(a.cpu_millis)),
+        format!("{}/{}", format_bytes(u.memory_bytes), format_bytes(a.memory_bytes)),
+        c.active_tasks.to_string(),
+        c.gpu_models.join(","),
+        format!("{:.1}s", c.last_sync_age_ms as f64 / 1000.0),
+    ]
+}
+
+pub const CLUSTER_HEADERS: [&str; 9] = ["cluster", "state", "nodes", "gpu used", "cpu used", "memory used", "tasks", "gpu models", "last sync"];
+
+pub fn queue_json(q: &v1::Queue) -> Value {
+    let spec = q.spec.clone().unwrap_or_default();
+    let status = q.status.clone().unwrap_or_default();
+    json!({
+        "name": spec.name,
+        "weight": spec.weight,
+        "guarantee": spec.guarantee,
+        "limit": spec.limit,
+        "owner": spec.owner,
+        "disruptionBudget": spec.disruption_budget,
+        "tasks": status.tasks_by_state,
+        "fairShare": status.fair_share,
+        "actualShare": status.actual_share,
+    })
+}
+
+pub fn queue_row(q: &v1::Queue) -> Vec<String> {
+    let spec = q.spec.clone().unwrap_or_default();
+    let status = q.status.clone().unwrap_or_default();
+    let count = |s: &str| status.tasks_by_state.get(s).copied().unwrap_or(0).to_string();
+    let mut limit: Vec<String> = spec.limit.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    limit.sort();
+    vec![
+        spec.name,
+        spec.weight.to_string(),
+        format!("{:.1}%", status.fair_share * 100.0),
+        format!("{:.1}%", status.actual_share * 100.0),
+        count("queued"),
+        count("running"),
+        count("succeeded"),
+        count("failed"),
+        limit.join(","),
+    ]
+}
+
+pub const QUEUE_HEADERS: [&str; 9] = ["queue", "weight", "fair share", "actual share", "queued", "running", "succeeded", "failed", "limit"];
+
+pub fn event_line(e: &v1::TaskEvent) -> String {
+    let place = if e.cluster.is_empty() { String::new() } else { format!(" on {}/{}", e.cluster, e.node) };
+    let reason = if e.reason.is_empty() { String::new() } else { format!(": {}", e.reason) };
+    if e.task_id == 0 {
+        return format!("#{} task set {}{}", e.seq, e.kind, reason);
+    }
+    format!("#{} task {} {}[{}] attempt {} {}{}{}", e.seq, e.task_id, e.task_name, e.task_index, e.attempt, e.kind, place, reason)
+}
