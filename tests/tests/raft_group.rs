@@ -19,6 +19,7 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Running {
     replica: Arc<Replica>,
     server: JoinHandle<()>,
+    stop_server: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A test group: data directories, addresses and the shared network fault.
@@ -66,11 +67,17 @@ impl Group {
         let replica = Replica::open(self.config(id, peers)).await.unwrap_or_else(|e| panic!("replica {id} opens: {e:#}"));
         let service = replica.raft_service();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (stop_server, stop) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop.await;
+                })
+                .await;
         });
         replica.bootstrap();
-        self.running.insert(id, Running { replica, server });
+        self.running.insert(id, Running { replica, server, stop_server });
     }
 
     /// Restarts a stopped replica on its old port and data directory.
@@ -80,12 +87,16 @@ impl Group {
         self.launch(id, listener, self.peers.clone()).await;
     }
 
-    /// Kills a replica abruptly: its server drops every connection, then Raft stops.
+    /// Stops a replica at once: Raft stops (in-flight calls fail), then its server closes
+    /// every connection so that peers reconnect to whatever listens on the port next.
     async fn kill(&mut self, id: u64) {
         let running = self.running.remove(&id).expect("running");
-        running.server.abort();
-        let _ = running.server.await;
         running.replica.shutdown().await;
+        let _ = running.stop_server.send(());
+        let mut server = running.server;
+        if tokio::time::timeout(Duration::from_secs(5), &mut server).await.is_err() {
+            server.abort();
+        }
     }
 
     fn replica(&self, id: u64) -> Arc<Replica> {
@@ -362,8 +373,8 @@ async fn empty_replica_joins_after_log_purge_and_catches_up_from_snapshot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    // Replica 4 starts with an empty data directory and replaces replica 3 (the documented
-    // procedure: add as learner, then change the voters).
+    // Replica 4 starts with an empty data directory and replaces a follower (the documented
+    // procedure: add it as a learner, then change the voters).
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url4 = format!("http://{}", listener.local_addr().unwrap());
     let mut peers4 = group.peers.clone();
@@ -371,8 +382,8 @@ async fn empty_replica_joins_after_log_purge_and_catches_up_from_snapshot() {
     group.launch(4, listener, peers4).await;
     let leader_replica = group.replica(leader);
     tokio::time::timeout(WAIT, leader_replica.add_learner(4, url4.clone())).await.expect("learner caught up in time").unwrap();
-    let voters: BTreeSet<u64> = [1, 2, 4].into_iter().filter(|id| *id != 3 || leader == 3).collect();
-    let voters: BTreeSet<u64> = if leader == 3 { [3, 1, 4].into() } else { voters };
+    let replaced = (1..=3).rev().find(|id| *id != leader).unwrap();
+    let voters: BTreeSet<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != replaced).collect();
     tokio::time::timeout(WAIT, leader_replica.change_membership(voters.clone(), false)).await.expect("membership change in time").unwrap();
 
     let members: Vec<u64> = voters.iter().copied().collect();

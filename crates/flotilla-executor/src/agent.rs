@@ -47,6 +47,10 @@ pub struct ExecutorConfig {
     pub max_concurrent_changes: usize,
     pub connect_timeout: Duration,
     pub rpc_timeout: Duration,
+    /// Longest a single start or stop may take (the kube client retries throttling and 503s
+    /// with backoff; one slow call must not stall the loop). A timed-out call is repeated
+    /// when the scheduler lists it again.
+    pub backend_timeout: Duration,
     /// Unique per executor process; a new value tells the scheduler the executor restarted.
     pub executor_id: String,
 }
@@ -55,12 +59,8 @@ impl ExecutorConfig {
     pub fn new(servers: Vec<String>, cluster: impl Into<String>) -> ExecutorConfig {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let cluster = cluster.into();
-        let executor_id = format!(
-            "{cluster}-{}-{}-{}",
-            std::process::id(),
-            crate::backend::unix_now_ms(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let executor_id =
+            format!("{cluster}-{}-{}-{}", std::process::id(), crate::backend::unix_now_ms(), COUNTER.fetch_add(1, Ordering::Relaxed));
         ExecutorConfig {
             servers,
             cluster,
@@ -70,6 +70,7 @@ impl ExecutorConfig {
             max_concurrent_changes: 16,
             connect_timeout: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(10),
+            backend_timeout: Duration::from_secs(30),
             executor_id,
         }
     }
@@ -77,7 +78,11 @@ impl ExecutorConfig {
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.servers.is_empty(), "executor {}: no scheduler servers given", self.cluster);
         anyhow::ensure!(!self.cluster.is_empty(), "executor: the cluster name is empty");
-        anyhow::ensure!(self.max_events_per_report > 0 && self.max_reports_per_sync > 0, "executor {}: event batch sizes must be positive", self.cluster);
+        anyhow::ensure!(
+            self.max_events_per_report > 0 && self.max_reports_per_sync > 0,
+            "executor {}: event batch sizes must be positive",
+            self.cluster
+        );
         anyhow::ensure!(self.max_concurrent_changes > 0, "executor {}: max_concurrent_changes must be positive", self.cluster);
         anyhow::ensure!(!self.sync_interval.is_zero(), "executor {}: sync_interval must be positive", self.cluster);
         Ok(())
@@ -178,7 +183,13 @@ struct Servers {
 
 impl Servers {
     fn new(config: &ExecutorConfig) -> Servers {
-        Servers { urls: config.servers.clone(), index: 0, client: None, connect_timeout: config.connect_timeout, rpc_timeout: config.rpc_timeout }
+        Servers {
+            urls: config.servers.clone(),
+            index: 0,
+            client: None,
+            connect_timeout: config.connect_timeout,
+            rpc_timeout: config.rpc_timeout,
+        }
     }
 
     async fn connect(&mut self) -> Result<ExecutorClient<Channel>, Status> {
@@ -274,7 +285,12 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         nodes: nodes.iter().map(node_to_report).collect(),
         attempts: attempts
             .iter()
-            .map(|a| v1::RunningAttempt { task_id: a.task_id.0, attempt: a.attempt, node: a.node.clone(), phase: a.phase.as_str().to_string() })
+            .map(|a| v1::RunningAttempt {
+                task_id: a.task_id.0,
+                attempt: a.attempt,
+                node: a.node.clone(),
+                phase: a.phase.as_str().to_string(),
+            })
             .collect(),
         executor_id: config.executor_id.clone(),
     };
@@ -298,9 +314,10 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         .for_each_concurrent(config.max_concurrent_changes, |s| {
             let span = tracing::info_span!("stop", task_id = s.task_id, attempt = s.attempt);
             async move {
-                match backend.stop(TaskId(s.task_id), s.attempt).await {
-                    Ok(()) => tracing::debug!("stopped"),
-                    Err(e) => tracing::warn!(error = %e, "stop failed; the scheduler will ask again"),
+                match tokio::time::timeout(config.backend_timeout, backend.stop(TaskId(s.task_id), s.attempt)).await {
+                    Ok(Ok(())) => tracing::debug!("stopped"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "stop failed; the scheduler will ask again"),
+                    Err(_) => tracing::warn!(timeout = ?config.backend_timeout, "stop timed out; the scheduler will ask again"),
                 }
             }
             .instrument(span)
@@ -310,9 +327,10 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         .for_each_concurrent(config.max_concurrent_changes, |t| {
             let span = tracing::info_span!("start", task_id = t.task_id, attempt = t.attempt, node = %t.node, queue = %t.queue);
             async move {
-                match backend.start(t).await {
-                    Ok(()) => tracing::debug!("started"),
-                    Err(e) => tracing::warn!(error = %e, "start failed; the scheduler will ask again"),
+                match tokio::time::timeout(config.backend_timeout, backend.start(t)).await {
+                    Ok(Ok(())) => tracing::debug!("started"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "start failed; the scheduler will ask again"),
+                    Err(_) => tracing::warn!(timeout = ?config.backend_timeout, "start timed out; the scheduler will ask again"),
                 }
             }
             .instrument(span)
@@ -340,3 +358,7 @@ pub fn event_to_proto(e: &AttemptEvent) -> v1::AttemptEvent {
         time_ms: e.time_ms,
     }
 }
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

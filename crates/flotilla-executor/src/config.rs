@@ -186,7 +186,8 @@ impl ClustersFile {
     /// The simulated nodes of cluster `name`.
     pub fn sim_nodes(&self, name: &str) -> Result<Vec<Node>, ConfigError> {
         let err = |message: String| ConfigError { path: self.path.clone(), message };
-        let cluster = self.cluster(name).ok_or_else(|| err(format!("no cluster named {name:?} (clusters: {})", self.cluster_names().join(", "))))?;
+        let cluster =
+            self.cluster(name).ok_or_else(|| err(format!("no cluster named {name:?} (clusters: {})", self.cluster_names().join(", "))))?;
         cluster.nodes().map_err(err)
     }
 
@@ -482,7 +483,13 @@ nodes_per_rack = 2
         let placement: Vec<(&str, &str)> = nodes.iter().map(|n| (n.topology.zone.as_str(), n.topology.rack.as_str())).collect();
         assert_eq!(
             placement,
-            [("r1a", "a-gpu-rack-01"), ("r1a", "a-gpu-rack-01"), ("r1b", "a-gpu-rack-02"), ("r1b", "a-gpu-rack-02"), ("r1a", "a-gpu-rack-03")]
+            [
+                ("r1a", "a-gpu-rack-01"),
+                ("r1a", "a-gpu-rack-01"),
+                ("r1b", "a-gpu-rack-02"),
+                ("r1b", "a-gpu-rack-02"),
+                ("r1a", "a-gpu-rack-03")
+            ]
         );
         assert_eq!(nodes[4].labels["topology.flotilla.io/rack"], "a-gpu-rack-03");
         assert_eq!(nodes[4].labels["kubernetes.io/hostname"], "a-gpu-05");

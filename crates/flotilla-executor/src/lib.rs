@@ -51,7 +51,9 @@ use std::time::Duration;
 
 pub use agent::{event_to_proto, run, spawn, ExecutorConfig, ExecutorHandle};
 pub use backend::{Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend};
-pub use config::{cluster_names, load_clusters, parse_clusters, ClusterConfig, ClustersFile, ConfigError, Faults, KubeBackendConfig, PoolConfig};
+pub use config::{
+    cluster_names, load_clusters, parse_clusters, ClusterConfig, ClustersFile, ConfigError, Faults, KubeBackendConfig, PoolConfig,
+};
 pub use kube::{KubeBackend, KubeSource};
 pub use sim::{SimCluster, SimOptions};
 
@@ -72,7 +74,12 @@ const KUBE_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Builds the backend of cluster `cluster`. `kube` is used by the Kubernetes sources, `sim`
 /// by the simulated one.
-pub async fn build_backend(source: &BackendSource, cluster: &str, kube: KubeBackendConfig, sim: SimOptions) -> anyhow::Result<Arc<dyn ClusterBackend>> {
+pub async fn build_backend(
+    source: &BackendSource,
+    cluster: &str,
+    kube: KubeBackendConfig,
+    sim: SimOptions,
+) -> anyhow::Result<Arc<dyn ClusterBackend>> {
     let kube_source = match source {
         BackendSource::Sim { file } => {
             let clusters = load_clusters(file)?;

@@ -19,6 +19,9 @@
 //! - else failed with `sim_exit_code` when that is non-zero, else succeeded;
 //! - and in every case `DeadlineExceeded` if that would take longer than `max_runtime_ms`.
 //!
+//! Events wait in the cluster until an executor acknowledges them (at most three per started
+//! attempt), and finished pods stay, like finished Jobs, until the scheduler stops them.
+//!
 //! The dice are thrown when the attempt starts, from one seeded generator per cluster, so a
 //! seed and an order of starts give the same outcomes every run.
 
@@ -151,7 +154,8 @@ impl SimCluster {
     /// Cluster `name` of a clusters file.
     pub fn from_file(file: &ClustersFile, name: &str, options: SimOptions) -> Result<SimCluster, ConfigError> {
         let err = |message: String| ConfigError { path: file.path.clone(), message };
-        let config = file.cluster(name).ok_or_else(|| err(format!("no cluster named {name:?} (clusters: {})", file.cluster_names().join(", "))))?;
+        let config =
+            file.cluster(name).ok_or_else(|| err(format!("no cluster named {name:?} (clusters: {})", file.cluster_names().join(", "))))?;
         SimCluster::new(config, options).map_err(err)
     }
 

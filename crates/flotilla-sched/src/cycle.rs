@@ -66,6 +66,8 @@ pub(crate) struct Cycle<'a> {
     pub running_gangs: BTreeMap<TaskId, Vec<u32>>,
     /// Lowest priority among evictable running tasks: urgency preemption below it is futile.
     pub min_evictable_priority: Option<i32>,
+    /// Evictable running tasks in victim order (lowest priority, then newest).
+    pub victim_order: Vec<u32>,
     pub reasons: ReasonTable,
     pub leases: Vec<Lease>,
     /// Per lease: the queued task and the node (for the final over-commit check).
@@ -138,13 +140,16 @@ impl<'a> Cycle<'a> {
                 running_gangs.entry(g.id).or_default().push(i as u32);
             }
         }
+        // Victim order: lowest priority first, then newest (highest submit_seq).
+        let victim_key = |i: &u32| {
+            let t = running[*i as usize].task;
+            (t.priority, Reverse(t.submit_seq), Reverse(t.id))
+        };
         for n in index.nodes.iter_mut() {
-            // Victim order: lowest priority first, then newest (highest submit_seq).
-            n.running.sort_by_key(|&i| {
-                let t = running[i as usize].task;
-                (t.priority, Reverse(t.submit_seq), Reverse(t.id))
-            });
+            n.running.sort_by_key(victim_key);
         }
+        let mut victim_order: Vec<u32> = (0..running.len() as u32).filter(|i| running[*i as usize].evictable).collect();
+        victim_order.sort_by_key(victim_key);
 
         let n = input.queued.len();
         let mut cycle = Cycle {
@@ -164,6 +169,7 @@ impl<'a> Cycle<'a> {
             running,
             running_gangs,
             min_evictable_priority,
+            victim_order,
             reasons: ReasonTable::default(),
             leases: Vec::new(),
             lease_tasks: Vec::new(),

@@ -137,7 +137,7 @@ impl Cycle<'_> {
         let what = if !same {
             format!("tasks needing {} in all", gang.total.describe(&Default::default()))
         } else if lead.amount.gpu > 0 {
-            lead.gpu_words(lead.amount.gpu)
+            lead.gpu_words(lead.amount.gpu, "")
         } else {
             format!("({})", lead.amount.describe(lead.ext))
         };

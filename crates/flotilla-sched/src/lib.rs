@@ -169,3 +169,6 @@ pub struct Decisions {
 pub fn schedule(input: &Input) -> Decisions {
     cycle::Cycle::new(input).run()
 }
+
+#[cfg(test)]
+mod tests;

@@ -104,10 +104,10 @@ impl<'a> Shape<'a> {
         need.fits_in(n.free()) && ext_fits(self.ext, &n.cap_ext, &n.used_ext, None) && self.allows(index, idx)
     }
 
-    /// "with 8 free H100 GPUs" style description of `amount` for this shape.
-    pub fn gpu_words(&self, gpu: u64) -> String {
+    /// "8 H100 GPUs" (or with `adjective`, "8 free H100 GPUs") for this shape.
+    pub fn gpu_words(&self, gpu: u64, adjective: &str) -> String {
         let model = self.placement.gpu_model.as_deref().map(|m| format!("{m} ")).unwrap_or_default();
-        format!("{gpu} {model}GPU{}", if gpu == 1 { "" } else { "s" })
+        format!("{gpu} {adjective}{model}GPU{}", if gpu == 1 { "" } else { "s" })
     }
 
     /// The constraints a person would check first when nothing matches.
@@ -236,7 +236,7 @@ pub(crate) fn diagnose(index: &NodeIndex<'_>, shape: &Shape<'_>) -> String {
         return format!("needs {need}: larger than any {model}node");
     }
     if shape.amount.gpu > 0 && gpu_free == 0 {
-        return format!("no node with {} free", shape.gpu_words(shape.amount.gpu));
+        return format!("no node with {}", shape.gpu_words(shape.amount.gpu, "free "));
     }
     format!("no node with {need} free")
 }

@@ -87,7 +87,7 @@ impl Tentative {
         (self.max_victim_priority.unwrap_or(i32::MIN), self.victims.len())
     }
 
-    fn add_member(&mut self, t: u32, n: u32, need: Amount, ext: &BTreeMap<String, u64>) {
+    pub(crate) fn add_member(&mut self, t: u32, n: u32, need: Amount, ext: &BTreeMap<String, u64>) {
         let d = self.delta_mut(n);
         d.extra = d.extra.plus(need);
         ext_add(&mut d.ext_extra, ext);
@@ -153,7 +153,9 @@ impl Cycle<'_> {
                 continue;
             }
             let ctx = evict?;
-            let mut best_evict: Option<((i32, usize, bool, u32), Vec<(u32, Kind)>)> = None;
+            // Cheapest victims first: not on an avoided node, lowest priority, fewest, newest.
+            type EvictScore = (bool, i32, usize, std::cmp::Reverse<u64>, u32);
+            let mut best_evict: Option<(EvictScore, Vec<(u32, Kind)>)> = None;
             for &n in nodes {
                 let ns = &index.nodes[n as usize];
                 if !need.fits_in(ns.cap) || !ext_fits(shape.ext, &ns.cap_ext, &ns.used_ext, tent.delta(n).map(|d| &d.ext_extra)) {
@@ -162,16 +164,16 @@ impl Cycle<'_> {
                 if !shape.allows(index, n) {
                     continue;
                 }
-                if let Some((group, prio)) = self.choose_victims(n, need, ctx, &tent) {
-                    let score = (prio, group.len(), avoid.binary_search(&n).is_ok(), n);
+                if let Some(choice) = self.choose_victims(n, need, ctx, &tent) {
+                    let score = (avoid.binary_search(&n).is_ok(), choice.max_priority, choice.victims.len(), std::cmp::Reverse(choice.oldest_seq), n);
                     if best_evict.as_ref().is_none_or(|(b, _)| score < *b) {
-                        best_evict = Some((score, group));
+                        best_evict = Some((score, choice.victims));
                     }
                 }
             }
             let (score, group) = best_evict?;
             tent.add_victims(self, &group);
-            tent.add_member(m, score.3, need, shape.ext);
+            tent.add_member(m, score.4, need, shape.ext);
             if bound.is_some_and(|b| tent.cost() >= b) {
                 return None;
             }

@@ -14,7 +14,7 @@
 
 use flotilla_model::TaskId;
 
-use crate::amount::Amount;
+use crate::amount::{ext_fits, Amount};
 use crate::cycle::{Cycle, Unit};
 use crate::fairness::SHARE_EPSILON;
 use crate::index::level_slot;
@@ -24,6 +24,13 @@ use crate::plan::{Plan, Tentative};
 pub(crate) enum Kind {
     Urgency,
     Reclaim,
+}
+
+/// Victims that make room on one node, and what they cost.
+pub(crate) struct VictimChoice {
+    pub victims: Vec<(u32, Kind)>,
+    pub max_priority: i32,
+    pub oldest_seq: u64,
 }
 
 /// Who is asking for room.
@@ -62,7 +69,7 @@ impl Cycle<'_> {
         };
         let ctx = EvictCtx { queue: q, priority, reclaim, preemptor };
         let tent = match unit {
-            Unit::Single(_) => self.plan_members(&self.index.schedulable, members, Some(&ctx), None),
+            Unit::Single(t) => self.plan_single_evicting(t, &ctx),
             Unit::Gang(g) => self.plan_gang_evicting(g, &ctx),
         };
         let Some(tent) = tent else {
@@ -106,12 +113,11 @@ impl Cycle<'_> {
         best
     }
 
-    /// Victims on node `n` that make room for `need`, and the highest priority among them.
-    pub(crate) fn choose_victims(&self, n: u32, need: Amount, ctx: &EvictCtx, tent: &Tentative) -> Option<(Vec<(u32, Kind)>, i32)> {
+    /// Victims on node `n` that make room for `need`, in victim order.
+    pub(crate) fn choose_victims(&self, n: u32, need: Amount, ctx: &EvictCtx, tent: &Tentative) -> Option<VictimChoice> {
         let mut avail = tent.free_on(&self.index, n);
-        let mut chosen: Vec<(u32, Kind)> = Vec::new();
         let mut scratch = Tentative::default();
-        let mut max_priority = i32::MIN;
+        let mut choice = VictimChoice { victims: Vec::new(), max_priority: i32::MIN, oldest_seq: u64::MAX };
         for &r in &self.index.nodes[n as usize].running {
             if need.fits_in(avail) {
                 break;
@@ -137,11 +143,50 @@ impl Cycle<'_> {
                 if member.node == Some(n) {
                     avail = avail.plus(member.amount);
                 }
-                max_priority = max_priority.max(member.task.priority);
+                choice.max_priority = choice.max_priority.max(member.task.priority);
+                choice.oldest_seq = choice.oldest_seq.min(member.task.submit_seq);
             }
-            chosen.extend(tagged);
+            choice.victims.extend(tagged);
         }
-        need.fits_in(avail).then_some((chosen, max_priority))
+        need.fits_in(avail).then_some(choice)
+    }
+
+    /// A single task's cheapest room: running tasks are visited in global victim order
+    /// (lowest priority, then newest), and the first node where the task fits after
+    /// evicting victims from that node, in the same order, wins. Each node is looked at
+    /// once; nodes the task avoids are used only if no other node works.
+    fn plan_single_evicting(&self, t: u32, ctx: &EvictCtx) -> Option<Tentative> {
+        let task = &self.input.queued[t as usize];
+        let shape = &self.shapes[self.task_shape[t as usize] as usize];
+        let need = shape.amount;
+        let avoid = if task.avoid_nodes.is_empty() && task.avoid_clusters.is_empty() { Vec::new() } else { self.avoid_set(task) };
+        let mut visited = vec![false; self.index.nodes.len()];
+        let mut fallback: Option<Tentative> = None;
+        for &r in &self.victim_order {
+            let run = &self.running[r as usize];
+            if run.task.priority >= ctx.priority && !ctx.reclaim {
+                // Sorted by priority: no later task is an urgency victim either.
+                break;
+            }
+            let Some(n) = run.node else { continue };
+            if run.evicted || std::mem::replace(&mut visited[n as usize], true) {
+                continue;
+            }
+            let ns = &self.index.nodes[n as usize];
+            if !need.fits_in(ns.cap) || !ext_fits(shape.ext, &ns.cap_ext, &ns.used_ext, None) || !shape.allows(&self.index, n) {
+                continue;
+            }
+            let empty = Tentative::default();
+            let Some(choice) = self.choose_victims(n, need, ctx, &empty) else { continue };
+            let mut tent = Tentative::default();
+            tent.add_victims(self, &choice.victims);
+            tent.add_member(t, n, need, shape.ext);
+            if avoid.binary_search(&n).is_err() {
+                return Some(tent);
+            }
+            fallback = fallback.or(Some(tent));
+        }
+        fallback
     }
 
     /// The running tasks that go if `r` goes: its whole gang, when every member may go.
@@ -170,7 +215,7 @@ impl Cycle<'_> {
         if self.preemptions.len().saturating_add(planned) > self.config.max_evictions_per_cycle {
             return None;
         }
-        let mut per_queue: Vec<(usize, Amount, u32)> = Vec::new();
+        let mut per_queue: Vec<(usize, Amount, u32)> = Vec::with_capacity(1);
         let mut max_priority = i32::MIN;
         for &g in group {
             let run = &self.running[g as usize];

@@ -67,6 +67,9 @@ pub struct TaskRecord {
     pub attempt: u32,
     /// Where the current attempt runs, while the task is leased, pending or running.
     pub lease: Option<NodeRef>,
+    /// Where the latest attempt ran (kept after it ended: "where did my task fail?").
+    #[serde(default)]
+    pub last_lease: Option<NodeRef>,
     /// Why it waits, failed or was cancelled.
     pub reason: String,
     pub exit_code: Option<i32>,
@@ -395,6 +398,7 @@ impl State {
                 state: TaskState::Queued,
                 attempt: 0,
                 lease: None,
+                last_lease: None,
                 reason,
                 exit_code: None,
                 submitted_ms: now,
@@ -631,11 +635,12 @@ impl State {
             let reason = format!("failed after {} attempts: {detail}", self.tasks[&id].failures);
             self.transition(now, id, TaskState::Failed, None, EventKind::Failed, reason, exit_code);
             let dependents = self.tasks[&id].dependents.clone();
+            let name = self.tasks[&id].spec.name.clone();
             for m in gang {
-                self.cancel_task(now, m, &format!("gang member {id} failed"));
+                self.cancel_task(now, m, &format!("gang member {name} ({id}) failed"));
             }
             for d in dependents {
-                self.cancel_task(now, d, &format!("dependency {id} failed"));
+                self.cancel_task(now, d, &format!("dependency {name} ({id}) failed"));
             }
         } else {
             let reason = if backoff > 0 { format!("{detail}; retrying in {}", fmt_ms(backoff)) } else { format!("{detail}; retrying") };
@@ -783,6 +788,7 @@ impl State {
         }
         if let Some(new) = &lease {
             self.active_by_cluster.entry(new.cluster.clone()).or_default().insert(id);
+            t.last_lease = Some(new.clone());
         }
         t.lease = lease;
         t.state = to;
@@ -805,7 +811,7 @@ impl State {
 
     fn push_task_event(&mut self, now: u64, id: TaskId, kind: EventKind, reason: String, exit_code: Option<i32>) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let (cluster, node) = t.lease.as_ref().map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default();
+        let (cluster, node) = t.lease.as_ref().or(t.last_lease.as_ref()).map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default();
         let event = TaskEvent { seq: 0, task: id, attempt: t.attempt, kind, state: t.state, cluster, node, reason, time_ms: now, exit_code };
         let key = t.task_set_key();
         self.push_event(&key, event);

@@ -153,7 +153,7 @@ pub enum QueueCommand {
 #[derive(Args, Debug)]
 pub struct QueueArgs {
     pub name: String,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub weight: f64,
     /// Never preempted below this, e.g. `nvidia.com/gpu=8,cpu=64`.
     #[arg(long, default_value = "")]

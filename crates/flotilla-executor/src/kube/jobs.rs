@@ -43,7 +43,8 @@ pub fn attempt_of(meta: &ObjectMeta) -> Option<(TaskId, u32)> {
 
 /// A string as a valid label value: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
 pub fn label_value(s: &str) -> String {
-    let mapped: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).take(63).collect();
+    let mapped: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).take(63).collect();
     mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
@@ -110,10 +111,16 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
 
     let mut tolerations: Vec<Toleration> = Vec::new();
     if requests.gpu > 0 {
-        tolerations.push(Toleration { key: Some(GPU_RESOURCE.into()), operator: Some("Exists".into()), effect: Some("NoSchedule".into()), ..Default::default() });
+        tolerations.push(Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        });
     }
     for t in node_taints.iter().filter(|t| t.effect != "PreferNoSchedule" && !t.key.starts_with("node.kubernetes.io/")) {
-        let toleration = Toleration { key: Some(t.key.clone()), operator: Some("Exists".into()), effect: Some(t.effect.clone()), ..Default::default() };
+        let toleration =
+            Toleration { key: Some(t.key.clone()), operator: Some("Exists".into()), effect: Some(t.effect.clone()), ..Default::default() };
         if !tolerations.contains(&toleration) {
             tolerations.push(toleration);
         }
@@ -182,7 +189,8 @@ fn checkpoint_volume(task: &LeasedTask, config: &KubeBackendConfig) -> (Option<V
         ),
         None => (Volume { name: CHECKPOINT_VOLUME.into(), empty_dir: Some(Default::default()), ..Default::default() }, None),
     };
-    let mount = VolumeMount { name: CHECKPOINT_VOLUME.into(), mount_path: config.checkpoint_mount_path.clone(), sub_path, ..Default::default() };
+    let mount =
+        VolumeMount { name: CHECKPOINT_VOLUME.into(), mount_path: config.checkpoint_mount_path.clone(), sub_path, ..Default::default() };
     (Some(vec![volume]), Some(vec![mount]))
 }
 

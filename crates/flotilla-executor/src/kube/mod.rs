@@ -7,9 +7,11 @@
 //!
 //! Nothing is remembered across restarts but the cluster itself: attempts are the Jobs
 //! labelled `app.kubernetes.io/managed-by=flotilla`, and their status is derived from the
-//! Job and its pod each time events are drained (see [`pods`]). What was already reported is
-//! kept in memory only to report each change once; after a restart every attempt's status
-//! is reported again, which the scheduler accepts (events are idempotent).
+//! Job and its pod each time events are read (see [`pods`]). What the scheduler acknowledged
+//! is kept in memory only to report each change once; after a restart every attempt's
+//! current status is reported again, which the scheduler accepts (events are idempotent).
+//! Between two reads an attempt may pass through a state unseen (pending straight to
+//! succeeded): events are the latest status, not a complete history.
 //!
 //! RBAC the executor needs: `get/list/watch` on nodes and pods (cluster-wide),
 //! `get/list/watch/create/delete` on `batch/jobs`, and `create` on namespaces when
@@ -62,7 +64,9 @@ pub async fn client_for(source: &KubeSource) -> anyhow::Result<Client> {
         KubeSource::Kubeconfig { path, context } => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
             let options = kube::config::KubeConfigOptions { context: context.clone(), ..Default::default() };
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.with_context(|| format!("using kubeconfig {}", path.display()))?
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
         }
         KubeSource::InCluster => kube::Config::incluster().context("reading the in-cluster service account")?,
     };
@@ -109,9 +113,16 @@ impl KubeBackend {
         let (nodes, w) = spawn_reflector(Api::<K8sNode>::all(client.clone()), watcher::Config::default(), |_| {}, &cluster, "nodes");
         watches.push(w);
         let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
-        let (jobs, w) = spawn_reflector(Api::<Job>::all(client.clone()), managed.clone(), |j: &mut Job| j.metadata.managed_fields = None, &cluster, "jobs");
+        let (jobs, w) = spawn_reflector(
+            Api::<Job>::all(client.clone()),
+            managed.clone(),
+            |j: &mut Job| j.metadata.managed_fields = None,
+            &cluster,
+            "jobs",
+        );
         watches.push(w);
-        let (pods, w) = spawn_reflector(Api::<Pod>::all(client.clone()), managed, |p: &mut Pod| p.metadata.managed_fields = None, &cluster, "pods");
+        let (pods, w) =
+            spawn_reflector(Api::<Pod>::all(client.clone()), managed, |p: &mut Pod| p.metadata.managed_fields = None, &cluster, "pods");
         watches.push(w);
         let other_pods = config.count_reserved.then(|| {
             let cfg = watcher::Config::default().labels(UNMANAGED_SELECTOR).fields("status.phase!=Succeeded,status.phase!=Failed");
@@ -258,8 +269,10 @@ impl KubeBackend {
             return Ok(());
         }
         let node = self.nodes.get(&ObjectRef::new(&task.node));
-        let hostname =
-            node.as_ref().and_then(|n| n.metadata.labels.as_ref()?.get(nodes::LABEL_HOSTNAME).cloned()).unwrap_or_else(|| task.node.clone());
+        let hostname = node
+            .as_ref()
+            .and_then(|n| n.metadata.labels.as_ref()?.get(nodes::LABEL_HOSTNAME).cloned())
+            .unwrap_or_else(|| task.node.clone());
         let taints = node.as_ref().and_then(|n| nodes::node_from_k8s(&self.cluster, n, &self.config)).map(|n| n.taints).unwrap_or_default();
         let job = job_for_lease(&task, &hostname, &taints, &self.config);
         match self.create_job(&job, &namespace).await {

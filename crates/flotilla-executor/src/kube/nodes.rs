@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_model::{normalize_gpu_model, parse_bytes, parse_count, parse_cpu_millis, QuantityError, Resources, Taint, Topology, GPU_RESOURCE};
+use flotilla_model::{
+    normalize_gpu_model, parse_bytes, parse_count, parse_cpu_millis, QuantityError, Resources, Taint, Topology, GPU_RESOURCE,
+};
 use k8s_openapi::api::core::v1::{Node as K8sNode, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -33,13 +35,16 @@ pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) 
     let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
     let status = node.status.as_ref();
     let allocatable = status.and_then(|s| s.allocatable.as_ref()).map(resources_of).unwrap_or_default();
-    let instance_type = labels.get(LABEL_INSTANCE_TYPE).or_else(|| labels.get("beta.kubernetes.io/instance-type")).cloned().unwrap_or_default();
+    let instance_type =
+        labels.get(LABEL_INSTANCE_TYPE).or_else(|| labels.get("beta.kubernetes.io/instance-type")).cloned().unwrap_or_default();
     let spot = SPOT_LABELS.iter().any(|(k, v)| labels.get(*k).is_some_and(|l| l == v));
     let gpu_model = labels.get(LABEL_GPU_PRODUCT).filter(|p| !p.is_empty() && allocatable.gpu > 0).map(|p| normalize_gpu_model(p));
     let spec = node.spec.as_ref();
     let taints = spec
         .and_then(|s| s.taints.as_ref())
-        .map(|ts| ts.iter().map(|t| Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect: t.effect.clone() }).collect())
+        .map(|ts| {
+            ts.iter().map(|t| Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect: t.effect.clone() }).collect()
+        })
         .unwrap_or_default();
     let ready = status
         .and_then(|s| s.conditions.as_ref())

@@ -26,7 +26,11 @@ pub fn attempt_status(job: &Job, pod: Option<&Pod>, now_ms: u64, image_pull_fail
         job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == type_ && c.status == "True"))
     };
     if let Some(c) = job_condition("Failed").filter(|c| c.reason.as_deref() == Some("DeadlineExceeded")) {
-        return failed(FailureKind::DeadlineExceeded, None, c.message.clone().unwrap_or_else(|| "Job was active longer than its deadline".into()));
+        return failed(
+            FailureKind::DeadlineExceeded,
+            None,
+            c.message.clone().unwrap_or_else(|| "Job was active longer than its deadline".into()),
+        );
     }
     let Some(pod) = pod else {
         if job_condition("Complete").is_some() {
@@ -34,7 +38,11 @@ pub fn attempt_status(job: &Job, pod: Option<&Pod>, now_ms: u64, image_pull_fail
         }
         if let Some(c) = job_condition("Failed") {
             let reason = c.reason.clone().unwrap_or_default();
-            return failed(FailureKind::Error, None, format!("Job failed: {reason} {}", c.message.clone().unwrap_or_default()).trim().to_string());
+            return failed(
+                FailureKind::Error,
+                None,
+                format!("Job failed: {reason} {}", c.message.clone().unwrap_or_default()).trim().to_string(),
+            );
         }
         return AttemptStatus::Pending;
     };
@@ -48,16 +56,20 @@ pub fn attempt_status(job: &Job, pod: Option<&Pod>, now_ms: u64, image_pull_fail
             _ => AttemptStatus::Running,
         },
         _ => {
-            let age_ms = pod.metadata.creation_timestamp.as_ref().map(|t| now_ms.saturating_sub(t.0.as_millisecond().max(0) as u64)).unwrap_or(0);
+            let age_ms =
+                pod.metadata.creation_timestamp.as_ref().map(|t| now_ms.saturating_sub(t.0.as_millisecond().max(0) as u64)).unwrap_or(0);
             let persisted = age_ms >= image_pull_failure_after_ms;
             match waiting(pod) {
                 Some(w) => {
                     let reason = w.reason.as_deref().unwrap_or_default();
-                    let message = || format!("{reason}: {}", w.message.clone().unwrap_or_default()).trim_end_matches([':', ' ']).to_string();
+                    let message =
+                        || format!("{reason}: {}", w.message.clone().unwrap_or_default()).trim_end_matches([':', ' ']).to_string();
                     match reason {
                         "InvalidImageName" | "ErrImageNeverPull" => failed(FailureKind::ImagePull, None, message()),
                         "ErrImagePull" | "ImagePullBackOff" if persisted => failed(FailureKind::ImagePull, None, message()),
-                        "CreateContainerConfigError" | "CreateContainerError" if persisted => failed(FailureKind::StartFailed, None, message()),
+                        "CreateContainerConfigError" | "CreateContainerError" if persisted => {
+                            failed(FailureKind::StartFailed, None, message())
+                        }
                         _ => AttemptStatus::Pending,
                     }
                 }
@@ -71,17 +83,18 @@ fn failed_pod(pod: &Pod) -> AttemptStatus {
     let status = pod.status.as_ref();
     let reason = status.and_then(|s| s.reason.as_deref()).unwrap_or_default();
     let pod_message = status.and_then(|s| s.message.clone()).unwrap_or_default();
-    let disrupted = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"));
+    let disrupted =
+        status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"));
     let failed = |kind, exit_code, message: String| AttemptStatus::Failed { kind, exit_code, message };
     let with_reason = |m: &str| if m.is_empty() { reason.to_string() } else { format!("{reason}: {m}") };
     if reason == "DeadlineExceeded" {
         return failed(FailureKind::DeadlineExceeded, None, with_reason(&pod_message));
     }
     // Not the task's fault: the node's kubelet, a node shutdown or a preemption took it away.
-    let evicted = matches!(reason, "Evicted" | "Preempting" | "Shutdown" | "NodeShutdown" | "Terminated" | "NodeAffinity" | "UnexpectedAdmissionError")
-        || reason.starts_with("OutOf");
+    let evicted = matches!(
+        reason,
+        "Evicted" | "Preempting" | "Shutdown" | "NodeShutdown" | "Terminated" | "NodeAffinity" | "UnexpectedAdmissionError"
+    ) || reason.starts_with("OutOf");
     if evicted || disrupted {
         let message = if pod_message.is_empty() && reason.is_empty() { "DisruptionTarget".to_string() } else { with_reason(&pod_message) };
         return failed(FailureKind::Evicted, terminated(pod).map(|t| t.exit_code), message);
@@ -89,12 +102,17 @@ fn failed_pod(pod: &Pod) -> AttemptStatus {
     if let Some(t) = terminated(pod) {
         let detail = t.message.clone().unwrap_or_default();
         if t.reason.as_deref() == Some("OOMKilled") {
-            return failed(FailureKind::OomKilled, Some(t.exit_code), format!("OOMKilled (exit code {}) {detail}", t.exit_code).trim().to_string());
+            return failed(
+                FailureKind::OomKilled,
+                Some(t.exit_code),
+                format!("OOMKilled (exit code {}) {detail}", t.exit_code).trim().to_string(),
+            );
         }
         let what = t.reason.clone().unwrap_or_else(|| "Error".into());
         return failed(FailureKind::Error, Some(t.exit_code), format!("{what} (exit code {}) {detail}", t.exit_code).trim().to_string());
     }
-    if let Some(w) = waiting(pod).filter(|w| matches!(w.reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"))) {
+    if let Some(w) = waiting(pod).filter(|w| matches!(w.reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")))
+    {
         return failed(FailureKind::ImagePull, None, w.message.clone().or_else(|| w.reason.clone()).unwrap_or_default());
     }
     failed(FailureKind::Error, None, if pod_message.is_empty() { "pod failed".to_string() } else { with_reason(&pod_message) })

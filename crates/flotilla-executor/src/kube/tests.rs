@@ -91,7 +91,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
             if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(b);
                 i += 3;
@@ -140,7 +140,10 @@ async fn handle(axum::extract::State(fake): axum::extract::State<Arc<Fake>>, met
         }
         let state = fake.state.lock().unwrap();
         let items = state.collections.get(collection).cloned().unwrap_or_default();
-        return json_response(StatusCode::OK, json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}));
+        return json_response(
+            StatusCode::OK,
+            json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
+        );
     }
     let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
     let mut state = fake.state.lock().unwrap();
@@ -160,9 +163,10 @@ async fn handle(axum::extract::State(fake): axum::extract::State<Arc<Fake>>, met
             }
             json_response(StatusCode::CREATED, body)
         }
-        (Method::DELETE, ["apis", "batch", "v1", "namespaces", _, "jobs", name]) => {
-            json_response(StatusCode::OK, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name}}))
-        }
+        (Method::DELETE, ["apis", "batch", "v1", "namespaces", _, "jobs", name]) => json_response(
+            StatusCode::OK,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name}}),
+        ),
         _ => status_response(405, "MethodNotAllowed", "not faked"),
     }
 }
@@ -180,7 +184,14 @@ async fn backend(collections: [(&'static str, Vec<Value>); 4]) -> (Arc<Fake>, Ku
     let (fake, client) = Fake::start(collections).await;
     let backend = KubeBackend::new(client, "eks-us-east", settings());
     backend.wait_ready(Duration::from_secs(10)).await.unwrap();
-    (fake, backend)
+    // The fake replays nothing: wait until all four watches listen before changing objects.
+    for _ in 0..500 {
+        if fake.watch.receiver_count() >= 4 {
+            return (fake, backend);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the watches did not connect");
 }
 
 fn h100_node() -> Value {
@@ -398,7 +409,9 @@ async fn a_refused_job_is_reported_as_a_start_failure() {
     backend.start(lease()).await.unwrap();
     let events = backend.pending_events(10).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert!(matches!(&events[0].status, AttemptStatus::Failed { kind: FailureKind::StartFailed, message, .. } if message.contains("Required value")));
+    assert!(
+        matches!(&events[0].status, AttemptStatus::Failed { kind: FailureKind::StartFailed, message, .. } if message.contains("Required value"))
+    );
     backend.ack_events(&events);
     assert!(backend.pending_events(10).await.unwrap().is_empty());
     // A server error is not final: the scheduler will send the lease again.
@@ -413,7 +426,13 @@ async fn nodes_report_capacity_topology_spot_price_and_what_other_pods_hold() {
         (NODES, vec![h100_node(), gke_spot_node("gke-spot-1", "True"), gke_spot_node("gke-spot-2", "False")]),
         (JOBS, vec![]),
         (MANAGED_PODS, vec![]),
-        (OTHER_PODS, vec![other_pod("dcgm", "ip-10-0-1-23.ec2.internal", "500m", "1Gi"), other_pod("cni", "ip-10-0-1-23.ec2.internal", "250m", "512Mi")]),
+        (
+            OTHER_PODS,
+            vec![
+                other_pod("dcgm", "ip-10-0-1-23.ec2.internal", "500m", "1Gi"),
+                other_pod("cni", "ip-10-0-1-23.ec2.internal", "250m", "512Mi"),
+            ],
+        ),
     ];
     let (_fake, backend) = backend(collections).await;
     let nodes = backend.nodes().await.unwrap();
@@ -448,7 +467,11 @@ async fn pod_statuses_become_events_once_each() {
         (2, json!([]), Some(terminated("OOMKilled", 137))),
         (3, json!([]), Some(json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}))),
         (4, json!([]), Some(waiting("Pending", "ImagePullBackOff"))),
-        (5, json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]), None),
+        (
+            5,
+            json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]),
+            None,
+        ),
         (6, json!([]), Some(terminated("Error", 3))),
         (7, json!([]), Some(json!({"phase": "Running"}))),
         (8, json!([]), None),
@@ -491,9 +514,15 @@ fn image_pull_errors_fail_only_once_they_persist() {
     let pod: Pod = serde_json::from_value(pod(1, 1, waiting("Pending", "ErrImagePull"))).unwrap();
     let created_ms = 1_735_689_600_000; // 2025-01-01T00:00:00Z
     assert_eq!(pods::attempt_status(&job, Some(&pod), created_ms + 119_000, 120_000), AttemptStatus::Pending);
-    assert!(matches!(pods::attempt_status(&job, Some(&pod), created_ms + 120_000, 120_000), AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }));
+    assert!(matches!(
+        pods::attempt_status(&job, Some(&pod), created_ms + 120_000, 120_000),
+        AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
+    ));
     let invalid: Pod = serde_json::from_value(pod_json_waiting("InvalidImageName")).unwrap();
-    assert!(matches!(pods::attempt_status(&job, Some(&invalid), created_ms, 120_000), AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }));
+    assert!(matches!(
+        pods::attempt_status(&job, Some(&invalid), created_ms, 120_000),
+        AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
+    ));
 }
 
 fn pod_json_waiting(reason: &str) -> Value {

@@ -109,10 +109,6 @@ impl Peers {
         Peers { me, fault, channels: Arc::default() }
     }
 
-    pub(crate) fn me(&self) -> NodeId {
-        self.me
-    }
-
     pub(crate) fn fault(&self) -> Option<&NetworkFault> {
         self.fault.as_ref()
     }

@@ -38,6 +38,10 @@ pub struct ReplicaConfig {
     /// from the log instead of a full snapshot.
     pub max_in_snapshot_log_to_keep: u64,
     pub group_commit: GroupCommitConfig,
+    /// Most entries in one AppendEntries call. With `group_commit.max_bytes` it bounds the
+    /// call's size, which must be sent and decoded within `heartbeat_interval` (openraft's
+    /// time limit for it).
+    pub max_entries_per_append: u64,
     /// How long a proposal may wait for a leader (across elections) before it fails.
     pub propose_timeout: Duration,
     /// Test hook: drop traffic between replicas.
@@ -56,6 +60,7 @@ impl ReplicaConfig {
             snapshot_every_logs: 5000,
             max_in_snapshot_log_to_keep: 1000,
             group_commit: GroupCommitConfig::default(),
+            max_entries_per_append: 8,
             propose_timeout: Duration::from_secs(10),
             fault,
         }
@@ -70,12 +75,9 @@ impl ReplicaConfig {
             // Chunks of a few MiB sent over a busy loopback on two cores need more than the
             // default 200 ms.
             install_snapshot_timeout: 10_000,
-            // Each entry is a group-committed batch of up to `group_commit.max_bytes`; keep one
-            // AppendEntries call small enough to finish within a heartbeat interval.
-            max_payload_entries: 16,
+            max_payload_entries: self.max_entries_per_append.max(1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_logs),
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
-            purge_batch_size: 256,
             ..Default::default()
         };
         config.validate().context("invalid Raft timing settings")
@@ -302,6 +304,11 @@ impl Replica {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// True once [`shutdown`](Self::shutdown) was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.shutdown_tx.borrow()
     }
 
     pub fn config(&self) -> &ReplicaConfig {
@@ -541,7 +548,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Stops Raft and the batcher. Waiting proposals fail with [`ProposeError::ShuttingDown`].
+    /// Stops Raft and the batcher and closes the store files. Waiting proposals fail with
+    /// [`ProposeError::ShuttingDown`]; the in-memory state stays readable.
     pub async fn shutdown(&self) {
         self.shutdown_tx.send_replace(true);
         if let Err(e) = self.raft.shutdown().await {
@@ -552,6 +560,14 @@ impl Replica {
             task.abort();
             let _ = task.await;
         }
+        // Release the files now (a restart in the same process reopens them), even if a
+        // stopping replication task or connection still holds a clone of the stores.
+        let (log_store, state_machine) = (self.log_store.clone(), self.state_machine.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            log_store.close();
+            state_machine.close();
+        })
+        .await;
         tracing::info!(id = self.id, "replica stopped");
     }
 }

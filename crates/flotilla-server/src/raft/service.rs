@@ -29,6 +29,9 @@ impl RaftService {
 
     /// Decodes a request, dropping it if the test network fault cuts its sender off.
     fn open<T: DeserializeOwned>(&self, request: Request<RaftPayload>) -> Result<T, Status> {
+        if self.replica.is_stopped() {
+            return Err(Status::unavailable(format!("replica {} is stopped", self.replica.id())));
+        }
         let from: Option<u64> = request.metadata().get(FROM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         if let (Some(fault), Some(from)) = (self.replica.peers().fault(), from) {
             if fault.is_cut(from, self.replica.id()) {

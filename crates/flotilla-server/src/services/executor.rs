@@ -96,8 +96,8 @@ impl Executor for ExecutorService {
         }
 
         let max_starts = ctx.config.max_starts_per_sync;
+        let desired: HashMap<TaskId, u32> = ctx.read(|s| s.active_in(&cluster).map(|t| (t.id, t.attempt)).collect());
         let (start, stop) = ctx.read(|s| {
-            let desired: HashMap<TaskId, u32> = s.active_in(&cluster).map(|t| (t.id, t.attempt)).collect();
             let reported: HashSet<(TaskId, u32)> = attempts.iter().map(|(t, a, _)| (*t, *a)).collect();
             let stop: Vec<v1::AttemptRef> = attempts
                 .iter()
@@ -116,7 +116,13 @@ impl Executor for ExecutorService {
             (start, stop)
         });
         if !stop.is_empty() {
-            tracing::info!(cluster = %cluster, stop = stop.len(), "stopping attempts that are not current leases");
+            // Mostly finished attempts being cleaned up; a running one is worth a log line.
+            let running = attempts.iter().filter(|(t, a, p)| p == "running" && desired.get(t) != Some(a)).count();
+            if running > 0 {
+                tracing::info!(cluster = %cluster, running, stop = stop.len(), "stopping running attempts that are not current leases");
+            } else {
+                tracing::debug!(cluster = %cluster, stop = stop.len(), "cleaning up finished attempts");
+            }
         }
         Ok(Response::new(v1::SyncResponse { start, stop, sync_interval_ms: ctx.config.sync_interval.as_millis() as u32 }))
     }

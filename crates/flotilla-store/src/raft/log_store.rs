@@ -3,7 +3,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, StorageIOError};
@@ -29,7 +29,8 @@ pub struct LogStore {
 }
 
 struct Inner {
-    db: Database,
+    /// `None` once closed: the file lock is released even if stray clones remain.
+    db: RwLock<Option<Database>>,
     file: PathBuf,
     /// The latest membership entry found in the log when it was opened (for [`super::check_identity`]).
     membership_at_open: Option<StoredMembership>,
@@ -96,12 +97,19 @@ impl LogStore {
         }
         Ok(LogStore {
             inner: Arc::new(Inner {
-                db,
+                db: RwLock::new(Some(db)),
                 file: file.to_path_buf(),
                 membership_at_open,
                 committed_index: std::sync::atomic::AtomicU64::new(committed_index),
             }),
         })
+    }
+
+    /// Closes the database file (releasing its lock) once pending operations finish. Later
+    /// operations, from clones still held by stopping tasks, fail instead of writing.
+    pub fn close(&self) {
+        let db = self.inner.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(db);
     }
 
     /// The file this store writes.
@@ -140,8 +148,19 @@ impl LogStore {
 }
 
 impl Inner {
+    /// Runs `f` on the open database, or fails once the store is closed.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, AnyError>) -> Result<T, AnyError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = guard.as_ref().ok_or_else(|| AnyError::error(format!("{} is closed (the replica stopped)", self.file.display())))?;
+        f(db)
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, AnyError> {
-        let txn = self.db.begin_read().map_err(|e| AnyError::new(&e))?;
+        self.with_db(|db| self.read_meta_in(db, key))
+    }
+
+    fn read_meta_in<T: DeserializeOwned>(&self, db: &Database, key: &str) -> Result<Option<T>, AnyError> {
+        let txn = db.begin_read().map_err(|e| AnyError::new(&e))?;
         let table = txn.open_table(META).map_err(|e| AnyError::new(&e))?;
         let Some(value) = table.get(key).map_err(|e| AnyError::new(&e))? else { return Ok(None) };
         serde_json::from_slice(value.value()).map(Some).map_err(|e| AnyError::new(&e))
@@ -149,17 +168,25 @@ impl Inner {
 
     fn write_meta<T: Serialize>(&self, key: &str, value: &T, durability: Durability) -> Result<(), AnyError> {
         let bytes = serde_json::to_vec(value).map_err(|e| AnyError::new(&e))?;
-        let mut txn = self.db.begin_write().map_err(|e| AnyError::new(&e))?;
+        self.with_db(|db| Self::write_meta_in(db, key, &bytes, durability))
+    }
+
+    fn write_meta_in(db: &Database, key: &str, bytes: &[u8], durability: Durability) -> Result<(), AnyError> {
+        let mut txn = db.begin_write().map_err(|e| AnyError::new(&e))?;
         txn.set_durability(durability).map_err(|e| AnyError::new(&e))?;
         {
             let mut table = txn.open_table(META).map_err(|e| AnyError::new(&e))?;
-            table.insert(key, bytes.as_slice()).map_err(|e| AnyError::new(&e))?;
+            table.insert(key, bytes).map_err(|e| AnyError::new(&e))?;
         }
         txn.commit().map_err(|e| AnyError::new(&e))
     }
 
     fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, AnyError> {
-        let txn = self.db.begin_read().map_err(|e| AnyError::new(&e))?;
+        self.with_db(|db| Self::read_entries_in(db, range))
+    }
+
+    fn read_entries_in(db: &Database, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, AnyError> {
+        let txn = db.begin_read().map_err(|e| AnyError::new(&e))?;
         let table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
         let mut entries = Vec::new();
         for row in table.range::<u64>(range).map_err(|e| AnyError::new(&e))? {
@@ -171,7 +198,11 @@ impl Inner {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, AnyError> {
-        let txn = self.db.begin_read().map_err(|e| AnyError::new(&e))?;
+        self.with_db(Self::last_entry_log_id_in)
+    }
+
+    fn last_entry_log_id_in(db: &Database) -> Result<Option<LogId>, AnyError> {
+        let txn = db.begin_read().map_err(|e| AnyError::new(&e))?;
         let table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
         let Some((_, value)) = table.last().map_err(|e| AnyError::new(&e))? else { return Ok(None) };
         let entry: Entry = serde_json::from_slice(value.value()).map_err(|e| AnyError::new(&e))?;
@@ -240,16 +271,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let result = self
             .blocking(move |inner| {
-                let txn = inner.db.begin_write().map_err(|e| AnyError::new(&e))?;
-                {
-                    let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
-                    for entry in &entries {
-                        let bytes = serde_json::to_vec(entry).map_err(|e| AnyError::new(&e))?;
-                        table.insert(entry.log_id.index, bytes.as_slice()).map_err(|e| AnyError::new(&e))?;
+                inner.with_db(|db| {
+                    let txn = db.begin_write().map_err(|e| AnyError::new(&e))?;
+                    {
+                        let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
+                        for entry in &entries {
+                            let bytes = serde_json::to_vec(entry).map_err(|e| AnyError::new(&e))?;
+                            table.insert(entry.log_id.index, bytes.as_slice()).map_err(|e| AnyError::new(&e))?;
+                        }
                     }
-                }
-                // Durability::Immediate (the default): fdatasync before the entries count as flushed.
-                txn.commit().map_err(|e| AnyError::new(&e))
+                    // Durability::Immediate (the default): fdatasync before the entries count as flushed.
+                    txn.commit().map_err(|e| AnyError::new(&e))
+                })
             })
             .await;
         match result {
@@ -267,12 +300,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         let since = log_id.index;
         self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(|e| AnyError::new(&e))?;
-            {
-                let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
-                table.retain_in::<u64, _>(since.., |_, _| false).map_err(|e| AnyError::new(&e))?;
-            }
-            txn.commit().map_err(|e| AnyError::new(&e))
+            inner.with_db(|db| {
+                let txn = db.begin_write().map_err(|e| AnyError::new(&e))?;
+                {
+                    let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
+                    table.retain_in::<u64, _>(since.., |_, _| false).map_err(|e| AnyError::new(&e))?;
+                }
+                txn.commit().map_err(|e| AnyError::new(&e))
+            })
         })
         .await
         .map_err(|e| StorageIOError::write_logs(e).into())
@@ -281,17 +316,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         self.blocking(move |inner| {
             let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| AnyError::new(&e))?;
-            let mut txn = inner.db.begin_write().map_err(|e| AnyError::new(&e))?;
-            // The entries are covered by a durable snapshot already; if a crash undoes the purge
-            // the log merely holds entries it no longer needs, so no fsync of its own.
-            txn.set_durability(Durability::None).map_err(|e| AnyError::new(&e))?;
-            {
-                let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
-                table.retain_in::<u64, _>(..=log_id.index, |_, _| false).map_err(|e| AnyError::new(&e))?;
-                let mut meta = txn.open_table(META).map_err(|e| AnyError::new(&e))?;
-                meta.insert(KEY_LAST_PURGED, bytes.as_slice()).map_err(|e| AnyError::new(&e))?;
-            }
-            txn.commit().map_err(|e| AnyError::new(&e))
+            inner.with_db(|db| {
+                let mut txn = db.begin_write().map_err(|e| AnyError::new(&e))?;
+                // The entries are covered by a durable snapshot already; if a crash undoes the
+                // purge the log merely holds entries it no longer needs, so no fsync of its own.
+                txn.set_durability(Durability::None).map_err(|e| AnyError::new(&e))?;
+                {
+                    let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
+                    table.retain_in::<u64, _>(..=log_id.index, |_, _| false).map_err(|e| AnyError::new(&e))?;
+                    let mut meta = txn.open_table(META).map_err(|e| AnyError::new(&e))?;
+                    meta.insert(KEY_LAST_PURGED, bytes.as_slice()).map_err(|e| AnyError::new(&e))?;
+                }
+                txn.commit().map_err(|e| AnyError::new(&e))
+            })
         })
         .await
         .map_err(|e| StorageIOError::write_logs(e).into())

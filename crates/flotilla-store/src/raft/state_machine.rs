@@ -31,7 +31,8 @@ struct Inner {
     /// under `state`'s write lock, so a reader holding the state lock sees a matching pair.
     applied: Mutex<Applied>,
     applied_tx: watch::Sender<u64>,
-    db: Database,
+    /// `None` once closed: the file lock is released even if stray clones remain.
+    db: RwLock<Option<Database>>,
     file: PathBuf,
 }
 
@@ -67,7 +68,7 @@ impl StateMachineStore {
                 state: Arc::new(RwLock::new(state)),
                 applied: Mutex::new(applied),
                 applied_tx,
-                db,
+                db: RwLock::new(Some(db)),
                 file: file.to_path_buf(),
             }),
         })
@@ -93,6 +94,12 @@ impl StateMachineStore {
     /// The membership as of the last applied entry (or the latest snapshot).
     pub fn membership(&self) -> StoredMembership {
         lock(&self.inner.applied).membership.clone()
+    }
+
+    /// Closes the snapshot file (releasing its lock). The in-memory state stays readable.
+    pub fn close(&self) {
+        let db = self.inner.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(db);
     }
 
     /// The file the snapshots are written to.
@@ -128,17 +135,27 @@ fn read_snapshot(db: &Database) -> Result<Option<(Vec<u8>, Vec<u8>)>, AnyError> 
 }
 
 impl Inner {
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, AnyError>) -> Result<T, AnyError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = guard.as_ref().ok_or_else(|| AnyError::error(format!("{} is closed (the replica stopped)", self.file.display())))?;
+        f(db)
+    }
+
     /// Writes meta and data in one durable transaction, replacing the previous snapshot.
     fn write_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), AnyError> {
         let meta_bytes = serde_json::to_vec(meta).map_err(|e| AnyError::new(&e))?;
-        let txn = self.db.begin_write().map_err(|e| AnyError::new(&e))?;
-        {
-            let mut table = txn.open_table(SNAPSHOT).map_err(|e| AnyError::new(&e))?;
-            table.insert(KEY_META, meta_bytes.as_slice()).map_err(|e| AnyError::new(&e))?;
-            table.insert(KEY_DATA, data).map_err(|e| AnyError::new(&e))?;
-        }
-        txn.commit().map_err(|e| AnyError::new(&e))
+        self.with_db(|db| write_snapshot_in(db, &meta_bytes, data))
     }
+}
+
+fn write_snapshot_in(db: &Database, meta_bytes: &[u8], data: &[u8]) -> Result<(), AnyError> {
+    let txn = db.begin_write().map_err(|e| AnyError::new(&e))?;
+    {
+        let mut table = txn.open_table(SNAPSHOT).map_err(|e| AnyError::new(&e))?;
+        table.insert(KEY_META, meta_bytes).map_err(|e| AnyError::new(&e))?;
+        table.insert(KEY_DATA, data).map_err(|e| AnyError::new(&e))?;
+    }
+    txn.commit().map_err(|e| AnyError::new(&e))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -213,7 +230,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
-        let Some((meta, data)) = read_snapshot(&self.inner.db).map_err(|e| StorageIOError::read_snapshot(None, e))? else {
+        let Some((meta, data)) = self.inner.with_db(read_snapshot).map_err(|e| StorageIOError::read_snapshot(None, e))? else {
             return Ok(None);
         };
         let meta: SnapshotMeta = serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
