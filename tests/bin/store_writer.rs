@@ -39,7 +39,12 @@ async fn main() -> anyhow::Result<()> {
         writers.push(tokio::spawn(async move {
             for i in 0u64.. {
                 let client_request_id = format!("{run}-{w}-{i}");
-                let command = Command::Submit { client_request_id: client_request_id.clone(), queue: "q".into(), task_set: "crash".into(), specs: vec![spec.clone()] };
+                let command = Command::Submit {
+                    client_request_id: client_request_id.clone(),
+                    queue: "q".into(),
+                    task_set: "crash".into(),
+                    specs: vec![spec.clone()],
+                };
                 match replica.propose(command).await {
                     Ok(CommandResult::Submitted { task_ids }) => {
                         let mut out = std::io::stdout().lock();

@@ -5,7 +5,8 @@
 //! its kube backend calls; the agents' NetworkPolicy denies all but DNS and the gateway.
 //!
 //! Needs `kubectl` (Debian package kubernetes-client) on PATH, or its path in `$KUBECTL`.
-//! Without it the tests fail: they do not skip.
+//! Without it the tests fail: they do not skip. The manifests are written to render the same
+//! with kubectl 1.20 (Debian bookworm's package, kustomize v2.0.3) as with current kubectl.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -71,7 +72,8 @@ fn render(dir: &str) -> Rendered {
         String::from_utf8_lossy(&output.stderr)
     );
     let yaml = String::from_utf8(output.stdout).expect("kubectl kustomize prints UTF-8");
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap_or_else(|e| panic!("deploy/{dir}: the rendered YAML does not parse: {e}"));
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&yaml).unwrap_or_else(|e| panic!("deploy/{dir}: the rendered YAML does not parse: {e}"));
     let mut r = Rendered { dir: dir.to_string(), ..Default::default() };
     for doc in docs.into_iter().filter(|d| !d.is_null()) {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
@@ -98,13 +100,19 @@ fn render(dir: &str) -> Rendered {
 
 /// `doc` as `T`. k8s-openapi checks apiVersion and kind but ignores fields it does not
 /// know, as the API server would drop them: so serialise the struct again and require
-/// the same document, which catches a misspelt or misplaced field.
+/// every field back with the same value, which catches a misspelt or misplaced field.
+/// (Fields the type adds, like `apiVersion` and `kind` of an embedded PVC template, are
+/// fine.)
 fn typed<T: DeserializeOwned + Serialize>(doc: &Value, at: &str) -> T {
     let object: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{at}: does not parse as its Kubernetes type: {e}"));
     let again = serde_json::to_value(&object).expect("k8s-openapi types serialise");
     let mut differences = Vec::new();
     diff(doc, &again, String::new(), &mut differences);
-    assert!(differences.is_empty(), "{at}: fields the Kubernetes API does not have, or values it would change:\n  {}", differences.join("\n  "));
+    assert!(
+        differences.is_empty(),
+        "{at}: fields the Kubernetes API does not have, or values it would change:\n  {}",
+        differences.join("\n  ")
+    );
     object
 }
 
@@ -116,9 +124,6 @@ fn diff(ours: &Value, api: &Value, path: String, out: &mut Vec<String>) {
                     Some(w) => diff(v, w, format!("{path}.{k}"), out),
                     None => out.push(format!("{path}.{k}: unknown field")),
                 }
-            }
-            for k in b.keys().filter(|k| !a.contains_key(*k)) {
-                out.push(format!("{path}.{k}: added by the API type"));
             }
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
@@ -174,22 +179,48 @@ fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// Literal env values and field references: (literals, fieldPath per variable).
-fn container_env(c: &Container) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut literal = BTreeMap::new();
+/// A container's env as Kubernetes would set it: literal values and ConfigMap keys (looked
+/// up in `r`) resolved; field references returned apart as (variable, fieldPath).
+fn container_env(r: &Rendered, c: &Container) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut values = BTreeMap::new();
     let mut fields = BTreeMap::new();
     for e in c.env.iter().flatten() {
-        match (&e.value, e.value_from.as_ref().and_then(|f| f.field_ref.as_ref())) {
-            (Some(v), None) => {
-                literal.insert(e.name.clone(), v.clone());
+        let from = e.value_from.as_ref();
+        match (&e.value, from.and_then(|f| f.field_ref.as_ref()), from.and_then(|f| f.config_map_key_ref.as_ref())) {
+            (Some(v), None, None) => {
+                values.insert(e.name.clone(), v.clone());
             }
-            (None, Some(f)) => {
+            (None, Some(f), None) => {
                 fields.insert(e.name.clone(), f.field_path.clone());
             }
-            _ => panic!("env {}: expected a literal value or a fieldRef", e.name),
+            (None, None, Some(k)) => {
+                let at = format!("deploy/{}: env {}", r.dir, e.name);
+                assert_ne!(k.optional, Some(true), "{at}: a required key");
+                let cm = r
+                    .config_maps
+                    .iter()
+                    .find(|c| name(&c.metadata) == k.name)
+                    .unwrap_or_else(|| panic!("{at}: ConfigMap {} is not rendered", k.name));
+                let value = cm.data.as_ref().and_then(|d| d.get(&k.key)).unwrap_or_else(|| panic!("{at}: {} has no key {}", k.name, k.key));
+                values.insert(e.name.clone(), value.clone());
+            }
+            _ => panic!("env {}: expected a literal value, a fieldRef or a configMapKeyRef", e.name),
         }
     }
-    (literal, fields)
+    (values, fields)
+}
+
+/// The namespace deploy/namespace creates, where the scheduler and the executor run.
+fn flotilla_namespace() -> String {
+    let r = render("namespace");
+    let ns = only(&r.namespaces, "Namespace", "namespace");
+    let labels = ns.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("pod-security.kubernetes.io/enforce").map(String::as_str),
+        Some("restricted"),
+        "Flotilla's own pods are restricted"
+    );
+    name(&ns.metadata).to_string()
 }
 
 /// Pod and container hardening shared by the scheduler and the executor.
@@ -228,7 +259,14 @@ fn every_kustomization_renders_and_parses_as_typed_objects() {
     let root = deploy_dir();
     let mut dirs = BTreeSet::new();
     find(&root, &root, &mut dirs);
-    let expected = ["scheduler", "executor/base", "executor/overlays/eks-us-east", "executor/overlays/gke-europe", "examples/agents-networkpolicy"];
+    let expected = [
+        "namespace",
+        "scheduler",
+        "executor/base",
+        "executor/overlays/eks-us-east",
+        "executor/overlays/gke-europe",
+        "examples/agents-networkpolicy",
+    ];
     for dir in expected {
         assert!(dirs.contains(dir), "deploy/{dir}/kustomization.yaml is missing (found {dirs:?})");
     }
@@ -257,8 +295,8 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
     let dir = r.dir.as_str();
     let sts = only(&r.stateful_sets, "StatefulSet", dir);
     let ns = sts.metadata.namespace.clone().expect("the StatefulSet has a namespace");
-    assert_eq!(ns, "flotilla");
-    assert!(r.namespaces.iter().any(|n| name(&n.metadata) == ns), "deploy/{dir}: the namespace {ns} is not created");
+    assert_eq!(ns, flotilla_namespace(), "deploy/{dir}: runs in the namespace deploy/namespace creates");
+    assert!(r.namespaces.is_empty(), "deploy/{dir}: the namespace belongs to deploy/namespace");
     let spec = sts.spec.as_ref().expect("StatefulSet spec");
     assert_eq!(spec.replicas, Some(3), "three replicas");
     // Ready needs a leader, a leader needs a majority: the pods must start together.
@@ -324,7 +362,7 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
 
     // Replica ids: --id is the pod-index label (the ordinal), and --peers lists exactly the
     // ordinals, each at its pod's DNS name in the headless Service.
-    let (literal, fields) = container_env(c);
+    let (literal, fields) = container_env(&r, c);
     let index_var = fields.iter().find(|(_, f)| *f == "metadata.labels['apps.kubernetes.io/pod-index']").map(|(k, _)| k.clone());
     let index_var = index_var.expect("an env var from the apps.kubernetes.io/pod-index label");
     assert_eq!(flag(&args, "id"), Some(format!("$({index_var})").as_str()), "--id is the pod ordinal");
@@ -392,7 +430,8 @@ fn executor_overlays_run_in_cluster_with_exactly_the_rbac_the_kube_backend_uses(
         let deployment = only(&r.deployments, "Deployment", &dir);
         assert!(name(&deployment.metadata).ends_with(&format!("-{cluster}")), "deploy/{dir}: names carry the cluster suffix");
         let ns = deployment.metadata.namespace.clone().expect("the Deployment has a namespace");
-        assert!(r.namespaces.iter().any(|n| name(&n.metadata) == ns), "deploy/{dir}: the namespace {ns} is not created");
+        assert_eq!(ns, flotilla_namespace(), "deploy/{dir}: runs in the namespace deploy/namespace creates");
+        assert!(r.namespaces.is_empty(), "deploy/{dir}: the namespace belongs to deploy/namespace");
         let spec = deployment.spec.as_ref().expect("Deployment spec");
         assert_eq!(spec.replicas, Some(1), "deploy/{dir}: one executor per cluster");
         assert_eq!(spec.strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("Recreate"), "deploy/{dir}: never two executors at once");
@@ -402,12 +441,17 @@ fn executor_overlays_run_in_cluster_with_exactly_the_rbac_the_kube_backend_uses(
         assert_hardened(&dir, pod, c);
 
         let args = c.args.clone().unwrap_or_default();
-        let (env, fields) = container_env(c);
+        let (env, fields) = container_env(&r, c);
         assert!(fields.is_empty());
         assert_eq!(args.first().map(String::as_str), Some("executor"));
         assert!(args.iter().any(|a| a == "--in-cluster"), "deploy/{dir}: --in-cluster");
         assert!(flag(&args, "kubeconfig").is_none() && flag(&args, "sim").is_none(), "deploy/{dir}: one backend only");
-        assert_eq!(expand(flag(&args, "cluster").expect("--cluster"), &env), cluster, "deploy/{dir}: --cluster names the overlay's cluster");
+        assert_eq!(
+            expand(flag(&args, "cluster").expect("--cluster"), &env),
+            cluster,
+            "deploy/{dir}: --cluster names the overlay's cluster"
+        );
+        assert!(flotilla_model::is_dns1123_label(cluster), "{cluster}: cluster names are DNS-1123 labels");
         let server = expand(flag(&args, "server").expect("--server"), &env);
         assert!(server.starts_with("http://") && server.ends_with(":50051"), "deploy/{dir}: --server {server:?}");
 
@@ -421,7 +465,11 @@ fn executor_overlays_run_in_cluster_with_exactly_the_rbac_the_kube_backend_uses(
             .unwrap_or_else(|| panic!("deploy/{dir}: no volume mounted at {}", config_path.parent().unwrap().display()));
         let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("the mounted volume");
         let cm_name = volume.config_map.as_ref().map(|c| c.name.clone()).expect("a ConfigMap volume");
-        let cm = r.config_maps.iter().find(|c| name(&c.metadata) == cm_name).unwrap_or_else(|| panic!("deploy/{dir}: ConfigMap {cm_name} is not rendered"));
+        let cm = r
+            .config_maps
+            .iter()
+            .find(|c| name(&c.metadata) == cm_name)
+            .unwrap_or_else(|| panic!("deploy/{dir}: ConfigMap {cm_name} is not rendered"));
         let file = config_path.file_name().unwrap().to_str().unwrap();
         let toml = cm.data.as_ref().and_then(|d| d.get(file)).unwrap_or_else(|| panic!("deploy/{dir}: {cm_name} has no key {file}"));
         let tmp = tempfile::tempdir().unwrap();
@@ -446,7 +494,11 @@ fn executor_overlays_run_in_cluster_with_exactly_the_rbac_the_kube_backend_uses(
                 "{at}: binds the executor's ServiceAccount"
             );
             assert_eq!(binding.role_ref.kind, "ClusterRole", "{at}");
-            let role = r.cluster_roles.iter().find(|c| name(&c.metadata) == binding.role_ref.name).unwrap_or_else(|| panic!("{at}: its ClusterRole is not rendered"));
+            let role = r
+                .cluster_roles
+                .iter()
+                .find(|c| name(&c.metadata) == binding.role_ref.name)
+                .unwrap_or_else(|| panic!("{at}: its ClusterRole is not rendered"));
             assert!(role.aggregation_rule.is_none());
             for rule in role.rules.iter().flatten() {
                 assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "{at}: plain resource rules only");
@@ -473,7 +525,10 @@ fn agent_network_policy_denies_ingress_and_allows_only_dns_and_the_model_gateway
     assert!(r.namespaces.iter().any(|n| name(&n.metadata) == ns));
     let spec = policy.spec.as_ref().expect("NetworkPolicy spec");
     // The label the executor puts on every task pod.
-    assert_eq!(match_labels(&spec.pod_selector), BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "flotilla".to_string())]));
+    assert_eq!(
+        match_labels(spec.pod_selector.as_ref().expect("a podSelector")),
+        BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "flotilla".to_string())])
+    );
     let types: BTreeSet<&str> = spec.policy_types.iter().flatten().map(String::as_str).collect();
     assert_eq!(types, BTreeSet::from(["Ingress", "Egress"]), "both directions are policed");
     assert!(spec.ingress.as_ref().is_none_or(Vec::is_empty), "no ingress rule: all ingress denied");

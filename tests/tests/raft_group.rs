@@ -15,6 +15,10 @@ use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The tests run one at a time: each starts three replicas that need the machine's two
+/// cores to keep their election timeouts.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One running replica and its gRPC server.
 struct Running {
     replica: Arc<Replica>,
@@ -31,10 +35,14 @@ struct Group {
     tune: fn(&mut ReplicaConfig),
 }
 
+/// Timings for debug builds on two shared cores: openraft gives one AppendEntries call one
+/// heartbeat interval, so entries and calls are kept small enough to encode and decode in it.
 fn fast(config: &mut ReplicaConfig) {
-    config.heartbeat_interval = Duration::from_millis(150);
-    config.election_timeout_min = Duration::from_millis(700);
-    config.election_timeout_max = Duration::from_millis(1400);
+    config.heartbeat_interval = Duration::from_millis(250);
+    config.election_timeout_min = Duration::from_millis(1200);
+    config.election_timeout_max = Duration::from_millis(2400);
+    config.group_commit.max_bytes = 256 * 1024;
+    config.max_entries_per_append = 2;
     config.propose_timeout = Duration::from_secs(5);
 }
 
@@ -180,6 +188,7 @@ fn submitted(result: CommandResult) -> Vec<TaskId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_submissions_survive_leader_crash_exactly_once() {
+    let _serial = SERIAL.lock().await;
     const BATCHES: usize = 100;
     const TASKS_PER_BATCH: u32 = 100;
     let mut group = Group::start(3, fast).await;
@@ -253,7 +262,8 @@ async fn acknowledged_submissions_survive_leader_crash_exactly_once() {
 
     // Retrying an acknowledged batch on either survivor returns the same ids and adds nothing.
     for (b, id) in [(0usize, survivors[0]), (BATCHES - 1, survivors[1])] {
-        let again = submitted(group.replica(id).propose(submit(&format!("batch-{b}"), &format!("set-{b}"), TASKS_PER_BATCH)).await.unwrap());
+        let again =
+            submitted(group.replica(id).propose(submit(&format!("batch-{b}"), &format!("set-{b}"), TASKS_PER_BATCH)).await.unwrap());
         assert_eq!(again, acked[&b], "retried batch {b} returns the first call's ids");
     }
     assert_eq!(group.wait_converged(&survivors).await.task_count(), BATCHES * TASKS_PER_BATCH as usize);
@@ -262,7 +272,10 @@ async fn acknowledged_submissions_survive_leader_crash_exactly_once() {
     let m: Vec<_> = (1..=3).filter_map(|id| group.running.get(&id).map(|r| r.replica.metrics())).collect();
     let (entries, commands): (u64, u64) = m.iter().fold((0, 0), |(e, c), m| (e + m.proposed_entries, c + m.proposed_commands));
     assert!(entries < commands, "group commit put {commands} commands in {entries} entries (survivors only)");
-    eprintln!("failed attempts retried: {}; survivor leader put {commands} commands in {entries} entries", failed_attempts.load(std::sync::atomic::Ordering::Relaxed));
+    eprintln!(
+        "failed attempts retried: {}; survivor leader put {commands} commands in {entries} entries",
+        failed_attempts.load(std::sync::atomic::Ordering::Relaxed)
+    );
 
     // The crashed leader comes back and catches up.
     group.restart(leader).await;
@@ -272,6 +285,7 @@ async fn acknowledged_submissions_survive_leader_crash_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_of_every_replica_from_its_data_directory_restores_identical_state() {
+    let _serial = SERIAL.lock().await;
     fn tune(config: &mut ReplicaConfig) {
         fast(config);
         // Snapshots and purges happen during the run, so a restart loads one and replays the rest.
@@ -303,6 +317,7 @@ async fn restart_of_every_replica_from_its_data_directory_restores_identical_sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cut_off_replica_cannot_commit_majority_continues_and_it_catches_up_after_heal() {
+    let _serial = SERIAL.lock().await;
     fn tune(config: &mut ReplicaConfig) {
         fast(config);
         config.propose_timeout = Duration::from_secs(3);
@@ -350,6 +365,7 @@ async fn cut_off_replica_cannot_commit_majority_continues_and_it_catches_up_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn empty_replica_joins_after_log_purge_and_catches_up_from_snapshot() {
+    let _serial = SERIAL.lock().await;
     fn tune(config: &mut ReplicaConfig) {
         fast(config);
         config.snapshot_every_logs = 30;
@@ -445,6 +461,7 @@ async fn write_until_killed(data_dir: &Path, min_acks: usize) -> Vec<(String, u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_killed_with_sigkill_mid_writes_reopens_with_every_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("replica-1");
     let mut acked = Vec::new();
@@ -471,14 +488,15 @@ async fn store_killed_with_sigkill_mid_writes_reopens_with_every_acknowledged_wr
         let state = state.read().unwrap();
         acknowledged_present = acked.iter().all(|(_, id)| state.task(TaskId(*id)).is_some());
     }
-    let state = replica.state();
-    let state = state.read().unwrap();
-    let ids: BTreeSet<u64> = acked.iter().map(|(_, id)| *id).collect();
-    assert_eq!(ids.len(), acked.len(), "each acknowledgement names its own task");
-    for (req, id) in &acked {
-        let task = state.task(TaskId(*id)).unwrap();
-        assert_eq!(task.spec.task_set, "crash", "task {id} of {req}");
+    {
+        let state = replica.state();
+        let state = state.read().unwrap();
+        let ids: BTreeSet<u64> = acked.iter().map(|(_, id)| *id).collect();
+        assert_eq!(ids.len(), acked.len(), "each acknowledgement names its own task");
+        for (req, id) in &acked {
+            let task = state.task(TaskId(*id)).unwrap();
+            assert_eq!(task.spec.task_set, "crash", "task {id} of {req}");
+        }
     }
-    drop(state);
     replica.shutdown().await;
 }

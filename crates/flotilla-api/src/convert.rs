@@ -74,7 +74,11 @@ pub fn template_from_proto(t: &v1::TaskTemplate) -> m::TaskTemplate {
             spot: opt(&p.spot),
         }),
         after: t.after.clone(),
-        sim: t.sim.as_ref().map(|s| m::SimTemplate { duration: opt(&s.duration), exit_code: s.exit_code, memory_peak: opt(&s.memory_peak) }),
+        sim: t.sim.as_ref().map(|s| m::SimTemplate {
+            duration: opt(&s.duration),
+            exit_code: s.exit_code,
+            memory_peak: opt(&s.memory_peak),
+        }),
     }
 }
 
@@ -108,7 +112,12 @@ pub fn template_to_proto(t: &m::TaskTemplate) -> v1::TaskTemplate {
             tolerations: p
                 .tolerations
                 .iter()
-                .map(|t| v1::Toleration { key: t.key.clone(), operator: t.operator.clone(), value: t.value.clone(), effect: t.effect.clone() })
+                .map(|t| v1::Toleration {
+                    key: t.key.clone(),
+                    operator: t.operator.clone(),
+                    value: t.value.clone(),
+                    effect: t.effect.clone(),
+                })
                 .collect(),
             spot: p.spot.clone().unwrap_or_default(),
         }),

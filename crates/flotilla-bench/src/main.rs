@@ -3,10 +3,14 @@
 //!
 //! - `sched`: the scheduling algorithm alone (`flotilla_sched::schedule`) on a synthetic
 //!   federation; only the call itself is timed.
+//! - `submit`: acknowledged submissions per second through real replica processes.
+//! - `e2e`: tasks leased per second through one replica and simulated executors.
 
 use clap::{Parser, Subcommand};
 
+mod e2e;
 mod sched;
+mod submit;
 
 #[derive(Parser)]
 #[command(name = "flotilla-bench", about = "Benchmarks for Flotilla")]
@@ -19,11 +23,17 @@ struct Cli {
 enum Command {
     /// Time one scheduling cycle over a synthetic federation and workload.
     Sched(sched::Args),
+    /// Acknowledged submissions per second through a real replica group.
+    Submit(submit::Args),
+    /// Tasks leased per second end to end: a replica and simulated executors in one process.
+    E2e(e2e::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Sched(args) => sched::run(&args),
+        Command::Submit(args) => submit::run(&args),
+        Command::E2e(args) => e2e::run(&args),
     }
 }
 

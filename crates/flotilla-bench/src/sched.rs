@@ -14,9 +14,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use anyhow::ensure;
-use flotilla_model::{
-    GangRef, Node, NodeRef, Placement, Queue, Resources, SchedTask, SpotPolicy, TaskId, Topology, TopologyLevel,
-};
+use flotilla_model::{GangRef, Node, NodeRef, Placement, Queue, Resources, SchedTask, SpotPolicy, TaskId, Topology, TopologyLevel};
 use flotilla_sched::{schedule, Config, Input, Running};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

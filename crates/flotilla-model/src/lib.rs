@@ -26,8 +26,8 @@ pub use resources::{
     format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, QuantityError, ResourceLimits, Resources, GPU_RESOURCE,
 };
 pub use task::{
-    AttemptStatus, FailureKind, GangRef, Placement, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState, TopologyLevel,
-    DEFAULT_BACKOFF_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
+    AttemptStatus, FailureKind, GangRef, Placement, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState,
+    TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
 };
 pub use taskfile::{
     check_name, expand, is_dns1123_label, parse_duration_ms, FieldError, GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate,

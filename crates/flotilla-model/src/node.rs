@@ -114,10 +114,7 @@ impl Node {
 
     /// True when `tolerations` cover every hard taint of the node.
     pub fn tolerated_by(&self, tolerations: &[Toleration]) -> bool {
-        self.taints
-            .iter()
-            .filter(|t| t.effect != "PreferNoSchedule")
-            .all(|t| tolerations.iter().any(|tol| tol.tolerates(t)))
+        self.taints.iter().filter(|t| t.effect != "PreferNoSchedule").all(|t| tolerations.iter().any(|tol| tol.tolerates(t)))
     }
 }
 

@@ -235,10 +235,7 @@ fn parse_scaled(s: &str, scale: u128) -> Result<u64, QuantityError> {
     let (mantissa, frac_digits, suffix) = split_quantity(s)?;
     let (num, den) = suffix_multiplier(suffix).ok_or_else(|| QuantityError::Malformed(s.to_string()))?;
     let den = den * 10u128.pow(frac_digits);
-    let total = mantissa
-        .checked_mul(num)
-        .and_then(|v| v.checked_mul(scale))
-        .ok_or_else(|| QuantityError::Overflow(s.to_string()))?;
+    let total = mantissa.checked_mul(num).and_then(|v| v.checked_mul(scale)).ok_or_else(|| QuantityError::Overflow(s.to_string()))?;
     let value = total.div_ceil(den);
     if value == 0 {
         return Err(QuantityError::NotPositive(s.to_string()));
@@ -273,7 +270,7 @@ pub fn parse_count(s: &str) -> Result<u64, QuantityError> {
 }
 
 pub fn format_cpu_millis(m: u64) -> String {
-    if m % 1000 == 0 {
+    if m.is_multiple_of(1000) {
         (m / 1000).to_string()
     } else {
         format!("{m}m")
@@ -283,7 +280,7 @@ pub fn format_cpu_millis(m: u64) -> String {
 pub fn format_bytes(b: u64) -> String {
     for (suffix, shift) in [("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
         let unit = 1u64 << shift;
-        if b >= unit && b % unit == 0 {
+        if b >= unit && b.is_multiple_of(unit) {
             return format!("{}{suffix}", b / unit);
         }
     }

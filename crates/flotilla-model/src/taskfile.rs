@@ -382,7 +382,11 @@ fn validate_template(
         if limit > 0 && limit < requested {
             errors.push(FieldError::new(
                 format!("{p}.limits.{key}"),
-                format!("{:?} is below the request {:?}", t.limits.get(key).cloned().unwrap_or_default(), t.resources.get(key).cloned().unwrap_or_default()),
+                format!(
+                    "{:?} is below the request {:?}",
+                    t.limits.get(key).cloned().unwrap_or_default(),
+                    t.resources.get(key).cloned().unwrap_or_default()
+                ),
             ));
         }
     }
@@ -438,7 +442,10 @@ fn validate_template(
         None => None,
         Some(g) => {
             if g.size < 2 {
-                errors.push(FieldError::new(format!("{p}.gang.size"), format!("{} must be at least 2 (a single task needs no gang)", g.size)));
+                errors.push(FieldError::new(
+                    format!("{p}.gang.size"),
+                    format!("{} must be at least 2 (a single task needs no gang)", g.size),
+                ));
             } else if g.size > limits.max_gang_size {
                 errors.push(FieldError::new(format!("{p}.gang.size"), format!("{} exceeds the limit of {}", g.size, limits.max_gang_size)));
             }
@@ -693,7 +700,8 @@ tasks:
 
     #[test]
     fn numbers_in_resource_maps_read_as_quantities() {
-        let f = TaskFile::from_yaml("tasks:\n  - name: x\n    image: i\n    resources: {cpu: 1.5, memory: 1024, nvidia.com/gpu: 2}\n").unwrap();
+        let f =
+            TaskFile::from_yaml("tasks:\n  - name: x\n    image: i\n    resources: {cpu: 1.5, memory: 1024, nvidia.com/gpu: 2}\n").unwrap();
         let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
         assert_eq!(specs[0].resources, Resources::new(1500, 1024, 2));
     }

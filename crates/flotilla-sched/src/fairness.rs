@@ -103,7 +103,11 @@ impl PartialOrd for Turn {
 
 impl Ord for Turn {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.tier.cmp(&other.tier).then(self.key.total_cmp(&other.key)).then(self.queue.cmp(&other.queue)).then(self.version.cmp(&other.version))
+        self.tier
+            .cmp(&other.tier)
+            .then(self.key.total_cmp(&other.key))
+            .then(self.queue.cmp(&other.queue))
+            .then(self.version.cmp(&other.version))
     }
 }
 

@@ -127,7 +127,11 @@ impl Cycle<'_> {
         let gang = &self.gangs[g as usize];
         for &m in &gang.members {
             let shape = &self.shapes[self.task_shape[m as usize] as usize];
-            let any_node = self.index.schedulable.iter().any(|&n| shape.allows(&self.index, n) && shape.amount.fits_in(self.index.nodes[n as usize].cap));
+            let any_node = self
+                .index
+                .schedulable
+                .iter()
+                .any(|&n| shape.allows(&self.index, n) && shape.amount.fits_in(self.index.nodes[n as usize].cap));
             if !any_node {
                 return format!("gang member {}", crate::placement::diagnose(&self.index, shape));
             }

@@ -353,9 +353,10 @@ impl<'a> NodeIndex<'a> {
     /// The GPU sets to search: one per allowed model, per allowed cluster when restricted.
     pub fn gpu_sets<'s>(&'s self, models: &'s [u32], clusters: Option<&'s [u32]>) -> Vec<&'s BTreeSet<Key>> {
         match clusters {
-            Some(cs) if self.with_clusters => {
-                cs.iter().flat_map(|c| models.iter().map(move |m| &self.gpu_cluster_sets[*c as usize * self.models.len() + *m as usize])).collect()
-            }
+            Some(cs) if self.with_clusters => cs
+                .iter()
+                .flat_map(|c| models.iter().map(move |m| &self.gpu_cluster_sets[*c as usize * self.models.len() + *m as usize]))
+                .collect(),
             _ => models.iter().map(|m| &self.gpu_sets[*m as usize]).collect(),
         }
     }

@@ -57,7 +57,8 @@ impl<'a> Shape<'a> {
             ModelReq::Missing => Vec::new(),
         };
         let clusters = (!p.allowed_clusters.is_empty()).then(|| {
-            let mut ids: Vec<u32> = p.allowed_clusters.iter().filter_map(|c| index.clusters.binary_search(c).ok().map(|i| i as u32)).collect();
+            let mut ids: Vec<u32> =
+                p.allowed_clusters.iter().filter_map(|c| index.clusters.binary_search(c).ok().map(|i| i as u32)).collect();
             ids.sort_unstable();
             ids.dedup();
             ids

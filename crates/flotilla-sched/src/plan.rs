@@ -47,7 +47,13 @@ impl Tentative {
         let pos = match self.deltas.iter().position(|d| d.node == n) {
             Some(p) => p,
             None => {
-                self.deltas.push(NodeDelta { node: n, extra: Amount::default(), ext_extra: BTreeMap::new(), freed: Amount::default(), members: 0 });
+                self.deltas.push(NodeDelta {
+                    node: n,
+                    extra: Amount::default(),
+                    ext_extra: BTreeMap::new(),
+                    freed: Amount::default(),
+                    members: 0,
+                });
                 self.deltas.len() - 1
             }
         };
@@ -126,7 +132,13 @@ impl Cycle<'_> {
     /// cheapest. With `evict`, a member that fits nowhere may take the node whose
     /// victims cost least (lowest priority, then fewest); plans that already cost at
     /// least `bound` are abandoned, since an earlier, cheaper one exists.
-    pub(crate) fn plan_members(&self, nodes: &[u32], members: &[u32], evict: Option<&EvictCtx>, bound: Option<(i32, usize)>) -> Option<Tentative> {
+    pub(crate) fn plan_members(
+        &self,
+        nodes: &[u32],
+        members: &[u32],
+        evict: Option<&EvictCtx>,
+        bound: Option<(i32, usize)>,
+    ) -> Option<Tentative> {
         let index = &self.index;
         let mut tent = Tentative::default();
         for &m in members {
@@ -142,8 +154,7 @@ impl Cycle<'_> {
                 }
                 let free = tent.free_on(index, n).minus(need);
                 let price = index.nodes[n as usize].price_key;
-                let score =
-                    (avoid.binary_search(&n).is_ok(), !tent.has_members(n), free.gpu, price, free.cpu_millis, free.memory_bytes, n);
+                let score = (avoid.binary_search(&n).is_ok(), !tent.has_members(n), free.gpu, price, free.cpu_millis, free.memory_bytes, n);
                 if best.is_none_or(|b| score < b) {
                     best = Some(score);
                 }
@@ -165,7 +176,13 @@ impl Cycle<'_> {
                     continue;
                 }
                 if let Some(choice) = self.choose_victims(n, need, ctx, &tent) {
-                    let score = (avoid.binary_search(&n).is_ok(), choice.max_priority, choice.victims.len(), std::cmp::Reverse(choice.oldest_seq), n);
+                    let score = (
+                        avoid.binary_search(&n).is_ok(),
+                        choice.max_priority,
+                        choice.victims.len(),
+                        std::cmp::Reverse(choice.oldest_seq),
+                        n,
+                    );
                     if best_evict.as_ref().is_none_or(|(b, _)| score < *b) {
                         best_evict = Some((score, choice.victims));
                     }

@@ -263,7 +263,10 @@ impl Cycle<'_> {
                 let run = &self.running[r as usize];
                 let mut reason = match kind {
                     Kind::Urgency => {
-                        format!("preempted by task {} of queue {queue} (priority {} over {})", ctx.preemptor, ctx.priority, run.task.priority)
+                        format!(
+                            "preempted by task {} of queue {queue} (priority {} over {})",
+                            ctx.preemptor, ctx.priority, run.task.priority
+                        )
                     }
                     Kind::Reclaim => {
                         let vq = run.queue.map(|q| self.queues[q].queue.name.as_str()).unwrap_or("");

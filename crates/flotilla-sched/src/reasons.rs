@@ -29,7 +29,11 @@ impl ReasonTable {
 
 /// Builds the unscheduled list: at most `max_reasons` distinct texts, in the order the
 /// tasks are listed; tasks beyond it get one generic text so none is silently dropped.
-pub(crate) fn unscheduled(table: &ReasonTable, tasks: impl Iterator<Item = (flotilla_model::TaskId, u32)>, max_reasons: usize) -> Vec<Unscheduled> {
+pub(crate) fn unscheduled(
+    table: &ReasonTable,
+    tasks: impl Iterator<Item = (flotilla_model::TaskId, u32)>,
+    max_reasons: usize,
+) -> Vec<Unscheduled> {
     let mut kept = vec![false; table.texts.len()];
     let mut distinct = 0usize;
     let overflow = format!("not scheduled (more than {max_reasons} distinct reasons this cycle)");

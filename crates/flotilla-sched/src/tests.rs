@@ -365,7 +365,12 @@ fn nothing_is_evicted_for_a_task_that_still_would_not_fit() {
     fixed.preemptible = false;
     let mut urgent = task(1, "high", 4);
     urgent.priority = 1000;
-    let d = schedule(&input(vec![Queue::new("low", 1.0), Queue::new("high", 1.0)], vec![n.clone()], vec![urgent], vec![running(low, &n), running(fixed, &n)]));
+    let d = schedule(&input(
+        vec![Queue::new("low", 1.0), Queue::new("high", 1.0)],
+        vec![n.clone()],
+        vec![urgent],
+        vec![running(low, &n), running(fixed, &n)],
+    ));
     assert!(d.preemptions.is_empty());
     assert!(d.leases.is_empty());
 }

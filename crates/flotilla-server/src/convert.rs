@@ -2,8 +2,8 @@
 
 use flotilla_api::v1;
 use flotilla_model::{
-    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, PriorityClass, Queue, ResourceLimits, Resources,
-    SchedTask, DEFAULT_DISRUPTION_BUDGET,
+    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, PriorityClass, Queue, ResourceLimits,
+    Resources, SchedTask, DEFAULT_DISRUPTION_BUDGET,
 };
 use flotilla_store::{State, TaskEvent, TaskRecord};
 
@@ -81,7 +81,8 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
 
 /// The scheduling view of a stored task.
 pub fn sched_task(t: &TaskRecord, avoid_cluster_after: u32) -> SchedTask {
-    let class = PriorityClass::lookup(&t.spec.priority_class).unwrap_or(PriorityClass { name: "default".into(), priority: 100, preemptible: true });
+    let class =
+        PriorityClass::lookup(&t.spec.priority_class).unwrap_or(PriorityClass { name: "default".into(), priority: 100, preemptible: true });
     SchedTask {
         id: t.id,
         queue: t.spec.queue.clone(),

@@ -80,10 +80,7 @@ async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Res
             queues: s.queues().cloned().collect(),
             nodes: fresh_nodes.into_iter().filter(|n| ready(&n.cluster)).collect(),
             queued: s.queued().filter(|t| s.is_schedulable(t, now)).map(|t| sched_task(t, avoid_after)).collect(),
-            running: s
-                .active()
-                .filter_map(|t| t.lease.clone().map(|node| Running { task: sched_task(t, avoid_after), node }))
-                .collect(),
+            running: s.active().filter_map(|t| t.lease.clone().map(|node| Running { task: sched_task(t, avoid_after), node })).collect(),
             config: ctx.config.sched.clone(),
         }
     });

@@ -240,6 +240,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding gRPC address {}", config.listen))?;
     let local_addr = listener.local_addr()?;
+    let mut config = config;
+    if config.listen.port() == 0 {
+        // Peers find this replica at the port it really got, and the stored membership must
+        // name that port too, or a restart would see a disagreeing peer list.
+        let own = format!("http://{local_addr}");
+        if let Some(url) = config.peers.get_mut(&config.id) {
+            if url.ends_with(":0") {
+                *url = own;
+            }
+        }
+    }
 
     let replica = Replica::open(ReplicaConfig::new(config.id, config.peers.clone(), config.data_dir.clone(), config.fault.clone()))
         .await

@@ -1,6 +1,8 @@
 //! Prometheus metrics of a replica, served at `/metrics`.
 
-use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -45,8 +47,14 @@ impl Metrics {
             )),
             placements_total: must(IntCounter::new("placements_total", "Leases committed")),
             preemptions_total: must(IntCounter::new("preemptions_total", "Preemptions committed")),
-            cluster_capacity: must(GaugeVec::new(Opts::new("cluster_capacity", "Allocatable by cluster and resource"), &["cluster", "resource"])),
-            cluster_usage: must(GaugeVec::new(Opts::new("cluster_usage", "Used by Flotilla tasks by cluster and resource"), &["cluster", "resource"])),
+            cluster_capacity: must(GaugeVec::new(
+                Opts::new("cluster_capacity", "Allocatable by cluster and resource"),
+                &["cluster", "resource"],
+            )),
+            cluster_usage: must(GaugeVec::new(
+                Opts::new("cluster_usage", "Used by Flotilla tasks by cluster and resource"),
+                &["cluster", "resource"],
+            )),
             cluster_ready: must(IntGaugeVec::new(Opts::new("cluster_ready", "1 when the cluster is ready, 0 when lost"), &["cluster"])),
             executor_sync_age_seconds: must(GaugeVec::new(
                 Opts::new("executor_sync_age_seconds", "Seconds since the cluster's executor last synced with the leader"),

@@ -88,9 +88,13 @@ pub struct AttemptEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CommandResult {
     Ok,
-    Submitted { task_ids: Vec<TaskId> },
+    Submitted {
+        task_ids: Vec<TaskId>,
+    },
     /// How many tasks a command changed (cancel, events, leases).
     Count(u64),
     /// The command was refused; nothing changed.
-    Rejected { message: String },
+    Rejected {
+        message: String,
+    },
 }

@@ -21,5 +21,7 @@ pub mod command;
 pub mod raft;
 pub mod state;
 
-pub use command::{AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, Request, Response, ScheduleDecisions};
+pub use command::{
+    AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, Request, Response, ScheduleDecisions,
+};
 pub use state::{ClusterRecord, ClusterState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey};

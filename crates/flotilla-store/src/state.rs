@@ -343,9 +343,7 @@ impl State {
         let c = self.counts(name);
         let unfinished: u64 = TaskState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| c[state_index(*s)]).sum();
         if unfinished > 0 {
-            return CommandResult::Rejected {
-                message: format!("queue {name:?} has {unfinished} unfinished tasks; cancel them first"),
-            };
+            return CommandResult::Rejected { message: format!("queue {name:?} has {unfinished} unfinished tasks; cancel them first") };
         }
         self.queues.remove(name);
         CommandResult::Ok
@@ -812,7 +810,8 @@ impl State {
     fn push_task_event(&mut self, now: u64, id: TaskId, kind: EventKind, reason: String, exit_code: Option<i32>) {
         let Some(t) = self.tasks.get(&id) else { return };
         let (cluster, node) = t.lease.as_ref().or(t.last_lease.as_ref()).map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default();
-        let event = TaskEvent { seq: 0, task: id, attempt: t.attempt, kind, state: t.state, cluster, node, reason, time_ms: now, exit_code };
+        let event =
+            TaskEvent { seq: 0, task: id, attempt: t.attempt, kind, state: t.state, cluster, node, reason, time_ms: now, exit_code };
         let key = t.task_set_key();
         self.push_event(&key, event);
     }

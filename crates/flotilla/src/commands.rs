@@ -38,9 +38,12 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
         Command::Submit(a) => {
             let text = std::fs::read_to_string(&a.file).map_err(|e| Failure::Input(format!("{}: {e}", a.file.display())))?;
             let file = TaskFile::from_yaml(&text).map_err(|e| Failure::Input(format!("{}: {}", a.file.display(), e.message)))?;
-            let queue = a.queue.or(file.queue.clone()).ok_or_else(|| Failure::Input("queue: not set in the file nor with --queue".into()))?;
-            let task_set =
-                a.task_set.or(file.task_set.clone()).ok_or_else(|| Failure::Input("taskSet: not set in the file nor with --task-set".into()))?;
+            let queue =
+                a.queue.or(file.queue.clone()).ok_or_else(|| Failure::Input("queue: not set in the file nor with --queue".into()))?;
+            let task_set = a
+                .task_set
+                .or(file.task_set.clone())
+                .ok_or_else(|| Failure::Input("taskSet: not set in the file nor with --task-set".into()))?;
             // One id for every try, so a retry on another replica creates nothing twice.
             let request_id = a.request_id.unwrap_or_else(|| {
                 let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -52,7 +55,13 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                 tasks: file.tasks.iter().map(flotilla_api::template_to_proto).collect(),
                 client_request_id: request_id,
             };
-            let resp = client.call(|c| { let req = req.clone(); async move { tasks(c).submit_tasks(req).await } }).await?.into_inner();
+            let resp = client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { tasks(c).submit_tasks(req).await }
+                })
+                .await?
+                .into_inner();
             for w in &resp.warnings {
                 eprintln!("warning: {w}");
             }
@@ -70,7 +79,14 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
         Command::Get(a) => {
             let list = if !a.ids.is_empty() {
                 let req = v1::GetTasksRequest { task_ids: a.ids.clone(), linearizable: a.linearizable };
-                client.call(|c| { let req = req.clone(); async move { tasks(c).get_tasks(req).await } }).await?.into_inner().tasks
+                client
+                    .call(|c| {
+                        let req = req.clone();
+                        async move { tasks(c).get_tasks(req).await }
+                    })
+                    .await?
+                    .into_inner()
+                    .tasks
             } else {
                 if a.task_set.is_some() && a.queue.is_none() {
                     return Err(Failure::Input("--task-set needs --queue".into()));
@@ -86,7 +102,13 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                         after_id,
                         linearizable: a.linearizable,
                     };
-                    let page = client.call(|c| { let req = req.clone(); async move { tasks(c).list_tasks(req).await } }).await?.into_inner();
+                    let page = client
+                        .call(|c| {
+                            let req = req.clone();
+                            async move { tasks(c).list_tasks(req).await }
+                        })
+                        .await?
+                        .into_inner();
                     all.extend(page.tasks);
                     if page.next_after_id == 0 {
                         break;
@@ -113,7 +135,13 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                 task_set: a.task_set.unwrap_or_default(),
                 reason: a.reason,
             };
-            let resp = client.call(|c| { let req = req.clone(); async move { tasks(c).cancel_tasks(req).await } }).await?.into_inner();
+            let resp = client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { tasks(c).cancel_tasks(req).await }
+                })
+                .await?
+                .into_inner();
             match format {
                 Format::Json => print_json(&serde_json::json!({"cancelled": resp.cancelled})),
                 Format::Table => println!("cancelled {} tasks", resp.cancelled),
@@ -122,17 +150,20 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
         }
         Command::Resume(a) => {
             let req = v1::ResumeTaskSetRequest { queue: a.queue.clone(), task_set: a.task_set.clone() };
-            client.call(|c| { let req = req.clone(); async move { tasks(c).resume_task_set(req).await } }).await?;
+            client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { tasks(c).resume_task_set(req).await }
+                })
+                .await?;
             if format == Format::Table {
                 println!("resumed {}/{}", a.queue, a.task_set);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Clusters => {
-            let resp = client
-                .call(|c| async move { ClustersClient::new(c).list_clusters(v1::ListClustersRequest {}).await })
-                .await?
-                .into_inner();
+            let resp =
+                client.call(|c| async move { ClustersClient::new(c).list_clusters(v1::ListClustersRequest {}).await }).await?.into_inner();
             match format {
                 Format::Json => print_json(&serde_json::Value::Array(resp.clusters.iter().map(output::cluster_json).collect())),
                 Format::Table => table(&output::CLUSTER_HEADERS, &resp.clusters.iter().map(output::cluster_row).collect::<Vec<_>>()),
@@ -169,15 +200,32 @@ async fn queue(client: &Client, q: QueueCommand, format: Format) -> Result<ExitC
     let shown = match q {
         QueueCommand::Create(a) => {
             let req = v1::CreateQueueRequest { queue: Some(queue_spec(&a)?) };
-            vec![client.call(|c| { let req = req.clone(); async move { queues(c).create_queue(req).await } }).await?.into_inner()]
+            vec![client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { queues(c).create_queue(req).await }
+                })
+                .await?
+                .into_inner()]
         }
         QueueCommand::Update(a) => {
             let req = v1::UpdateQueueRequest { queue: Some(queue_spec(&a)?) };
-            vec![client.call(|c| { let req = req.clone(); async move { queues(c).update_queue(req).await } }).await?.into_inner()]
+            vec![client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { queues(c).update_queue(req).await }
+                })
+                .await?
+                .into_inner()]
         }
         QueueCommand::Delete { name } => {
             let req = v1::DeleteQueueRequest { name: name.clone() };
-            client.call(|c| { let req = req.clone(); async move { queues(c).delete_queue(req).await } }).await?;
+            client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { queues(c).delete_queue(req).await }
+                })
+                .await?;
             if format == Format::Table {
                 println!("deleted queue {name}");
             }
@@ -185,7 +233,13 @@ async fn queue(client: &Client, q: QueueCommand, format: Format) -> Result<ExitC
         }
         QueueCommand::Get { name } => {
             let req = v1::GetQueueRequest { name };
-            vec![client.call(|c| { let req = req.clone(); async move { queues(c).get_queue(req).await } }).await?.into_inner()]
+            vec![client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { queues(c).get_queue(req).await }
+                })
+                .await?
+                .into_inner()]
         }
         QueueCommand::List => {
             client.call(|c| async move { queues(c).list_queues(v1::ListQueuesRequest {}).await }).await?.into_inner().queues
@@ -213,7 +267,13 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
                 after_id,
                 linearizable: false,
             };
-            let page = client.call(|c| { let req = req.clone(); async move { tasks(c).list_tasks(req).await } }).await?.into_inner();
+            let page = client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { tasks(c).list_tasks(req).await }
+                })
+                .await?
+                .into_inner();
             for t in page.tasks {
                 states.insert(t.id, t.state);
             }
@@ -235,7 +295,13 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
             break;
         }
         let req = v1::WatchRequest { queue: a.queue.clone(), task_set: a.task_set.clone(), from_seq: next_seq };
-        let mut stream = match client.call(|c| { let req = req.clone(); async move { tasks(c).watch(req).await } }).await {
+        let mut stream = match client
+            .call(|c| {
+                let req = req.clone();
+                async move { tasks(c).watch(req).await }
+            })
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(e) => return Err(e.into()),
         };

@@ -68,13 +68,13 @@ pub async fn dev(a: DevArgs, format: Format) -> Result<ExitCode, Failure> {
     if !(a.speed.is_finite() && a.speed > 0.0) {
         return Err(Failure::Input(format!("--speed: {} must be a number above 0", a.speed)));
     }
-    let clusters = flotilla_executor::load_clusters(&a.clusters).map_err(|e| {
-        Failure::Input(format!("{e} (run from the repository root, or pass --clusters FILE)"))
-    })?;
+    let clusters = flotilla_executor::load_clusters(&a.clusters)
+        .map_err(|e| Failure::Input(format!("{e} (run from the repository root, or pass --clusters FILE)")))?;
     let (_tmp, data_dir) = match &a.data_dir {
         Some(d) => (None, d.clone()),
         None => {
-            let t = tempfile::Builder::new().prefix("flotilla-dev-").tempdir().map_err(|e| Failure::Op(format!("temporary directory: {e}")))?;
+            let t =
+                tempfile::Builder::new().prefix("flotilla-dev-").tempdir().map_err(|e| Failure::Op(format!("temporary directory: {e}")))?;
             let p = t.path().to_path_buf();
             (Some(t), p)
         }
@@ -101,7 +101,11 @@ pub async fn dev(a: DevArgs, format: Format) -> Result<ExitCode, Failure> {
 
     let mut code = ExitCode::SUCCESS;
     if a.demo {
-        let channel = Channel::from_shared(url.clone()).map_err(|e| Failure::Op(e.to_string()))?.connect().await.map_err(|e| Failure::Op(e.to_string()))?;
+        let channel = Channel::from_shared(url.clone())
+            .map_err(|e| Failure::Op(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| Failure::Op(e.to_string()))?;
         let sets = start_demo(&channel).await?;
         let ok = demo_progress(&channel, &sets, format).await?;
         if a.exit_after_demo {
@@ -130,7 +134,8 @@ async fn start_demo(channel: &Channel) -> Result<Vec<(String, String)>, Failure>
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => return Err(s.into()),
         }
-        let text = std::fs::read_to_string(Path::new(file)).map_err(|e| Failure::Input(format!("{file}: {e} (run from the repository root)")))?;
+        let text =
+            std::fs::read_to_string(Path::new(file)).map_err(|e| Failure::Input(format!("{file}: {e} (run from the repository root)")))?;
         let tf = TaskFile::from_yaml(&text).map_err(|e| Failure::Input(format!("{file}: {}", e.message)))?;
         let task_set = tf.task_set.clone().unwrap_or_else(|| "demo".into());
         let req = v1::SubmitTasksRequest {
@@ -159,7 +164,13 @@ async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: For
         for (queue, task_set) in sets {
             let mut after_id = 0;
             loop {
-                let req = v1::ListTasksRequest { queue: queue.clone(), task_set: task_set.clone(), limit: 10_000, after_id, ..Default::default() };
+                let req = v1::ListTasksRequest {
+                    queue: queue.clone(),
+                    task_set: task_set.clone(),
+                    limit: 10_000,
+                    after_id,
+                    ..Default::default()
+                };
                 let page = TasksClient::new(channel.clone()).list_tasks(req).await?.into_inner();
                 for t in &page.tasks {
                     total += 1;
@@ -186,12 +197,19 @@ async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: For
             .iter()
             .map(|q| {
                 let s = q.status.clone().unwrap_or_default();
-                format!("{} fair {:.0}% / actual {:.0}%", q.spec.as_ref().map_or("", |x| x.name.as_str()), s.fair_share * 100.0, s.actual_share * 100.0)
+                format!(
+                    "{} fair {:.0}% / actual {:.0}%",
+                    q.spec.as_ref().map_or("", |x| x.name.as_str()),
+                    s.fair_share * 100.0,
+                    s.actual_share * 100.0
+                )
             })
             .collect();
         let gpus: Vec<String> = clusters
             .iter()
-            .map(|c| format!("{} {}/{} GPUs", c.name, c.used.clone().unwrap_or_default().gpu, c.allocatable.clone().unwrap_or_default().gpu))
+            .map(|c| {
+                format!("{} {}/{} GPUs", c.name, c.used.clone().unwrap_or_default().gpu, c.allocatable.clone().unwrap_or_default().gpu)
+            })
             .collect();
         match format {
             Format::Json => println!(
@@ -212,4 +230,3 @@ async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: For
         }
     }
 }
-

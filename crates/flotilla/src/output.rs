@@ -15,7 +15,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths.get(i).copied().unwrap_or(0))).collect();
+        let parts: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths.get(i).copied().unwrap_or(0))).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_uppercase()).collect());
@@ -93,7 +94,8 @@ pub fn cluster_row(c: &v1::Cluster) -> Vec<String> {
     ]
 }
 
-pub const CLUSTER_HEADERS: [&str; 9] = ["cluster", "state", "nodes", "gpu used", "cpu used", "memory used", "tasks", "gpu models", "last sync"];
+pub const CLUSTER_HEADERS: [&str; 9] =
+    ["cluster", "state", "nodes", "gpu used", "cpu used", "memory used", "tasks", "gpu models", "last sync"];
 
 pub fn queue_json(q: &v1::Queue) -> Value {
     let spec = q.spec.clone().unwrap_or_default();

@@ -185,7 +185,12 @@ async fn cli_end_to_end_and_bad_inputs_change_nothing() {
     assert_eq!(ids.len(), 5, "3 agents + a gang of 2");
     let out = env.run(&["watch", "--queue", "research", "--task-set", "nightly", "--until-done"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "watch --until-done exits 0 when all succeeded: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "watch --until-done exits 0 when all succeeded: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("succeeded"), "{stdout}");
 
     let tasks = env.json(&["get", "--queue", "research", "--task-set", "nightly"]).await;

@@ -33,7 +33,13 @@ pub struct GroupCommitConfig {
 
 impl Default for GroupCommitConfig {
     fn default() -> Self {
-        GroupCommitConfig { max_commands: 1024, max_bytes: 512 * 1024, linger: Duration::from_millis(1), max_in_flight: 4, max_queued: 4096 }
+        GroupCommitConfig {
+            max_commands: 1024,
+            max_bytes: 512 * 1024,
+            linger: Duration::from_millis(1),
+            max_in_flight: 4,
+            max_queued: 4096,
+        }
     }
 }
 

@@ -201,9 +201,7 @@ impl Replica {
 
         let peers = Peers::new(config.id, config.fault.clone());
         let network = NetworkFactory { peers: peers.clone() };
-        let raft = Raft::new(config.id, raft_config, network, log_store.clone(), state_machine.clone())
-            .await
-            .context("starting Raft")?;
+        let raft = Raft::new(config.id, raft_config, network, log_store.clone(), state_machine.clone()).await.context("starting Raft")?;
         let metrics = raft.metrics();
         let (proposals, rx) = mpsc::channel(config.group_commit.max_queued.max(1));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -274,7 +272,8 @@ impl Replica {
         if lowest != Some(self.id) {
             return true;
         }
-        let others: Vec<(NodeId, String)> = self.config.peers.iter().filter(|(id, _)| **id != self.id).map(|(i, u)| (*i, u.clone())).collect();
+        let others: Vec<(NodeId, String)> =
+            self.config.peers.iter().filter(|(id, _)| **id != self.id).map(|(i, u)| (*i, u.clone())).collect();
         let probes = others.iter().map(|(id, url)| async move {
             self.peers.call::<_, HelloReply>(*id, url, Rpc::Hello, &HelloRequest {}, Duration::from_secs(1)).await.ok()
         });
@@ -285,7 +284,12 @@ impl Replica {
         }
         let up = 1 + replies.len();
         if up * 2 <= self.config.peers.len() {
-            tracing::info!(id = self.id, up, of = self.config.peers.len(), "waiting for a majority of --peers before initialising the group");
+            tracing::info!(
+                id = self.id,
+                up,
+                of = self.config.peers.len(),
+                "waiting for a majority of --peers before initialising the group"
+            );
             return false;
         }
         let members: BTreeMap<NodeId, Node> = self.config.peers.iter().map(|(id, url)| (*id, Node::new(url))).collect();

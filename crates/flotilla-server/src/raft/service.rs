@@ -22,9 +22,7 @@ pub struct RaftService {
 
 impl RaftService {
     pub(crate) fn server(replica: Arc<Replica>) -> RaftServer<RaftService> {
-        RaftServer::new(RaftService { replica })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        RaftServer::new(RaftService { replica }).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Decodes a request, dropping it if the test network fault cuts its sender off.

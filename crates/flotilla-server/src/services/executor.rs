@@ -82,7 +82,10 @@ impl Executor for ExecutorService {
         let first_report = {
             let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
             let first = !cap.reports.contains_key(&cluster);
-            cap.record(&cluster, ClusterReport { nodes, attempts: attempts.clone(), executor_id: r.executor_id.clone(), received: Instant::now() });
+            cap.record(
+                &cluster,
+                ClusterReport { nodes, attempts: attempts.clone(), executor_id: r.executor_id.clone(), received: Instant::now() },
+            );
             first
         };
         drop(_span);

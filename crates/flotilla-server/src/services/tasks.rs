@@ -164,7 +164,10 @@ impl Tasks for TasksService {
             None
         } else {
             Some(TaskState::parse(&r.state).ok_or_else(|| {
-                invalid(&[FieldError::new("state", format!("{:?} is not one of queued, leased, pending, running, succeeded, failed, cancelled", r.state))])
+                invalid(&[FieldError::new(
+                    "state",
+                    format!("{:?} is not one of queued, leased, pending, running, succeeded, failed, cancelled", r.state),
+                )])
             })?)
         };
         if !r.task_set.is_empty() && r.queue.is_empty() {

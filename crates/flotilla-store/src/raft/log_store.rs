@@ -79,8 +79,8 @@ impl LogStore {
             for row in log.iter().map_err(|e| StoreError::db(file, e))? {
                 let (key, value) = row.map_err(|e| StoreError::db(file, e))?;
                 let index = key.value();
-                let entry: Entry = serde_json::from_slice(value.value())
-                    .map_err(|e| corrupt(format!("log entry {index} cannot be decoded: {e}")))?;
+                let entry: Entry =
+                    serde_json::from_slice(value.value()).map_err(|e| corrupt(format!("log entry {index} cannot be decoded: {e}")))?;
                 if entry.log_id.index != index {
                     return Err(corrupt(format!("log entry stored under index {index} says it is entry {}", entry.log_id)));
                 }
@@ -138,10 +138,7 @@ impl LogStore {
     }
 
     /// Runs a blocking (fsync-ing) closure off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T, AnyError> + Send + 'static,
-    ) -> Result<T, AnyError> {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T, AnyError> + Send + 'static) -> Result<T, AnyError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| AnyError::new(&e))?
     }

@@ -122,7 +122,10 @@ fn display_log_id(l: Option<LogId>) -> String {
     l.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
 }
 
-fn read_snapshot(db: &Database) -> Result<Option<(Vec<u8>, Vec<u8>)>, AnyError> {
+/// A stored snapshot, still encoded: (meta, data).
+type StoredSnapshot = (Vec<u8>, Vec<u8>);
+
+fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, AnyError> {
     let txn = db.begin_read().map_err(|e| AnyError::new(&e))?;
     let table = txn.open_table(SNAPSHOT).map_err(|e| AnyError::new(&e))?;
     let meta = table.get(KEY_META).map_err(|e| AnyError::new(&e))?.map(|v| v.value().to_vec());

@@ -40,14 +40,21 @@ fn node(cluster: &str, n: &str) -> NodeRef {
 }
 
 fn lease(s: &mut State, now: u64, id: TaskId, attempt: u32, at: NodeRef) -> CommandResult {
-    apply(s, now, Command::Schedule(ScheduleDecisions { leases: vec![LeaseDecision { task: id, attempt, node: at }], ..Default::default() }))
+    apply(
+        s,
+        now,
+        Command::Schedule(ScheduleDecisions { leases: vec![LeaseDecision { task: id, attempt, node: at }], ..Default::default() }),
+    )
 }
 
 fn report(s: &mut State, now: u64, cluster: &str, id: TaskId, attempt: u32, status: AttemptStatus) -> CommandResult {
     apply(
         s,
         now,
-        Command::ReportEvents { cluster: cluster.into(), events: vec![AttemptEvent { task: id, attempt, status, node: "n".into(), time_ms: now }] },
+        Command::ReportEvents {
+            cluster: cluster.into(),
+            events: vec![AttemptEvent { task: id, attempt, status, node: "n".into(), time_ms: now }],
+        },
     )
 }
 
@@ -67,7 +74,11 @@ fn retried_submission_returns_the_same_ids_and_creates_nothing() {
 #[test]
 fn submit_to_a_missing_queue_changes_nothing() {
     let mut s = setup();
-    let r = apply(&mut s, 1, Command::Submit { client_request_id: "x".into(), queue: "nope".into(), task_set: "s".into(), specs: specs(&[template("a")]) });
+    let r = apply(
+        &mut s,
+        1,
+        Command::Submit { client_request_id: "x".into(), queue: "nope".into(), task_set: "s".into(), specs: specs(&[template("a")]) },
+    );
     assert!(matches!(r, CommandResult::Rejected { .. }));
     assert_eq!(s.task_count(), 0);
 }
@@ -183,7 +194,12 @@ fn oom_killed_task_retries_with_more_memory_up_to_the_cap() {
     let mut s = setup();
     let mut t = template("a");
     t.limits = [("memory".to_string(), "1Gi".to_string())].into();
-    t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(10), backoff: Some("1s".into()), oom_memory_growth: Some(3.0), ..Default::default() });
+    t.retry = Some(flotilla_model::RetryTemplate {
+        max_attempts: Some(10),
+        backoff: Some("1s".into()),
+        oom_memory_growth: Some(3.0),
+        ..Default::default()
+    });
     let id = submit(&mut s, "r", &[t])[0];
     let mut now = 0;
     for attempt in 1..=3 {

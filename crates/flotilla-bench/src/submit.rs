@@ -1,0 +1,212 @@
+//! `submit`: acknowledged submissions per second through a real 3-replica group.
+//!
+//! Starts `--replicas` real `flotilla server` processes on 127.0.0.1 (the `flotilla` binary next
+//! to this one: build both with `cargo build --release -p flotilla -p flotilla-bench`), creates a
+//! queue, then `--concurrency` clients submit `--tasks` tasks in batches of `--batch`, spread over
+//! all replicas (followers forward to the leader). A submission counts once `SubmitTasks`
+//! returns, which is after the Raft entry is committed on a majority and fsynced.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use flotilla_api::v1::{self, queues_client::QueuesClient, tasks_client::TasksClient};
+use tonic::transport::Channel;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+struct Replicas {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+    data_dirs: Vec<PathBuf>,
+    urls: Vec<String>,
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn flotilla_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("flotilla");
+    if !bin.exists() {
+        bail!("{} not found: build it with `cargo build --release -p flotilla -p flotilla-bench`", bin.display());
+    }
+    Ok(bin)
+}
+
+fn start_replicas(n: u64) -> anyhow::Result<Replicas> {
+    let bin = flotilla_binary()?;
+    let dir = tempfile::tempdir()?;
+    let mut grpc = BTreeMap::new();
+    for id in 1..=n {
+        grpc.insert(id, (free_port()?, free_port()?));
+    }
+    let peers: Vec<String> = grpc.iter().map(|(id, (g, _))| format!("{id}=http://127.0.0.1:{g}")).collect();
+    let peers = peers.join(",");
+    let mut children = Vec::new();
+    let mut data_dirs = Vec::new();
+    let mut urls = Vec::new();
+    for (id, (g, h)) in &grpc {
+        let data = dir.path().join(format!("replica-{id}"));
+        let log = std::fs::File::create(dir.path().join(format!("replica-{id}.log")))?;
+        let child = Command::new(&bin)
+            .args(["server", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{g}"), "--http", &format!("127.0.0.1:{h}")])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--peers", &peers])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        children.push(child);
+        data_dirs.push(data);
+        urls.push(format!("http://127.0.0.1:{g}"));
+    }
+    Ok(Replicas { children, _dir: dir, data_dirs, urls })
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(url.to_string())?.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => bail!("{url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.batch == 0 || args.concurrency == 0 || args.replicas == 0 {
+        bail!("--batch, --concurrency and --replicas must be above 0");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let replicas = start_replicas(args.replicas)?;
+        let mut channels = Vec::new();
+        for url in &replicas.urls {
+            channels.push(connect(url).await?);
+        }
+        // The group elects a leader once a majority is up; creating the queue waits for it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let spec = v1::QueueSpec { name: "bench".into(), weight: 1.0, ..Default::default() };
+            match QueuesClient::new(channels[0].clone()).create_queue(v1::CreateQueueRequest { queue: Some(spec) }).await {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::AlreadyExists => break,
+                Err(s) if Instant::now() > deadline => bail!("the group did not accept writes within 60 s: {s}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+
+        let batches = args.tasks.div_ceil(args.batch);
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for w in 0..args.concurrency {
+            let next = next.clone();
+            let channel = channels[w % channels.len()].clone();
+            let (batch, total) = (args.batch, args.tasks);
+            workers.push(tokio::spawn(async move {
+                let mut client = TasksClient::new(channel).max_encoding_message_size(64 << 20).max_decoding_message_size(64 << 20);
+                let mut latencies = Vec::new();
+                let mut acked = 0usize;
+                loop {
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    if b >= batches {
+                        break;
+                    }
+                    let count = batch.min(total - b * batch) as u32;
+                    let template = v1::TaskTemplate {
+                        name: "task".into(),
+                        count: Some(count),
+                        image: "busybox:1.36".into(),
+                        resources: [("cpu".to_string(), "100m".to_string()), ("memory".to_string(), "128Mi".to_string())].into(),
+                        ..Default::default()
+                    };
+                    let req = v1::SubmitTasksRequest {
+                        queue: "bench".into(),
+                        task_set: format!("set-{}", b % 64),
+                        tasks: vec![template],
+                        client_request_id: format!("bench-{b}"),
+                    };
+                    let t0 = Instant::now();
+                    let resp = client.submit_tasks(req).await?.into_inner();
+                    latencies.push(t0.elapsed());
+                    anyhow::ensure!(resp.task_ids.len() == count as usize, "batch {b}: {} ids for {count} tasks", resp.task_ids.len());
+                    acked += resp.task_ids.len();
+                }
+                anyhow::Ok((acked, latencies))
+            }));
+        }
+        let mut acked = 0;
+        let mut latencies = Vec::new();
+        for w in workers {
+            let (a, l) = w.await??;
+            acked += a;
+            latencies.extend(l);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        latencies.sort();
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        let disk: u64 = replicas.data_dirs.iter().map(|d| dir_bytes(d)).sum::<u64>() / replicas.data_dirs.len() as u64;
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "submit",
+                "replicas": args.replicas,
+                "tasks": acked,
+                "batch": args.batch,
+                "concurrency": args.concurrency,
+                "wall_seconds": wall,
+                "acked_tasks_per_second": acked as f64 / wall,
+                "p50_ack_ms": pct(0.50),
+                "p99_ack_ms": pct(0.99),
+                "disk_bytes_per_task": disk as f64 / acked.max(1) as f64,
+            })
+        );
+        drop(replicas);
+        Ok(())
+    })
+}

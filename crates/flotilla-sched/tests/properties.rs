@@ -1,0 +1,420 @@
+//! Properties of `schedule` over random federations and workloads.
+//!
+//! proptest draws the sizes and a seed; a small deterministic generator turns them into
+//! nodes (mixed GPU models, clusters, racks, zones, spot, taints, labels, cordons),
+//! queues (weights including zero, limits, guarantees, disruption budgets), running
+//! tasks that fit their nodes, and queued tasks (constraints, priorities, gangs, some
+//! incomplete, some of unknown queues).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use flotilla_model::*;
+use flotilla_sched::{schedule, Config, Decisions, Input, Running};
+use proptest::prelude::*;
+
+const GIB: u64 = 1 << 30;
+
+/// SplitMix64: deterministic, good enough to spread choices.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+const CLUSTERS: [&str; 3] = ["a", "b", "c"];
+const MODELS: [&str; 3] = ["H100", "A100", ""];
+
+fn taint() -> Taint {
+    Taint { key: "dedicated".into(), value: "x".into(), effect: "NoSchedule".into() }
+}
+
+fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_queues: usize) -> Input {
+    let mut g = Gen(seed);
+    let mut nodes = Vec::new();
+    for i in 0..n_nodes {
+        let model = *g.pick(&MODELS);
+        let gpus = if model.is_empty() { 0 } else { *g.pick(&[1u64, 2, 4, 8, 8]) };
+        let mut labels = BTreeMap::new();
+        if g.chance(30) {
+            labels.insert("pool".to_string(), g.pick(&["fast", "slow"]).to_string());
+        }
+        nodes.push(Node {
+            cluster: g.pick(&CLUSTERS).to_string(),
+            name: format!("n{i}"),
+            allocatable: Resources::new(1_000 * (4 + g.below(60)), GIB * (8 + g.below(500)), gpus),
+            reserved: if g.chance(20) { Resources::new(500, GIB, 0) } else { Resources::default() },
+            topology: Topology {
+                region: "r".into(),
+                zone: if g.chance(10) { String::new() } else { format!("z{}", g.below(2)) },
+                rack: if g.chance(10) { String::new() } else { format!("r{}", g.below(3)) },
+            },
+            gpu_model: (!model.is_empty()).then(|| model.to_string()),
+            instance_type: String::new(),
+            spot: g.chance(30),
+            price_per_hour_usd: g.below(50) as f64,
+            labels,
+            taints: if g.chance(15) { vec![taint()] } else { vec![] },
+            unschedulable: g.chance(5),
+        });
+    }
+    // Names may repeat across clusters; a repeated (cluster, name) is a duplicate report.
+    let queues: Vec<Queue> = (0..n_queues)
+        .map(|q| {
+            let mut queue = Queue::new(format!("q{q}"), *g.pick(&[0.0, 1.0, 2.0, 3.0]));
+            if g.chance(30) {
+                queue.limit.gpu = Some(g.below(24));
+            }
+            if g.chance(20) {
+                queue.limit.cpu_millis = Some(1_000 * g.below(100));
+            }
+            if g.chance(30) {
+                queue.guarantee = Resources::new(0, 0, g.below(10));
+            }
+            queue.disruption_budget = g.below(6) as u32;
+            queue
+        })
+        .collect();
+    let queue_name = |g: &mut Gen| if g.chance(3) { "unknown".to_string() } else { format!("q{}", g.below(n_queues as u64)) };
+
+    let mut next_id = 1u64;
+    let mut new_task = |g: &mut Gen, queue: String| {
+        let gpus = *g.pick(&[0u64, 1, 1, 2, 4, 8]);
+        let mut p = Placement::default();
+        if g.chance(20) {
+            p.gpu_model = Some(g.pick(&["H100", "A100", "nvidia-h100-80gb", "T4"]).to_string());
+        }
+        if g.chance(15) {
+            p.allowed_clusters = vec![g.pick(&CLUSTERS).to_string()];
+        }
+        if g.chance(10) {
+            p.preferred_cluster = Some(g.pick(&CLUSTERS).to_string());
+        }
+        if g.chance(10) {
+            p.node_selector.insert("pool".into(), g.pick(&["fast", "slow"]).to_string());
+        }
+        if g.chance(20) {
+            p.tolerations =
+                vec![Toleration { key: "dedicated".into(), operator: "Exists".into(), value: String::new(), effect: String::new() }];
+        }
+        p.spot = *g.pick(&[SpotPolicy::Allowed, SpotPolicy::Allowed, SpotPolicy::Required, SpotPolicy::Never]);
+        let id = next_id;
+        next_id += 1;
+        SchedTask {
+            id: TaskId(id),
+            queue,
+            priority: *g.pick(&[0, 100, 100, 1000]),
+            preemptible: g.chance(80),
+            submit_seq: g.below(1000),
+            resources: Resources::new(500 * (1 + g.below(16)), GIB * (1 + g.below(64)), gpus),
+            gang: None,
+            placement: p,
+            avoid_nodes: vec![],
+            avoid_clusters: if g.chance(5) { vec![g.pick(&CLUSTERS).to_string()] } else { vec![] },
+        }
+    };
+
+    // Running tasks only where they fit, so the input itself is never over-committed.
+    let mut used: HashMap<usize, Resources> = HashMap::new();
+    let mut running = Vec::new();
+    for _ in 0..n_running {
+        if nodes.is_empty() {
+            break;
+        }
+        let queue = queue_name(&mut g);
+        let mut t = new_task(&mut g, queue);
+        t.placement = Placement::default();
+        let ni = g.below(nodes.len() as u64) as usize;
+        let n = &nodes[ni];
+        let u = used.entry(ni).or_default();
+        if u.plus(&t.resources).fits_in(&n.schedulable_capacity()) {
+            u.add(&t.resources);
+            running.push(Running { task: t, node: n.node_ref() });
+        }
+    }
+    let mut queued = Vec::new();
+    while queued.len() < n_queued {
+        let queue = queue_name(&mut g);
+        if g.chance(20) {
+            let size = 2 + g.below(3) as u32;
+            let present = if g.chance(15) { size - 1 } else { size };
+            let level = *g.pick(&[TopologyLevel::Node, TopologyLevel::Rack, TopologyLevel::Zone, TopologyLevel::Cluster]);
+            let first = new_task(&mut g, queue.clone());
+            for rank in 0..present {
+                let mut t = first.clone();
+                t.id = TaskId(first.id.0 + u64::from(rank) * 10_000);
+                t.gang = Some(GangRef { id: first.id, size, rank, topology: level });
+                queued.push(t);
+            }
+        } else {
+            queued.push(new_task(&mut g, queue));
+        }
+    }
+    let mut config = Config::default();
+    if g.chance(30) {
+        config.max_evictions_per_cycle = g.below(4) as usize;
+    }
+    if g.chance(20) {
+        config.max_leases_per_cycle = g.below(10) as usize;
+    }
+    Input { queues, nodes, queued, running, config }
+}
+
+fn inputs() -> impl Strategy<Value = Input> {
+    (any::<u64>(), 0usize..20, 0usize..40, 0usize..40, 1usize..5).prop_map(|(s, n, q, r, k)| random_input(s, n, q, r, k))
+}
+
+fn node_map(input: &Input) -> HashMap<NodeRef, &Node> {
+    let mut m = HashMap::new();
+    for n in &input.nodes {
+        m.entry(n.node_ref()).or_insert(n);
+    }
+    m
+}
+
+fn queued_by_id(input: &Input) -> HashMap<TaskId, &SchedTask> {
+    let mut m = HashMap::new();
+    for t in &input.queued {
+        m.entry(t.id).or_insert(t);
+    }
+    m
+}
+
+/// Each queue's resources after the cycle, recounted: running - preempted + leased.
+fn queue_usage(input: &Input, d: &Decisions) -> HashMap<String, Resources> {
+    let preempted: BTreeSet<TaskId> = d.preemptions.iter().map(|p| p.task).collect();
+    let queued = queued_by_id(input);
+    let mut usage: HashMap<String, Resources> = HashMap::new();
+    let mut seen = BTreeSet::new();
+    for r in &input.running {
+        if seen.insert(r.task.id) && !preempted.contains(&r.task.id) {
+            usage.entry(r.task.queue.clone()).or_default().add(&r.task.resources);
+        }
+    }
+    for l in &d.leases {
+        let t = queued[&l.task];
+        usage.entry(t.queue.clone()).or_default().add(&t.resources);
+    }
+    usage
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_node_is_over_committed(input in inputs()) {
+        let d = schedule(&input);
+        let nodes = node_map(&input);
+        let queued = queued_by_id(&input);
+        let preempted: BTreeSet<TaskId> = d.preemptions.iter().map(|p| p.task).collect();
+        let mut used: HashMap<NodeRef, Resources> = HashMap::new();
+        for r in &input.running {
+            if !preempted.contains(&r.task.id) {
+                used.entry(r.node.clone()).or_default().add(&r.task.resources);
+            }
+        }
+        for l in &d.leases {
+            used.entry(l.node.clone()).or_default().add(&queued[&l.task].resources);
+        }
+        for l in &d.leases {
+            let cap = nodes[&l.node].schedulable_capacity();
+            prop_assert!(used[&l.node].fits_in(&cap), "{} holds {} of {}", l.node, used[&l.node], cap);
+        }
+    }
+
+    #[test]
+    fn gangs_are_leased_whole_inside_one_domain(input in inputs()) {
+        let d = schedule(&input);
+        let nodes = node_map(&input);
+        let queued = queued_by_id(&input);
+        let mut gangs: BTreeMap<TaskId, Vec<&NodeRef>> = BTreeMap::new();
+        for l in &d.leases {
+            if let Some(g) = &queued[&l.task].gang {
+                gangs.entry(g.id).or_default().push(&l.node);
+            }
+        }
+        for (id, placed) in gangs {
+            let g = input.queued.iter().find_map(|t| t.gang.as_ref().filter(|g| g.id == id)).unwrap();
+            prop_assert_eq!(placed.len() as u32, g.size, "gang {} partly leased", id);
+            let domain = |r: &NodeRef| {
+                let n = nodes[r];
+                match g.topology {
+                    TopologyLevel::Node => format!("{r}"),
+                    TopologyLevel::Rack => format!("{}/{}/{}", n.cluster, n.topology.zone, n.topology.rack),
+                    TopologyLevel::Zone => format!("{}/{}", n.cluster, n.topology.zone),
+                    TopologyLevel::Cluster => n.cluster.clone(),
+                }
+            };
+            let domains: BTreeSet<String> = placed.iter().map(|r| domain(r)).collect();
+            prop_assert_eq!(domains.len(), 1, "gang {} spans {:?}", id, domains);
+            // An unlabelled rack or zone is no domain: such a gang stays on one node.
+            let unlabelled = |r: &NodeRef| match g.topology {
+                TopologyLevel::Rack => nodes[r].topology.rack.is_empty(),
+                TopologyLevel::Zone => nodes[r].topology.zone.is_empty(),
+                _ => false,
+            };
+            if placed.iter().any(|r| unlabelled(r)) {
+                prop_assert!(placed.iter().all(|r| *r == placed[0]), "gang {} spread over unlabelled nodes", id);
+            }
+        }
+    }
+
+    #[test]
+    fn queue_limits_are_never_exceeded(input in inputs()) {
+        let d = schedule(&input);
+        let usage = queue_usage(&input, &d);
+        let queued = queued_by_id(&input);
+        let leased_queues: BTreeSet<&str> = d.leases.iter().map(|l| queued[&l.task].queue.as_str()).collect();
+        for q in &input.queues {
+            if leased_queues.contains(q.name.as_str()) {
+                let u = usage.get(&q.name).cloned().unwrap_or_default();
+                prop_assert_eq!(q.limit.exceeded_by(&u), None, "queue {} over its limit with {}", q.name, u);
+            }
+        }
+    }
+
+    #[test]
+    fn guarantees_budgets_and_eviction_bounds_hold(input in inputs()) {
+        let d = schedule(&input);
+        let usage = queue_usage(&input, &d);
+        prop_assert!(d.preemptions.len() <= input.config.max_evictions_per_cycle);
+        let running: HashMap<TaskId, &SchedTask> = input.running.iter().map(|r| (r.task.id, &r.task)).collect();
+        let mut per_queue: HashMap<&str, u32> = HashMap::new();
+        let mut seen = BTreeSet::new();
+        for p in &d.preemptions {
+            prop_assert!(seen.insert(p.task), "task {} preempted twice", p.task);
+            let t = running[&p.task];
+            prop_assert!(t.preemptible, "non-preemptible task {} evicted", p.task);
+            *per_queue.entry(t.queue.as_str()).or_default() += 1;
+        }
+        for q in &input.queues {
+            let n = per_queue.get(q.name.as_str()).copied().unwrap_or(0);
+            if n > 0 {
+                prop_assert!(n <= q.disruption_budget, "queue {} lost {} > budget {}", q.name, n, q.disruption_budget);
+                let u = usage.get(&q.name).cloned().unwrap_or_default();
+                prop_assert!(q.guarantee.fits_in(&u), "queue {} preempted to {} below guarantee {}", q.name, u, q.guarantee);
+            }
+        }
+        // A running gang member goes only with its whole gang.
+        let preempted: BTreeSet<TaskId> = d.preemptions.iter().map(|p| p.task).collect();
+        for r in &input.running {
+            if let Some(g) = &r.task.gang {
+                let mates = input.running.iter().filter(|o| o.task.gang.as_ref().is_some_and(|og| og.id == g.id));
+                for m in mates {
+                    prop_assert_eq!(preempted.contains(&m.task.id), preempted.contains(&r.task.id));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn placement_constraints_are_never_violated(input in inputs()) {
+        let d = schedule(&input);
+        let nodes = node_map(&input);
+        let queued = queued_by_id(&input);
+        for l in &d.leases {
+            let (t, n) = (queued[&l.task], nodes[&l.node]);
+            let p = &t.placement;
+            prop_assert!(!n.unschedulable);
+            if let Some(m) = &p.gpu_model {
+                let model = n.gpu_model.clone().unwrap_or_default();
+                prop_assert!(model == *m || model == normalize_gpu_model(m), "task wants {} on {}", m, model);
+            }
+            prop_assert!(p.allowed_clusters.is_empty() || p.allowed_clusters.contains(&n.cluster));
+            prop_assert!(p.node_selector.iter().all(|(k, v)| n.labels.get(k) == Some(v)));
+            prop_assert!(n.tolerated_by(&p.tolerations));
+            match p.spot {
+                SpotPolicy::Required => prop_assert!(n.spot),
+                SpotPolicy::Never => prop_assert!(!n.spot),
+                SpotPolicy::Allowed => {}
+            }
+            prop_assert!(input.queues.iter().any(|q| q.name == t.queue));
+        }
+    }
+
+    #[test]
+    fn every_queued_task_is_leased_or_has_a_reason(input in inputs()) {
+        let d = schedule(&input);
+        prop_assert!(d.leases.len() <= input.config.max_leases_per_cycle);
+        let ids: BTreeSet<TaskId> = input.queued.iter().map(|t| t.id).collect();
+        let mut answered = BTreeSet::new();
+        for id in d.leases.iter().map(|l| l.task).chain(d.unscheduled.iter().map(|u| u.task)) {
+            prop_assert!(answered.insert(id), "task {} answered twice", id);
+        }
+        prop_assert_eq!(answered, ids);
+        prop_assert!(d.unscheduled.iter().all(|u| !u.reason.is_empty()));
+        prop_assert_eq!(d.queue_shares.len(), input.queues.len());
+        for s in &d.queue_shares {
+            prop_assert!((0.0..=1.0).contains(&s.fair_share) && (0.0..=1.0).contains(&s.actual_share), "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_output(input in inputs()) {
+        prop_assert_eq!(schedule(&input), schedule(&input.clone()));
+    }
+
+    #[test]
+    fn saturating_queues_of_weight_one_and_three_get_a_quarter_and_three_quarters(
+        n_nodes in 4usize..24, gpus_each in 1u64..3, seed in any::<u64>()
+    ) {
+        let mut g = Gen(seed);
+        let nodes: Vec<Node> = (0..n_nodes)
+            .map(|i| Node {
+                cluster: CLUSTERS[i % 3].into(),
+                name: format!("n{i}"),
+                allocatable: Resources::new(128_000, 1024 * GIB, 8),
+                reserved: Resources::default(),
+                topology: Topology::default(),
+                gpu_model: Some("H100".into()),
+                instance_type: String::new(),
+                spot: false,
+                price_per_hour_usd: g.below(3) as f64,
+                labels: BTreeMap::new(),
+                taints: vec![],
+                unschedulable: false,
+            })
+            .collect();
+        let capacity = n_nodes as u64 * 8;
+        let mut queued = Vec::new();
+        for i in 0..capacity {
+            for (q, offset) in [("one", 0), ("three", 1)] {
+                queued.push(SchedTask {
+                    id: TaskId(i * 2 + offset),
+                    queue: q.into(),
+                    priority: 100,
+                    preemptible: true,
+                    submit_seq: g.below(1000),
+                    resources: Resources::new(1000, GIB, gpus_each),
+                    gang: None,
+                    placement: Placement::default(),
+                    avoid_nodes: vec![],
+                    avoid_clusters: vec![],
+                });
+            }
+        }
+        let input = Input { queues: vec![Queue::new("one", 1.0), Queue::new("three", 3.0)], nodes, queued, running: vec![], config: Config::default() };
+        let d = schedule(&input);
+        let share = |i: usize| d.queue_shares[i].allocated.gpu as f64 / capacity as f64;
+        prop_assert!((share(0) - 0.25).abs() <= 0.05, "weight 1 got {}", share(0));
+        prop_assert!((share(1) - 0.75).abs() <= 0.05, "weight 3 got {}", share(1));
+    }
+}
