@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flotilla/v1/tasks.proto",
         "flotilla/v1/clusters.proto",
         "flotilla/v1/executor.proto",
+        "flotilla/v1/replicas.proto",
         "flotilla/raft/v1/raft.proto",
     ];
     for f in &files {

@@ -66,6 +66,8 @@ pub(crate) struct Cycle<'a> {
     pub running_gangs: BTreeMap<TaskId, Vec<u32>>,
     /// Lowest priority among evictable running tasks: urgency preemption below it is futile.
     pub min_evictable_priority: Option<i32>,
+    /// Most GPUs one evictable running task holds: bounds how much one eviction frees.
+    pub max_victim_gpu: u64,
     /// Evictable running tasks in victim order (lowest priority, then newest).
     pub victim_order: Vec<u32>,
     pub reasons: ReasonTable,
@@ -150,6 +152,7 @@ impl<'a> Cycle<'a> {
         }
         let mut victim_order: Vec<u32> = (0..running.len() as u32).filter(|i| running[*i as usize].evictable).collect();
         victim_order.sort_by_key(victim_key);
+        let max_victim_gpu = victim_order.iter().map(|&r| running[r as usize].amount.gpu).max().unwrap_or(0);
 
         let n = input.queued.len();
         let mut cycle = Cycle {
@@ -169,6 +172,7 @@ impl<'a> Cycle<'a> {
             running,
             running_gangs,
             min_evictable_priority,
+            max_victim_gpu,
             victim_order,
             reasons: ReasonTable::default(),
             leases: Vec::new(),

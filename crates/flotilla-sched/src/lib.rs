@@ -14,7 +14,7 @@
 //!
 //! # The model
 //!
-//! A cycle first builds a node index ([`index`](crate) module docs): every schedulable
+//! A cycle first builds a node index (see the private `index` module): every schedulable
 //! node's free resources (capacity minus what Flotilla does not manage, minus running
 //! tasks), kept in ordered sets per GPU model so that the tightest node with room for a
 //! task is found in about O(log n). Queued tasks are grouped by *shape* (resources plus

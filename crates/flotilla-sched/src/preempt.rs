@@ -26,6 +26,9 @@ pub(crate) enum Kind {
     Reclaim,
 }
 
+/// Workable gang eviction plans compared before the cheapest is taken.
+const GANG_PLANS_COMPARED: usize = 8;
+
 /// Victims that make room on one node, and what they cost.
 pub(crate) struct VictimChoice {
     pub victims: Vec<(u32, Kind)>,
@@ -80,33 +83,57 @@ impl Cycle<'_> {
         Some(self.describe_plan(tent, &ctx))
     }
 
-    /// The cheapest domain (lowest victim priority, then fewest victims) for a gang.
+    /// The cheapest domain (lowest victim priority, then fewest victims) for a gang,
+    /// among the most promising ones: domains are tried most free GPUs first, and the
+    /// search stops after [`GANG_PLANS_COMPARED`] workable plans. Looking at every rack of
+    /// a large federation for every gang would cost far more than the small gain in
+    /// victims; the bound keeps one preemption attempt near O(nodes in a few domains).
     fn plan_gang_evicting(&self, g: u32, ctx: &EvictCtx) -> Option<Tentative> {
         let gang = &self.gangs[g as usize];
         let lead = &self.shapes[self.task_shape[gang.members[0] as usize] as usize];
+        let index = &self.index;
+        let slot = level_slot(gang.level);
+        // (free GPUs, domain or node)
+        let mut candidates: Vec<(u64, u32)> = match slot {
+            None => index
+                .schedulable
+                .iter()
+                .filter(|&&n| lead.allows(index, n) && gang.total.fits_in(index.nodes[n as usize].cap))
+                .map(|&n| (index.nodes[n as usize].free().gpu, n))
+                .collect(),
+            Some(slot) => index.domains[slot]
+                .iter()
+                .enumerate()
+                .filter(|(_, dom)| !dom.nodes.is_empty() && lead.clusters.as_ref().is_none_or(|cs| cs.binary_search(&dom.cluster).is_ok()))
+                .map(|(d, _)| (index.domain_gpu_bound(slot, d as u32, &lead.models, 1).map_or(0, |(_, free)| free), d as u32))
+                .collect(),
+        };
+        candidates.sort_unstable_by_key(|&(free, d)| (std::cmp::Reverse(free), d));
+        // Too few evictions left to free the GPUs the gang lacks even in the best domain?
+        let lacking = gang.total.gpu.saturating_sub(candidates.first().map_or(0, |c| c.0));
+        if lacking > 0 {
+            let left = self.config.max_evictions_per_cycle.saturating_sub(self.preemptions.len()) as u64;
+            if self.max_victim_gpu == 0 || lacking.div_ceil(self.max_victim_gpu) > left {
+                return None;
+            }
+        }
         let mut best: Option<Tentative> = None;
-        let mut consider = |nodes: &[u32]| {
+        let mut workable = 0usize;
+        for (_, d) in candidates {
+            let nodes = match slot {
+                None => std::slice::from_ref(&index.schedulable[index.schedulable.binary_search(&d).unwrap_or(0)]),
+                Some(slot) => &index.domains[slot][d as usize].nodes[..],
+            };
             let bound = best.as_ref().map(|b| b.cost());
             if let Some(t) = self.plan_members(nodes, &gang.members, Some(ctx), bound) {
                 if best.as_ref().is_none_or(|b| t.cost() < b.cost()) {
                     best = Some(t);
                 }
             }
-        };
-        match level_slot(gang.level) {
-            None => {
-                for &n in &self.index.schedulable {
-                    if lead.allows(&self.index, n) && gang.total.fits_in(self.index.nodes[n as usize].cap) {
-                        consider(&[n]);
-                    }
-                }
-            }
-            Some(slot) => {
-                for dom in &self.index.domains[slot] {
-                    if dom.nodes.is_empty() || lead.clusters.as_ref().is_some_and(|cs| cs.binary_search(&dom.cluster).is_err()) {
-                        continue;
-                    }
-                    consider(&dom.nodes);
+            if best.is_some() {
+                workable += 1;
+                if workable >= GANG_PLANS_COMPARED {
+                    break;
                 }
             }
         }
@@ -118,6 +145,7 @@ impl Cycle<'_> {
         let mut avail = tent.free_on(&self.index, n);
         let mut scratch = Tentative::default();
         let mut choice = VictimChoice { victims: Vec::new(), max_priority: i32::MIN, oldest_seq: u64::MAX };
+        let mut group: Vec<u32> = Vec::new();
         for &r in &self.index.nodes[n as usize].running {
             if need.fits_in(avail) {
                 break;
@@ -133,11 +161,15 @@ impl Cycle<'_> {
             if !helps {
                 continue;
             }
-            let Some(group) = self.victim_group(r) else { continue };
+            group.clear();
+            if !self.victim_group(r, &mut group) {
+                continue;
+            }
             let Some(kind) = self.victim_kind(&group, ctx, tent, &scratch) else { continue };
-            let tagged: Vec<(u32, Kind)> = group.iter().map(|g| (*g, kind)).collect();
+            let start = choice.victims.len();
+            choice.victims.extend(group.iter().map(|g| (*g, kind)));
             // The scratch plan only feeds the budget and share checks of later candidates.
-            scratch.add_victims(self, &tagged);
+            scratch.add_victims(self, &choice.victims[start..]);
             for &g in &group {
                 let member = &self.running[g as usize];
                 if member.node == Some(n) {
@@ -146,7 +178,6 @@ impl Cycle<'_> {
                 choice.max_priority = choice.max_priority.max(member.task.priority);
                 choice.oldest_seq = choice.oldest_seq.min(member.task.submit_seq);
             }
-            choice.victims.extend(tagged);
         }
         need.fits_in(avail).then_some(choice)
     }
@@ -189,24 +220,26 @@ impl Cycle<'_> {
         fallback
     }
 
-    /// The running tasks that go if `r` goes: its whole gang, when every member may go.
-    fn victim_group(&self, r: u32) -> Option<Vec<u32>> {
+    /// Fills `group` with the running tasks that go if `r` goes: its whole gang. False
+    /// when some member may not go (evicting the rest would leave a partial gang).
+    fn victim_group(&self, r: u32, group: &mut Vec<u32>) -> bool {
         let run = &self.running[r as usize];
-        let Some(g) = &run.task.gang else { return Some(vec![r]) };
-        let members = self.running_gangs.get(&g.id)?;
-        let mut group = Vec::with_capacity(members.len());
+        let Some(g) = &run.task.gang else {
+            group.push(r);
+            return true;
+        };
+        let Some(members) = self.running_gangs.get(&g.id) else { return false };
         for &m in members {
             let mr = &self.running[m as usize];
             if mr.evicted {
                 continue;
             }
             if !mr.evictable {
-                // Evicting the rest would leave a partial gang running.
-                return None;
+                return false;
             }
             group.push(m);
         }
-        Some(group)
+        true
     }
 
     /// Why `group` may be evicted for `ctx`, if it may: bounds, guarantees and shares.
@@ -215,34 +248,51 @@ impl Cycle<'_> {
         if self.preemptions.len().saturating_add(planned) > self.config.max_evictions_per_cycle {
             return None;
         }
-        let mut per_queue: Vec<(usize, Amount, u32)> = Vec::with_capacity(1);
-        let mut max_priority = i32::MIN;
-        for &g in group {
-            let run = &self.running[g as usize];
-            let q = run.queue?;
-            max_priority = max_priority.max(run.task.priority);
-            match per_queue.iter_mut().find(|(x, _, _)| *x == q) {
-                Some(e) => {
-                    e.1 = e.1.plus(run.amount);
-                    e.2 += 1;
-                }
-                None => per_queue.push((q, run.amount, 1)),
-            }
-        }
         let mut reclaim = ctx.reclaim;
-        for (q, amount, count) in per_queue {
+        let mut max_priority = i32::MIN;
+        // Whether queue `q` may lose `amount` in `count` more tasks; clears `reclaim` when
+        // the loss would take it below its fair share (or it is the preemptor's queue).
+        let mut queue_may_lose = |q: usize, amount: Amount, count: u32| -> bool {
             let qs = &self.queues[q];
             let (a1, c1) = tent.removed_from(q);
             let (a2, c2) = scratch.removed_from(q);
             if u64::from(qs.evicted) + u64::from(c1) + u64::from(c2) + u64::from(count) > u64::from(qs.queue.disruption_budget) {
-                return None;
+                return false;
             }
             let after = qs.alloc.minus(a1).minus(a2).minus(amount);
             if !qs.guarantee.fits_in(after) {
-                return None;
+                return false;
             }
             if q == ctx.queue || after.dominant_share(self.index.total) + SHARE_EPSILON < qs.fair_share {
                 reclaim = false;
+            }
+            true
+        };
+        if let [only] = group {
+            // The common case, without building a per-queue table.
+            let run = &self.running[*only as usize];
+            max_priority = run.task.priority;
+            if !queue_may_lose(run.queue?, run.amount, 1) {
+                return None;
+            }
+        } else {
+            let mut per_queue: Vec<(usize, Amount, u32)> = Vec::new();
+            for &g in group {
+                let run = &self.running[g as usize];
+                let q = run.queue?;
+                max_priority = max_priority.max(run.task.priority);
+                match per_queue.iter_mut().find(|(x, _, _)| *x == q) {
+                    Some(e) => {
+                        e.1 = e.1.plus(run.amount);
+                        e.2 += 1;
+                    }
+                    None => per_queue.push((q, run.amount, 1)),
+                }
+            }
+            for (q, amount, count) in per_queue {
+                if !queue_may_lose(q, amount, count) {
+                    return None;
+                }
             }
         }
         if max_priority < ctx.priority {

@@ -126,7 +126,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
         Command::Watch(a) => watch(client, a, format).await,
         Command::Cancel(a) => {
             let by_set = a.queue.is_some() || a.task_set.is_some();
-            if a.ids.is_empty() == !by_set || (by_set && (a.queue.is_none() || a.task_set.is_none())) {
+            if a.ids.is_empty() != by_set || (by_set && (a.queue.is_none() || a.task_set.is_none())) {
                 return Err(Failure::Input("give task ids, or both --queue and --task-set".into()));
             }
             let req = v1::CancelTasksRequest {
@@ -170,6 +170,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replica(r) => crate::replicas::run(client, r, format).await,
         Command::Server(_) | Command::Executor(_) | Command::Dev(_) => unreachable!("handled in run"),
     }
 }

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod dev;
 mod output;
+mod replicas;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +66,28 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Show the clusters, their capacity and health.
     Clusters,
+    /// List, add and remove scheduler replicas (Raft membership).
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReplicaCommand {
+    /// Show the members as the answering replica sees them.
+    List,
+    /// Add a running replica (empty data directory) as a learner, then make it a voter.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// Its gRPC URL, e.g. http://host:50051.
+        #[arg(long)]
+        url: String,
+    },
+    /// Remove a replica from the group.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Args, Debug)]

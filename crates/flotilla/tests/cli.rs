@@ -99,10 +99,12 @@ tasks:
 "#;
 
 /// (case, task file or None, extra args, expected exit code, expected text in stderr)
-fn bad_inputs() -> Vec<(&'static str, Option<String>, Vec<&'static str>, i32, &'static str)> {
+type BadInput = (&'static str, Option<String>, Vec<&'static str>, i32, &'static str);
+
+fn bad_inputs() -> Vec<BadInput> {
     let t = |body: &str| Some(format!("queue: research\ntaskSet: bad\ntasks:\n{body}"));
     let ok_task = "  - name: ok\n    image: busybox\n    resources: {cpu: 1}\n";
-    let many = format!("  - name: many\n    count: 10001\n    image: busybox\n    resources: {{cpu: 1}}\n");
+    let many = "  - name: many\n    count: 10001\n    image: busybox\n    resources: {cpu: 1}\n".to_string();
     let huge = format!("  - name: huge\n    image: busybox\n    resources: {{cpu: 1}}\n    command: [\"{}\"]\n", "x".repeat(70_000));
     vec![
         ("malformed yaml", Some("queue: research\ntaskSet: bad\ntasks:\n  - name: a\n    resources: {cpu: [1\n".into()), vec![], 2, "line"),

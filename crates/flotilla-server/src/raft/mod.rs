@@ -48,8 +48,9 @@ pub(crate) struct ProposeRequest {
 /// The leader's answer to `Propose`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ProposeReply {
-    /// Committed and applied: one result per command, in order.
-    Applied(Vec<CommandResult>),
+    /// Committed and applied: one result per command, in order, and the leader's applied
+    /// index at that moment, so the follower can wait until its own state includes the entry.
+    Applied { results: Vec<CommandResult>, applied_index: u64 },
     /// Not proposed: the receiver is not the leader (it names the leader if it knows it).
     NotLeader { leader_id: Option<u64> },
     /// Proposed, but whether it committed is unknown (the leader lost leadership or stopped).

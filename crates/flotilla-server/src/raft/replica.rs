@@ -337,6 +337,18 @@ impl Replica {
         self.state_machine.applied()
     }
 
+    /// Waits until this replica has applied `index`, or until `deadline` (then the caller's
+    /// results are still right; only reads of the local state may briefly lag).
+    async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) {
+        let mut applied = self.applied();
+        while *applied.borrow_and_update() < index {
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+
     /// The state-machine store (snapshots, last applied log id, membership).
     pub fn state_machine(&self) -> &StateMachineStore {
         &self.state_machine
@@ -438,7 +450,7 @@ impl Replica {
             return ProposeReply::NotLeader { leader_id: self.leader_id() };
         }
         match self.enqueue(commands, Origin::Forwarded).await {
-            Ok(results) => ProposeReply::Applied(results),
+            Ok(results) => ProposeReply::Applied { results, applied_index: *self.applied().borrow() },
             Err(ProposeError::NotLeader { leader_id }) => ProposeReply::NotLeader { leader_id },
             Err(ProposeError::ShuttingDown) | Err(ProposeError::NoLeader { .. }) => ProposeReply::NotLeader { leader_id: None },
             Err(ProposeError::Indeterminate(m)) => ProposeReply::Indeterminate(m),
@@ -508,7 +520,12 @@ impl Replica {
             let timeout = deadline.saturating_duration_since(Instant::now());
             self.forwarded_batches.fetch_add(1, Ordering::Relaxed);
             match self.peers.call::<_, ProposeReply>(leader, &url, Rpc::Propose, &ProposeRequest { commands }, timeout).await {
-                Ok(ProposeReply::Applied(results)) => return distribute(batch, results),
+                Ok(ProposeReply::Applied { results, applied_index }) => {
+                    // Read-your-writes on every replica: a caller that reads this replica's
+                    // state right after its write must see it, so wait until it is applied here.
+                    self.wait_applied(applied_index, deadline).await;
+                    return distribute(batch, results);
+                }
                 Ok(ProposeReply::NotLeader { leader_id }) => {
                     last_error = format!("replica {leader} is no longer the leader (it names {leader_id:?})");
                     tokio::time::sleep(Duration::from_millis(20)).await;

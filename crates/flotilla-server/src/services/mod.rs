@@ -4,6 +4,7 @@ mod clusters;
 pub use clusters::list as clusters_list;
 mod executor;
 mod queues;
+mod replicas;
 mod tasks;
 
 use std::sync::Arc;
@@ -32,5 +33,6 @@ pub fn router(ctx: Arc<Context>) -> Router {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(flotilla_api::v1::replicas_server::ReplicasServer::new(replicas::ReplicasService::new(ctx.clone())))
         .add_service(ctx.replica.raft_service())
 }

@@ -89,7 +89,9 @@ impl Tasks for TasksService {
                 return Err(invalid(&e.0));
             }
         };
-        if !self.0.read(|s| s.queue(&r.queue).is_some()) {
+        // A follower may not have applied a queue created a moment ago on another replica:
+        // only the leader's view is final here, and applying the entry checks again.
+        if self.0.is_leader() && !self.0.read(|s| s.queue(&r.queue).is_some()) {
             self.0.metrics.rejected_requests_total.with_label_values(&["unknown_queue"]).inc();
             return Err(invalid(&[FieldError::new(
                 "queue",
@@ -105,9 +107,14 @@ impl Tasks for TasksService {
         };
         let n = specs.len();
         let result =
-            self.0.propose_ok(Command::Submit { client_request_id, queue: r.queue.clone(), task_set: r.task_set.clone(), specs }).await?;
-        let CommandResult::Submitted { task_ids } = result else {
-            return Err(Status::internal(format!("unexpected result of submit: {result:?}")));
+            self.0.propose(Command::Submit { client_request_id, queue: r.queue.clone(), task_set: r.task_set.clone(), specs }).await?;
+        let task_ids = match result {
+            CommandResult::Submitted { task_ids } => task_ids,
+            CommandResult::Rejected { message } => {
+                self.0.metrics.rejected_requests_total.with_label_values(&["rejected"]).inc();
+                return Err(Status::invalid_argument(message));
+            }
+            other => return Err(Status::internal(format!("unexpected result of submit: {other:?}"))),
         };
         self.0.metrics.submitted_tasks_total.inc_by(n as u64);
         self.0.schedule_now.notify_one();
