@@ -27,7 +27,14 @@ pub enum Command {
     /// Fails while the queue has unfinished tasks.
     DeleteQueue { name: String },
     /// Adds validated tasks. A repeated `client_request_id` returns the first call's ids.
-    Submit { client_request_id: String, queue: String, task_set: String, specs: Vec<TaskSpec> },
+    /// Encoded compactly: an array task or gang is one spec and a count in the log.
+    Submit {
+        client_request_id: String,
+        queue: String,
+        task_set: String,
+        #[serde(with = "compact_specs")]
+        specs: Vec<TaskSpec>,
+    },
     /// Cancels the given tasks, or every unfinished task of a task set.
     Cancel { target: CancelTarget, reason: String },
     /// Resumes a task set paused by the circuit breaker.
@@ -97,4 +104,74 @@ pub enum CommandResult {
     Rejected {
         message: String,
     },
+}
+
+/// Array tasks and gangs expand into specs that differ only in `index` or `gang.rank`. In the
+/// log they are written as runs (one spec and a count), which makes a 500-task submission a
+/// few hundred bytes instead of hundreds of kilobytes; reading expands them exactly back.
+mod compact_specs {
+    use flotilla_model::TaskSpec;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Most tasks one run may expand to: bounds what a corrupt or hostile entry can allocate.
+    const MAX_RUN: u32 = 100_000;
+
+    #[derive(Serialize, Deserialize)]
+    struct Run {
+        spec: TaskSpec,
+        count: u32,
+    }
+
+    /// True when `next` is `prev` with the following index (or gang rank) and nothing else changed.
+    fn continues(prev: &TaskSpec, next: &TaskSpec) -> bool {
+        match (&prev.gang, &next.gang) {
+            (None, None) => {
+                next.index == prev.index.wrapping_add(1) && TaskSpec { index: prev.index, ..next.clone() } == *prev
+            }
+            (Some(pg), Some(ng)) => {
+                ng.rank == pg.rank.wrapping_add(1) && {
+                    let mut n = next.clone();
+                    if let Some(g) = &mut n.gang {
+                        g.rank = pg.rank;
+                    }
+                    n == *prev
+                }
+            }
+            _ => false,
+        }
+    }
+
+    fn step(spec: &TaskSpec, k: u32) -> TaskSpec {
+        let mut s = spec.clone();
+        match &mut s.gang {
+            Some(g) => g.rank = g.rank.wrapping_add(k),
+            None => s.index = s.index.wrapping_add(k),
+        }
+        s
+    }
+
+    pub fn serialize<S: Serializer>(specs: &[TaskSpec], ser: S) -> Result<S::Ok, S::Error> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut last: Option<&TaskSpec> = None;
+        for spec in specs {
+            match (runs.last_mut(), last) {
+                (Some(run), Some(prev)) if run.count < MAX_RUN && continues(prev, spec) => run.count += 1,
+                _ => runs.push(Run { spec: spec.clone(), count: 1 }),
+            }
+            last = Some(spec);
+        }
+        runs.serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<TaskSpec>, D::Error> {
+        let runs = Vec::<Run>::deserialize(de)?;
+        let total: u64 = runs.iter().map(|r| u64::from(r.count.min(MAX_RUN))).sum();
+        let mut specs = Vec::with_capacity(total.min(1_000_000) as usize);
+        for run in runs {
+            for k in 0..run.count.min(MAX_RUN) {
+                specs.push(step(&run.spec, k));
+            }
+        }
+        Ok(specs)
+    }
 }

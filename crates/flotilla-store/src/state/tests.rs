@@ -356,3 +356,17 @@ fn same_log_gives_the_same_state() {
     };
     assert_eq!(build(), build());
 }
+
+#[test]
+fn submissions_are_written_compactly_and_read_back_exactly() {
+    let mut a = template("a");
+    a.count = Some(500);
+    let mut b = template("b");
+    b.after = vec!["a".into()];
+    let specs = specs(&[a, gang(4), b]);
+    let cmd = Command::Submit { client_request_id: "r".into(), queue: "q".into(), task_set: "s".into(), specs: specs.clone() };
+    let bytes = serde_json::to_vec(&cmd).unwrap();
+    assert!(bytes.len() < 4_000, "505 tasks in {} bytes", bytes.len());
+    let back: Command = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back, cmd);
+}
