@@ -125,9 +125,7 @@ mod compact_specs {
     /// True when `next` is `prev` with the following index (or gang rank) and nothing else changed.
     fn continues(prev: &TaskSpec, next: &TaskSpec) -> bool {
         match (&prev.gang, &next.gang) {
-            (None, None) => {
-                next.index == prev.index.wrapping_add(1) && TaskSpec { index: prev.index, ..next.clone() } == *prev
-            }
+            (None, None) => next.index == prev.index.wrapping_add(1) && TaskSpec { index: prev.index, ..next.clone() } == *prev,
             (Some(pg), Some(ng)) => {
                 ng.rank == pg.rank.wrapping_add(1) && {
                     let mut n = next.clone();
