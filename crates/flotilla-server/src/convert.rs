@@ -8,7 +8,7 @@ use flotilla_model::{
 use flotilla_store::{State, TaskEvent, TaskRecord};
 
 pub fn task_to_proto(t: &TaskRecord) -> v1::Task {
-    let (cluster, node) = t.lease.as_ref().or(t.last_lease.as_ref()).map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default();
+    let (cluster, node) = t.placement();
     v1::Task {
         id: t.id.0,
         name: t.spec.name.clone(),

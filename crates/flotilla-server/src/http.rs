@@ -153,8 +153,7 @@ fn task_views(ctx: &Context, q: &TaskQuery) -> Vec<TaskView> {
             .filter(|t| q.queue.as_ref().is_none_or(|x| *x == t.spec.queue) && state.is_none_or(|st| st == t.state))
             .take(limit)
             .map(|t| {
-                let (cluster, node) =
-                    t.lease.as_ref().or(t.last_lease.as_ref()).map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default();
+                let (cluster, node) = t.placement();
                 TaskView {
                     id: t.id.0,
                     name: t.spec.name.clone(),

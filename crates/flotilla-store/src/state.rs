@@ -93,6 +93,11 @@ impl TaskRecord {
         task_set_key(&self.spec.queue, &self.spec.task_set)
     }
 
+    /// (cluster, node) of the current attempt, or of the latest one once it ended.
+    pub fn placement(&self) -> (String, String) {
+        self.lease.as_ref().or(self.last_lease.as_ref()).map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default()
+    }
+
     pub fn avoid_clusters(&self, threshold: u32) -> Vec<String> {
         self.cluster_failures.iter().filter(|(_, n)| **n >= threshold).map(|(c, _)| c.clone()).collect()
     }
@@ -809,7 +814,7 @@ impl State {
 
     fn push_task_event(&mut self, now: u64, id: TaskId, kind: EventKind, reason: String, exit_code: Option<i32>) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let (cluster, node) = t.lease.as_ref().or(t.last_lease.as_ref()).map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default();
+        let (cluster, node) = t.placement();
         let event =
             TaskEvent { seq: 0, task: id, attempt: t.attempt, kind, state: t.state, cluster, node, reason, time_ms: now, exit_code };
         let key = t.task_set_key();

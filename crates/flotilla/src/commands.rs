@@ -91,31 +91,14 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                 if a.task_set.is_some() && a.queue.is_none() {
                     return Err(Failure::Input("--task-set needs --queue".into()));
                 }
-                let mut all = Vec::new();
-                let mut after_id = 0;
-                loop {
-                    let req = v1::ListTasksRequest {
-                        queue: a.queue.clone().unwrap_or_default(),
-                        task_set: a.task_set.clone().unwrap_or_default(),
-                        state: a.state.clone().unwrap_or_default(),
-                        limit: 10_000,
-                        after_id,
-                        linearizable: a.linearizable,
-                    };
-                    let page = client
-                        .call(|c| {
-                            let req = req.clone();
-                            async move { tasks(c).list_tasks(req).await }
-                        })
-                        .await?
-                        .into_inner();
-                    all.extend(page.tasks);
-                    if page.next_after_id == 0 {
-                        break;
-                    }
-                    after_id = page.next_after_id;
-                }
-                all
+                list_all(
+                    client,
+                    a.queue.clone().unwrap_or_default(),
+                    a.task_set.clone().unwrap_or_default(),
+                    a.state.clone().unwrap_or_default(),
+                    a.linearizable,
+                )
+                .await?
             };
             match format {
                 Format::Json => print_json(&serde_json::Value::Array(list.iter().map(output::task_json).collect())),
@@ -172,6 +155,34 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
         }
         Command::Replica(r) => crate::replicas::run(client, r, format).await,
         Command::Server(_) | Command::Executor(_) | Command::Dev(_) => unreachable!("handled in run"),
+    }
+}
+
+/// Every task matching the filters, page by page.
+async fn list_all(client: &Client, queue: String, task_set: String, state: String, linearizable: bool) -> Result<Vec<v1::Task>, Failure> {
+    let mut all = Vec::new();
+    let mut after_id = 0;
+    loop {
+        let req = v1::ListTasksRequest {
+            queue: queue.clone(),
+            task_set: task_set.clone(),
+            state: state.clone(),
+            limit: 10_000,
+            after_id,
+            linearizable,
+        };
+        let page = client
+            .call(|c| {
+                let req = req.clone();
+                async move { tasks(c).list_tasks(req).await }
+            })
+            .await?
+            .into_inner();
+        all.extend(page.tasks);
+        if page.next_after_id == 0 {
+            return Ok(all);
+        }
+        after_id = page.next_after_id;
     }
 }
 
@@ -258,30 +269,8 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
     // Current states first, so that a trimmed event log cannot hide a task.
     let mut states: BTreeMap<u64, String> = BTreeMap::new();
     if a.until_done {
-        let mut after_id = 0;
-        loop {
-            let req = v1::ListTasksRequest {
-                queue: a.queue.clone(),
-                task_set: a.task_set.clone(),
-                state: String::new(),
-                limit: 10_000,
-                after_id,
-                linearizable: false,
-            };
-            let page = client
-                .call(|c| {
-                    let req = req.clone();
-                    async move { tasks(c).list_tasks(req).await }
-                })
-                .await?
-                .into_inner();
-            for t in page.tasks {
-                states.insert(t.id, t.state);
-            }
-            if page.next_after_id == 0 {
-                break;
-            }
-            after_id = page.next_after_id;
+        for t in list_all(client, a.queue.clone(), a.task_set.clone(), String::new(), false).await? {
+            states.insert(t.id, t.state);
         }
         if states.is_empty() {
             return Err(Failure::Input(format!("task set {}/{} has no tasks", a.queue, a.task_set)));
