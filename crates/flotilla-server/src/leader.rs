@@ -123,14 +123,16 @@ async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Res
         }
         still_queued.insert(u.task, u.reason.clone());
     }
-    *reasons = still_queued;
     drop(input);
     if leases.is_empty() && preemptions.is_empty() && changed_reasons.is_empty() {
+        *reasons = still_queued;
         ctx.metrics.schedule_cycle_seconds.observe(started.elapsed().as_secs_f64());
         return Ok(());
     }
     let (n_leases, n_preempt) = (leases.len(), preemptions.len());
     let result = ctx.propose(Command::Schedule(ScheduleDecisions { leases, preemptions, reasons: changed_reasons })).await?;
+    // Only now are these the committed reasons; after a failed commit they are sent again.
+    *reasons = still_queued;
     ctx.metrics.schedule_cycle_seconds.observe(started.elapsed().as_secs_f64());
     ctx.metrics.placements_total.inc_by(n_leases as u64);
     ctx.metrics.preemptions_total.inc_by(n_preempt as u64);

@@ -793,6 +793,20 @@ impl State {
             self.active_by_cluster.entry(new.cluster.clone()).or_default().insert(id);
             t.last_lease = Some(new.clone());
         }
+        // One grep for `task=ID` tells a task's whole story (at debug level: a line per change).
+        tracing::debug!(
+            task = %id,
+            attempt = t.attempt,
+            queue = %t.spec.queue,
+            task_set = %t.spec.task_set,
+            cluster = lease.as_ref().map_or("", |l| l.cluster.as_str()),
+            node = lease.as_ref().map_or("", |l| l.node.as_str()),
+            from = %from,
+            to = %to,
+            event = kind.as_str(),
+            reason = %reason,
+            "task state changed"
+        );
         t.lease = lease;
         t.state = to;
         t.updated_ms = now;
