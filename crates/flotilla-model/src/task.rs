@@ -209,7 +209,8 @@ pub struct SimSpec {
 }
 
 /// Everything needed to run a task: what a user wrote, expanded for one task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// (`Default` is an empty spec, for containers that fill it in afterwards.)
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// The task's name in its file (`agent`); with `index` for array tasks.
     pub name: String,

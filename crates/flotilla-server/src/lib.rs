@@ -89,7 +89,7 @@ impl ServerConfig {
             max_starts_per_sync: 5_000,
             max_events_per_report: 10_000,
             finished_retention: Duration::from_secs(24 * 3600),
-            // Snapshots hold every task (about 1.2 KB each as JSON): this bounds them near 1 GB.
+            // Snapshots hold every task (about 0.5 KB each as JSON): this bounds them near 0.5 GB.
             max_tasks: 1_000_000,
             sched: flotilla_sched::Config::default(),
             fault: None,

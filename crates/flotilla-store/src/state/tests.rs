@@ -370,3 +370,20 @@ fn submissions_are_written_compactly_and_read_back_exactly() {
     let back: Command = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(back, cmd);
 }
+
+#[test]
+fn snapshots_store_each_submission_spec_once() {
+    let mut s = setup();
+    let mut t = template("agent");
+    t.count = Some(2_000);
+    t.env = [("MODEL".to_string(), "large".to_string())].into();
+    let ids = submit(&mut s, "r", &[t, gang(4)]);
+    for (i, id) in ids.iter().enumerate().take(1_000) {
+        lease(&mut s, 2, *id, 1, node("a", &format!("n{}", i % 50)));
+    }
+    let bytes = serde_json::to_vec(&s).unwrap();
+    let back: State = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back, s, "specs, indexes, ranks and gang ids come back exactly");
+    let per_task = bytes.len() / ids.len();
+    assert!(per_task < 700, "{per_task} bytes per task: specs are not repeated");
+}
