@@ -8,9 +8,10 @@
 FROM rust:1.90-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p flotilla && cp target/release/flotilla /flotilla
+RUN cargo build --release --locked -p flotilla
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /flotilla /flotilla
+# On PATH: the manifests in deploy/ run `command: ["flotilla"]`.
+COPY --from=build /src/target/release/flotilla /usr/local/bin/flotilla
 USER nonroot
-ENTRYPOINT ["/flotilla"]
+ENTRYPOINT ["/usr/local/bin/flotilla"]

@@ -445,6 +445,12 @@ fn executor_overlays_run_in_cluster_with_exactly_the_rbac_the_kube_backend_uses(
         assert!(fields.is_empty());
         assert_eq!(args.first().map(String::as_str), Some("executor"));
         assert!(args.iter().any(|a| a == "--in-cluster"), "deploy/{dir}: --in-cluster");
+        // A stuck executor is restarted: its /healthz fails once syncs stop succeeding.
+        let http = flag(&args, "http").expect("--http serves /healthz and /metrics");
+        let probe = c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP liveness probe");
+        assert_eq!(probe.path.as_deref(), Some("/healthz"), "deploy/{dir}");
+        let port = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("http")).expect("the http port");
+        assert!(http.ends_with(&format!(":{}", port.container_port)), "deploy/{dir}: --http {http} matches the port");
         assert!(flag(&args, "kubeconfig").is_none() && flag(&args, "sim").is_none(), "deploy/{dir}: one backend only");
         assert_eq!(
             expand(flag(&args, "cluster").expect("--cluster"), &env),

@@ -53,6 +53,8 @@ pub struct ExecutorConfig {
     pub backend_timeout: Duration,
     /// Unique per executor process; a new value tells the scheduler the executor restarted.
     pub executor_id: String,
+    /// Counters for `/healthz` and `/metrics`, shared with whoever serves them.
+    pub status: Arc<crate::status::ExecutorStatus>,
 }
 
 impl ExecutorConfig {
@@ -72,6 +74,7 @@ impl ExecutorConfig {
             rpc_timeout: Duration::from_secs(10),
             backend_timeout: Duration::from_secs(30),
             executor_id,
+            status: Arc::default(),
         }
     }
 
@@ -259,8 +262,10 @@ async fn report_events(config: &ExecutorConfig, backend: &dyn ClusterBackend, se
             Ok(response) => {
                 tracing::debug!(sent = events.len(), accepted = response.accepted, "reported events");
                 backend.ack_events(&events);
+                config.status.reported(events.len());
             }
             Err(status) => {
+                config.status.report_failed();
                 tracing::warn!(pending = events.len(), code = ?status.code(), message = status.message(), "reporting events failed; they will be sent again");
                 return;
             }
@@ -277,6 +282,7 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         (Ok(n), Ok(a)) => (n, a),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "cannot read the cluster; skipping this sync");
+            config.status.sync_failed();
             return None;
         }
     };
@@ -304,9 +310,11 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         Ok(r) => r,
         Err(status) => {
             tracing::warn!(code = ?status.code(), message = status.message(), "sync failed");
+            config.status.sync_failed();
             return None;
         }
     };
+    config.status.sync_ok();
     tracing::debug!(nodes = nodes.len(), attempts = attempts.len(), start = response.start.len(), stop = response.stop.len(), "synced");
 
     // Stops first: they free what the starts may need.
@@ -314,7 +322,9 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         .for_each_concurrent(config.max_concurrent_changes, |s| {
             let span = tracing::info_span!("stop", task_id = s.task_id, attempt = s.attempt);
             async move {
-                match tokio::time::timeout(config.backend_timeout, backend.stop(TaskId(s.task_id), s.attempt)).await {
+                let result = tokio::time::timeout(config.backend_timeout, backend.stop(TaskId(s.task_id), s.attempt)).await;
+                config.status.stopped(matches!(result, Ok(Ok(()))));
+                match result {
                     Ok(Ok(())) => tracing::debug!("stopped"),
                     Ok(Err(e)) => tracing::warn!(error = %e, "stop failed; the scheduler will ask again"),
                     Err(_) => tracing::warn!(timeout = ?config.backend_timeout, "stop timed out; the scheduler will ask again"),
@@ -327,7 +337,9 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         .for_each_concurrent(config.max_concurrent_changes, |t| {
             let span = tracing::info_span!("start", task_id = t.task_id, attempt = t.attempt, node = %t.node, queue = %t.queue);
             async move {
-                match tokio::time::timeout(config.backend_timeout, backend.start(t)).await {
+                let result = tokio::time::timeout(config.backend_timeout, backend.start(t)).await;
+                config.status.started(matches!(result, Ok(Ok(()))));
+                match result {
                     Ok(Ok(())) => tracing::debug!("started"),
                     Ok(Err(e)) => tracing::warn!(error = %e, "start failed; the scheduler will ask again"),
                     Err(_) => tracing::warn!(timeout = ?config.backend_timeout, "start timed out; the scheduler will ask again"),

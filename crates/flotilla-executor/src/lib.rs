@@ -43,6 +43,7 @@ pub mod backend;
 pub mod config;
 pub mod kube;
 pub mod sim;
+pub mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -56,6 +57,7 @@ pub use config::{
 };
 pub use kube::{KubeBackend, KubeSource};
 pub use sim::{SimCluster, SimOptions};
+pub use status::ExecutorStatus;
 
 /// Where `flotilla executor` gets its cluster from.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_api::v1::{self, clusters_client::ClustersClient, queues_client::QueuesClient, tasks_client::TasksClient};
-use flotilla_executor::{BackendSource, ExecutorConfig, KubeBackendConfig, SimCluster, SimOptions};
+use flotilla_executor::{BackendSource, ExecutorConfig, ExecutorStatus, KubeBackendConfig, SimCluster, SimOptions};
 use flotilla_model::TaskFile;
 use flotilla_server::{parse_peers, ServerConfig};
 use tonic::transport::Channel;
@@ -56,9 +56,34 @@ pub async fn executor(servers: &str, a: ExecutorArgs) -> Result<ExitCode, Failur
     }
     let mut config = ExecutorConfig::new(servers, a.cluster.clone());
     config.sync_interval = a.sync_interval;
+    if let Some(addr) = a.http {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure::Op(format!("--http {addr}: {e}")))?;
+        tokio::spawn(executor_http(listener, config.status.clone(), a.cluster.clone(), a.unhealthy_after));
+    }
     let sim = SimOptions { speed: Some(a.speed), ..SimOptions::default() };
     flotilla_executor::run_executor(config, &source, kube, sim, flotilla_server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The executor's `/healthz` (503 once syncs stop succeeding) and `/metrics`.
+async fn executor_http(listener: tokio::net::TcpListener, status: Arc<ExecutorStatus>, cluster: String, unhealthy_after: Duration) {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let health = {
+        let status = status.clone();
+        move || async move {
+            match status.health(unhealthy_after) {
+                Ok(line) => (StatusCode::OK, format!("ok: {line}\n")),
+                Err(line) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {line}\n")),
+            }
+        }
+    };
+    let metrics =
+        move || async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], status.render_metrics(&cluster)).into_response() };
+    let app = axum::Router::new().route("/healthz", axum::routing::get(health)).route("/metrics", axum::routing::get(metrics));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "executor HTTP server stopped");
+    }
 }
 
 /// Queues and files of the demo: (queue, weight, file).

@@ -138,6 +138,13 @@ pub struct ExecutorArgs {
     pub kube_config: Option<PathBuf>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub sync_interval: Duration,
+    /// Serve `/healthz` and `/metrics` here (e.g. 0.0.0.0:8080); off when not given.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// `/healthz` fails once no Sync has succeeded for this long (a liveness probe restarts a
+    /// stuck executor). Keep it well above a scheduler leader election.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub unhealthy_after: Duration,
 }
 
 #[derive(Args, Debug)]
