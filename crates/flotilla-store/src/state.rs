@@ -631,14 +631,26 @@ impl State {
                 t.spec.resources.memory_bytes = grown;
             }
         }
-        let out_of_attempts = counts && t.failures >= t.spec.retry.max_attempts;
+        // A gang restarts only whole: once a member has finished, a failed one cannot rejoin.
+        let gang = t.spec.gang.clone();
+        let gang_partly_done = gang.is_some_and(|g| {
+            (0..g.size as u64)
+                .map(|i| TaskId(g.id.0 + i))
+                .any(|m| m != id && self.tasks.get(&m).is_some_and(|x| x.state == TaskState::Succeeded))
+        });
+        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let out_of_attempts = (counts && t.failures >= t.spec.retry.max_attempts) || gang_partly_done;
         let next_attempt = t.attempt + 1;
         let backoff = if counts { t.spec.retry.backoff_before(next_attempt) } else { 0 };
         let gang = self.gang_members(&self.tasks[&id]);
         let key = self.tasks[&id].task_set_key();
 
         if out_of_attempts {
-            let reason = format!("failed after {} attempts: {detail}", self.tasks[&id].failures);
+            let reason = if gang_partly_done {
+                format!("{detail}; not retried: other members of its gang already finished, and a gang restarts only whole")
+            } else {
+                format!("failed after {} attempts: {detail}", self.tasks[&id].failures)
+            };
             self.transition(now, id, TaskState::Failed, None, EventKind::Failed, reason, exit_code);
             let dependents = self.tasks[&id].dependents.clone();
             let name = self.tasks[&id].spec.name.clone();

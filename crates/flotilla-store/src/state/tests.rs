@@ -387,3 +387,20 @@ fn snapshots_store_each_submission_spec_once() {
     let per_task = bytes.len() / ids.len();
     assert!(per_task < 700, "{per_task} bytes per task: specs are not repeated");
 }
+
+#[test]
+fn a_gang_member_failing_after_another_finished_is_not_retried_alone() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(2)]);
+    let whole = ScheduleDecisions {
+        leases: ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
+        ..Default::default()
+    };
+    apply(&mut s, 2, Command::Schedule(whole));
+    report(&mut s, 3, "a", ids[0], 1, AttemptStatus::Succeeded);
+    report(&mut s, 4, "a", ids[1], 1, failed(FailureKind::Error));
+    let t = s.task(ids[1]).unwrap();
+    assert_eq!(t.state, TaskState::Failed, "a lone member could never be placed again");
+    assert!(t.reason.contains("a gang restarts only whole"), "{}", t.reason);
+    assert_eq!(s.task(ids[0]).unwrap().state, TaskState::Succeeded);
+}
