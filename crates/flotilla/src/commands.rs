@@ -295,6 +295,7 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
             Ok(s) => s.into_inner(),
             Err(e) => return Err(e.into()),
         };
+        let mut interrupted = false;
         loop {
             match stream.message().await {
                 Ok(Some(e)) => {
@@ -318,13 +319,17 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
                 Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
                     // The replica went away: resume from the next sequence number elsewhere.
                     eprintln!("watch interrupted ({}); resuming from event {next_seq}", s.message());
+                    interrupted = true;
                     break;
                 }
                 Err(s) => return Err(s.into()),
             }
         }
-        if !a.until_done {
-            return Ok(ExitCode::SUCCESS);
+        // A stream ends only when its replica goes away: resume on the next one that answers
+        // (a plain watch runs until Ctrl-C; the client gives up when no replica answers).
+        let finished = a.until_done && done(&states);
+        if !interrupted && !finished {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
     let failed = states.values().filter(|s| s.as_str() != "succeeded").count();
