@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flotilla_api::v1::{self, queues_client::QueuesClient, replicas_client::ReplicasClient, tasks_client::TasksClient};
-use flotilla_model::TaskTemplate;
 use flotilla_server::{ServerConfig, ServerHandle};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -63,14 +62,7 @@ async fn agreed_leader(servers: &BTreeMap<u64, ServerHandle>, among: &BTreeSet<u
 }
 
 async fn submit(url: &str, task_set: &str, count: u32) -> usize {
-    let template = TaskTemplate {
-        name: "agent".into(),
-        count: Some(count),
-        image: "busybox:1.36".into(),
-        command: vec!["sleep".into(), "1".into()],
-        resources: [("cpu".to_string(), "1".to_string()), ("memory".to_string(), "1Gi".to_string())].into(),
-        ..Default::default()
-    };
+    let template = flotilla_tests::simple_template(count);
     let req = v1::SubmitTasksRequest {
         queue: QUEUE.into(),
         task_set: task_set.into(),

@@ -7,13 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flotilla_model::{Node, TaskId};
+use flotilla_model::Node;
 
 #[derive(Clone, Debug)]
 pub struct ClusterReport {
     pub nodes: Vec<Node>,
-    /// (task, attempt, phase) the executor says it has.
-    pub attempts: Vec<(TaskId, u32, String)>,
+    /// Changes when the executor process restarts.
     pub executor_id: String,
     pub received: Instant,
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use flotilla_model::SubmitLimits;
-use flotilla_store::{Command, CommandResult, State};
+use flotilla_store::{Command, CommandResult, RejectKind, State};
 use tokio::sync::{oneshot, Notify};
 use tonic::Status;
 
@@ -159,13 +159,12 @@ impl Context {
     /// Like [`propose`](Self::propose), but a rejected command is an error naming why.
     pub async fn propose_ok(&self, command: Command) -> Result<CommandResult, Status> {
         match self.propose(command).await? {
-            CommandResult::Rejected { message } => {
-                let code = if message.contains("does not exist") || message.contains("is not known") {
-                    tonic::Code::NotFound
-                } else if message.contains("already exists") {
-                    tonic::Code::AlreadyExists
-                } else {
-                    tonic::Code::FailedPrecondition
+            CommandResult::Rejected { kind, message } => {
+                let code = match kind {
+                    RejectKind::NotFound => tonic::Code::NotFound,
+                    RejectKind::AlreadyExists => tonic::Code::AlreadyExists,
+                    RejectKind::Invalid => tonic::Code::InvalidArgument,
+                    RejectKind::Conflict => tonic::Code::FailedPrecondition,
                 };
                 Err(Status::new(code, message))
             }

@@ -22,6 +22,6 @@ pub mod raft;
 pub mod state;
 
 pub use command::{
-    AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, Request, Response, ScheduleDecisions,
+    AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, RejectKind, Request, Response, ScheduleDecisions,
 };
 pub use state::{ClusterRecord, ClusterState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey};

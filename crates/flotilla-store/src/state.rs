@@ -332,13 +332,13 @@ impl State {
     fn put_queue(&mut self, queue: &Queue, create: bool) -> CommandResult {
         let exists = self.queues.contains_key(&queue.name);
         if create && exists {
-            return CommandResult::Rejected { message: format!("queue {:?} already exists", queue.name) };
+            return CommandResult::rejected(RejectKind::AlreadyExists, format!("queue {:?} already exists", queue.name));
         }
         if !create && !exists {
-            return CommandResult::Rejected { message: format!("queue {:?} does not exist", queue.name) };
+            return CommandResult::rejected(RejectKind::NotFound, format!("queue {:?} does not exist", queue.name));
         }
         if !(queue.weight.is_finite() && queue.weight >= 0.0) {
-            return CommandResult::Rejected { message: format!("weight: {} must be a number >= 0", queue.weight) };
+            return CommandResult::rejected(RejectKind::Invalid, format!("weight: {} must be a number >= 0", queue.weight));
         }
         self.queues.insert(queue.name.clone(), queue.clone());
         CommandResult::Ok
@@ -346,12 +346,15 @@ impl State {
 
     fn delete_queue(&mut self, name: &str) -> CommandResult {
         if !self.queues.contains_key(name) {
-            return CommandResult::Rejected { message: format!("queue {name:?} does not exist") };
+            return CommandResult::rejected(RejectKind::NotFound, format!("queue {name:?} does not exist"));
         }
         let c = self.counts(name);
         let unfinished: u64 = TaskState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| c[state_index(*s)]).sum();
         if unfinished > 0 {
-            return CommandResult::Rejected { message: format!("queue {name:?} has {unfinished} unfinished tasks; cancel them first") };
+            return CommandResult::rejected(
+                RejectKind::Conflict,
+                format!("queue {name:?} has {unfinished} unfinished tasks; cancel them first"),
+            );
         }
         self.queues.remove(name);
         CommandResult::Ok
@@ -364,10 +367,10 @@ impl State {
             }
         }
         if !self.queues.contains_key(queue) {
-            return CommandResult::Rejected { message: format!("queue: {queue:?} does not exist") };
+            return CommandResult::rejected(RejectKind::NotFound, format!("queue: {queue:?} does not exist"));
         }
         if specs.is_empty() {
-            return CommandResult::Rejected { message: "tasks: at least one task is required".into() };
+            return CommandResult::rejected(RejectKind::Invalid, "tasks: at least one task is required");
         }
         let first = self.next_task_id.max(1);
         let ids: Vec<TaskId> = (0..specs.len() as u64).map(|i| TaskId(first + i)).collect();
@@ -445,7 +448,7 @@ impl State {
             CancelTarget::Tasks(ids) => ids.clone(),
             CancelTarget::TaskSet { queue, task_set } => match self.task_sets.get(&task_set_key(queue, task_set)) {
                 Some(s) => s.tasks.clone(),
-                None => return CommandResult::Rejected { message: format!("task set {queue}/{task_set} does not exist") },
+                None => return CommandResult::rejected(RejectKind::NotFound, format!("task set {queue}/{task_set} does not exist")),
             },
         };
         let reason = if reason.is_empty() { "cancelled by user".to_string() } else { reason.to_string() };
@@ -483,8 +486,8 @@ impl State {
     fn resume(&mut self, now: u64, queue: &str, task_set: &str) -> CommandResult {
         let key = task_set_key(queue, task_set);
         match self.task_sets.get_mut(&key) {
-            None => CommandResult::Rejected { message: format!("task set {queue}/{task_set} does not exist") },
-            Some(s) if !s.paused => CommandResult::Rejected { message: format!("task set {queue}/{task_set} is not paused") },
+            None => CommandResult::rejected(RejectKind::NotFound, format!("task set {queue}/{task_set} does not exist")),
+            Some(s) if !s.paused => CommandResult::rejected(RejectKind::Conflict, format!("task set {queue}/{task_set} is not paused")),
             Some(s) => {
                 s.paused = false;
                 s.recent_failures_ms.clear();
@@ -726,7 +729,7 @@ impl State {
 
     fn cluster_lost(&mut self, now: u64, cluster: &str) -> CommandResult {
         let Some(c) = self.clusters.get_mut(cluster) else {
-            return CommandResult::Rejected { message: format!("cluster {cluster:?} is not known") };
+            return CommandResult::rejected(RejectKind::NotFound, format!("cluster {cluster:?} is not known"));
         };
         c.state = ClusterState::Lost;
         c.changed_ms = now;

@@ -81,12 +81,12 @@ impl Executor for ExecutorService {
         let attempts: Vec<(TaskId, u32, String)> = r.attempts.iter().map(|a| (TaskId(a.task_id), a.attempt, a.phase.clone())).collect();
         let first_report = {
             let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
-            let first = !cap.reports.contains_key(&cluster);
-            cap.record(
-                &cluster,
-                ClusterReport { nodes, attempts: attempts.clone(), executor_id: r.executor_id.clone(), received: Instant::now() },
-            );
-            first
+            let previous = cap.reports.get(&cluster).map(|p| p.executor_id.clone());
+            if previous.as_ref().is_some_and(|p| *p != r.executor_id) {
+                tracing::info!(cluster = %cluster, executor_id = %r.executor_id, "executor restarted");
+            }
+            cap.record(&cluster, ClusterReport { nodes, executor_id: r.executor_id.clone(), received: Instant::now() });
+            previous.is_none()
         };
         drop(_span);
         let registered = ctx.read(|s| s.cluster(&cluster).map(|c| c.state));
@@ -99,33 +99,27 @@ impl Executor for ExecutorService {
         }
 
         let max_starts = ctx.config.max_starts_per_sync;
-        let desired: HashMap<TaskId, u32> = ctx.read(|s| s.active_in(&cluster).map(|t| (t.id, t.attempt)).collect());
-        let (start, stop) = ctx.read(|s| {
+        // One read of the state: the committed leases of this cluster against what it reported.
+        let (start, stop, running_stopped) = ctx.read(|s| {
+            let desired: HashMap<TaskId, u32> = s.active_in(&cluster).map(|t| (t.id, t.attempt)).collect();
             let reported: HashSet<(TaskId, u32)> = attempts.iter().map(|(t, a, _)| (*t, *a)).collect();
-            let stop: Vec<v1::AttemptRef> = attempts
-                .iter()
-                .filter(|(t, a, _)| desired.get(t) != Some(a))
-                .map(|(t, a, _)| v1::AttemptRef { task_id: t.0, attempt: *a })
-                .collect();
-            let mut start = Vec::new();
-            for t in s.active_in(&cluster) {
-                if start.len() >= max_starts {
-                    break;
-                }
-                if !reported.contains(&(t.id, t.attempt)) {
-                    start.push(leased_task(t));
+            let mut running_stopped = 0;
+            let mut stop = Vec::new();
+            for (t, a, phase) in &attempts {
+                if desired.get(t) != Some(a) {
+                    running_stopped += usize::from(phase == "running");
+                    stop.push(v1::AttemptRef { task_id: t.0, attempt: *a });
                 }
             }
-            (start, stop)
+            let start: Vec<v1::LeasedTask> =
+                s.active_in(&cluster).filter(|t| !reported.contains(&(t.id, t.attempt))).take(max_starts).map(leased_task).collect();
+            (start, stop, running_stopped)
         });
-        if !stop.is_empty() {
-            // Mostly finished attempts being cleaned up; a running one is worth a log line.
-            let running = attempts.iter().filter(|(t, a, p)| p == "running" && desired.get(t) != Some(a)).count();
-            if running > 0 {
-                tracing::info!(cluster = %cluster, running, stop = stop.len(), "stopping running attempts that are not current leases");
-            } else {
-                tracing::debug!(cluster = %cluster, stop = stop.len(), "cleaning up finished attempts");
-            }
+        if running_stopped > 0 {
+            tracing::info!(cluster = %cluster, running = running_stopped, stop = stop.len(), "stopping running attempts that are not current leases");
+        } else if !stop.is_empty() {
+            // Mostly finished attempts being cleaned up.
+            tracing::debug!(cluster = %cluster, stop = stop.len(), "cleaning up finished attempts");
         }
         Ok(Response::new(v1::SyncResponse { start, stop, sync_interval_ms: ctx.config.sync_interval.as_millis() as u32 }))
     }

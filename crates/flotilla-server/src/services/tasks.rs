@@ -110,7 +110,9 @@ impl Tasks for TasksService {
             self.0.propose(Command::Submit { client_request_id, queue: r.queue.clone(), task_set: r.task_set.clone(), specs }).await?;
         let task_ids = match result {
             CommandResult::Submitted { task_ids } => task_ids,
-            CommandResult::Rejected { message } => {
+            // Every refusal of a validated submission is about its input (e.g. the queue was
+            // deleted meanwhile): bad input for the caller.
+            CommandResult::Rejected { message, .. } => {
                 self.0.metrics.rejected_requests_total.with_label_values(&["rejected"]).inc();
                 return Err(Status::invalid_argument(message));
             }

@@ -231,6 +231,12 @@ fn failure_spike_pauses_the_task_set_until_resumed() {
     assert!(s.is_schedulable(s.task(ids[4]).unwrap(), 1_000_000));
 }
 
+/// Leases every task of `ids` (a whole gang) at attempt 1, in one decision.
+fn lease_whole(s: &mut State, ids: &[TaskId]) -> CommandResult {
+    let leases = ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect();
+    apply(s, 2, Command::Schedule(ScheduleDecisions { leases, ..Default::default() }))
+}
+
 fn gang(size: u32) -> TaskTemplate {
     let mut t = template("g");
     t.gang = Some(GangTemplate { size, topology: Some("rack".into()) });
@@ -249,22 +255,14 @@ fn a_gang_is_leased_whole_or_not_at_all() {
     };
     assert_eq!(apply(&mut s, 2, Command::Schedule(partial)), CommandResult::Count(0));
     assert!(ids.iter().all(|id| s.task(*id).unwrap().state == TaskState::Queued));
-    let whole = ScheduleDecisions {
-        leases: ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
-        ..Default::default()
-    };
-    assert_eq!(apply(&mut s, 2, Command::Schedule(whole)), CommandResult::Count(3));
+    assert_eq!(lease_whole(&mut s, &ids), CommandResult::Count(3));
 }
 
 #[test]
 fn a_failed_gang_member_restarts_the_whole_gang() {
     let mut s = setup();
     let ids = submit(&mut s, "r", &[gang(2)]);
-    let whole = ScheduleDecisions {
-        leases: ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
-        ..Default::default()
-    };
-    apply(&mut s, 2, Command::Schedule(whole));
+    lease_whole(&mut s, &ids);
     report(&mut s, 3, "a", ids[0], 1, failed(FailureKind::Error));
     for id in &ids {
         assert_eq!(s.task(*id).unwrap().state, TaskState::Queued);
@@ -392,11 +390,7 @@ fn snapshots_store_each_submission_spec_once() {
 fn a_gang_member_failing_after_another_finished_is_not_retried_alone() {
     let mut s = setup();
     let ids = submit(&mut s, "r", &[gang(2)]);
-    let whole = ScheduleDecisions {
-        leases: ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
-        ..Default::default()
-    };
-    apply(&mut s, 2, Command::Schedule(whole));
+    lease_whole(&mut s, &ids);
     report(&mut s, 3, "a", ids[0], 1, AttemptStatus::Succeeded);
     report(&mut s, 4, "a", ids[1], 1, failed(FailureKind::Error));
     let t = s.task(ids[1]).unwrap();
