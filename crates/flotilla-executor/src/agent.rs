@@ -10,25 +10,40 @@
 //!
 //! Any replica answers: followers forward to the leader. On a connect error, `UNAVAILABLE`
 //! or a timeout the loop moves to the next URL of `servers` and retries there at once.
-//! Nothing is kept between iterations but the connection, so stopping the loop and starting
-//! another on the same backend is always safe.
+//!
+//! # The executor lease (invariant 2)
+//! Every `SyncResponse` grants a lease of `lease_ms`, counted from when this executor *sent*
+//! the Sync, on its own monotonic clock (no synchronised clocks needed; only clock rates are
+//! assumed to differ by a few percent). The executor starts an attempt only while its lease
+//! holds. When the lease runs out before another Sync renews it (the scheduler is
+//! unreachable, or only a deposed leader answers and refuses), the executor stops every
+//! attempt it runs, giving each at most `lease_expiry_grace_ms`, and reports them as `Lost`
+//! (not the task's fault) once it reaches a scheduler again. The scheduler re-leases a silent
+//! cluster's tasks only after `cluster_lost_after`, which it checks exceeds lease + grace + a
+//! margin: by then these attempts are gone. An executor process that starts without a lease
+//! (a restart) stops what it finds if its first Sync does not grant one.
+//!
+//! Kept between iterations: the connection, the lease's deadline, and the `Lost` events not
+//! yet reported (bounded). Stopping the loop and starting another on the same backend is safe:
+//! the new loop has no lease, so it starts nothing until a scheduler grants one.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use flotilla_api::node_to_report;
 use flotilla_api::v1::executor_client::ExecutorClient;
 use flotilla_api::v1::{self, ReportEventsRequest, SyncRequest};
-use flotilla_model::{AttemptStatus, TaskId};
+use flotilla_model::{AttemptStatus, FailureKind, TaskId};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
 
-use crate::backend::{AttemptEvent, ClusterBackend};
+use crate::backend::{Attempt, AttemptEvent, AttemptPhase, ClusterBackend};
 
 /// Bounds on what one sync may do, and how long it may wait.
 #[derive(Clone, Debug)]
@@ -97,6 +112,25 @@ const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(50);
 const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// Largest `SyncResponse` accepted (it is bounded by the scheduler's leases per sync).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Most `Lost` events kept for the next report; beyond it the scheduler still learns of the
+/// attempts when the cluster is marked lost or the Sync shows them missing.
+const MAX_LOST_EVENTS: usize = 100_000;
+
+/// What the loop keeps about its lease between iterations.
+struct Lease {
+    /// The lease holds until then; `None` before the first grant.
+    until: Option<Instant>,
+    /// The most an attempt gets to stop once the lease expired (from the last grant).
+    expiry_grace: Duration,
+    /// Attempts stopped because the lease expired, to report as lost.
+    lost: Vec<AttemptEvent>,
+}
+
+impl Lease {
+    fn holds(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| now < t)
+    }
+}
 
 /// Runs the executor loop until `shutdown` completes. Errors only on a bad configuration;
 /// unreachable schedulers and cluster API failures are logged and retried.
@@ -107,12 +141,16 @@ pub async fn run(config: ExecutorConfig, backend: Arc<dyn ClusterBackend>, shutd
         tracing::info!(servers = ?config.servers, executor_id = %config.executor_id, "executor started");
         let mut servers = Servers::new(&config);
         let mut interval = config.sync_interval;
+        let mut lease = Lease { until: None, expiry_grace: Duration::ZERO, lost: Vec::new() };
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let began = Instant::now();
+            // A lease that runs out mid-iteration (a scheduler call hanging on a partition)
+            // interrupts it: the attempts must stop on time, not after the call's timeout.
+            let deadline = lease.until.filter(|t| *t > began);
             let iteration = async {
-                report_events(&config, backend.as_ref(), &mut servers).await;
-                sync(&config, backend.as_ref(), &mut servers).await
+                report_events(&config, backend.as_ref(), &mut servers, &mut lease.lost).await;
+                sync(&config, backend.as_ref(), &mut servers, &mut lease).await
             };
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -121,6 +159,10 @@ pub async fn run(config: ExecutorConfig, backend: Arc<dyn ClusterBackend>, shutd
                         interval = asked.clamp(MIN_SYNC_INTERVAL, MAX_SYNC_INTERVAL);
                     }
                 }
+                _ = sleep_until_opt(deadline) => {}
+            }
+            if !lease.holds(Instant::now()) {
+                expire(&config, backend.as_ref(), &mut lease).await;
             }
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -132,6 +174,60 @@ pub async fn run(config: ExecutorConfig, backend: Arc<dyn ClusterBackend>, shutd
     }
     .instrument(span)
     .await
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Without a lease nothing runs: stops every unfinished attempt, each within the lease's
+/// expiry grace, and remembers it to report as lost. Repeated every iteration until a Sync
+/// grants a lease again (level-triggered: a start that raced the expiry is stopped too).
+async fn expire(config: &ExecutorConfig, backend: &dyn ClusterBackend, lease: &mut Lease) {
+    let attempts = match backend.attempts().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "executor lease expired but the cluster cannot be read; retrying");
+            return;
+        }
+    };
+    let unfinished: Vec<Attempt> =
+        attempts.into_iter().filter(|a| matches!(a.phase, AttemptPhase::Pending | AttemptPhase::Running)).collect();
+    if unfinished.is_empty() {
+        return;
+    }
+    let since = lease.until.map(|t| Instant::now().saturating_duration_since(t));
+    tracing::warn!(attempts = unfinished.len(), expired_for = ?since, grace = ?lease.expiry_grace, "executor lease expired: stopping every attempt of this cluster");
+    let grace = lease.expiry_grace;
+    let stopped: Vec<Option<Attempt>> = futures::stream::iter(unfinished)
+        .map(|a| async move {
+            let result = tokio::time::timeout(config.backend_timeout, backend.stop_within(a.task_id, a.attempt, grace)).await;
+            matches!(result, Ok(Ok(()))).then_some(a)
+        })
+        .buffer_unordered(config.max_concurrent_changes)
+        .collect()
+        .await;
+    let now_ms = crate::backend::unix_now_ms();
+    for a in stopped.into_iter().flatten() {
+        config.status.stopped(true);
+        if lease.lost.len() >= MAX_LOST_EVENTS {
+            break;
+        }
+        lease.lost.push(AttemptEvent {
+            task_id: a.task_id,
+            attempt: a.attempt,
+            node: a.node,
+            status: AttemptStatus::Failed {
+                kind: FailureKind::Lost,
+                exit_code: None,
+                message: "stopped by its executor: the executor's lease expired (no scheduler reachable)".into(),
+            },
+            time_ms: now_ms,
+        });
+    }
 }
 
 /// An executor loop running on its own Tokio task (dev mode, tests).
@@ -240,8 +336,29 @@ impl Servers {
     }
 }
 
-/// Sends the backend's pending events, acknowledging each batch the scheduler accepted.
-async fn report_events(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &mut Servers) {
+/// Sends the attempts lost to an expired lease, then the backend's pending events,
+/// acknowledging each batch the scheduler accepted.
+async fn report_events(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &mut Servers, lost: &mut Vec<AttemptEvent>) {
+    while !lost.is_empty() {
+        let n = lost.len().min(config.max_events_per_report);
+        let request = ReportEventsRequest { cluster: config.cluster.clone(), events: lost[..n].iter().map(event_to_proto).collect() };
+        let result = servers.call("ReportEvents", |mut c| {
+            let request = request.clone();
+            async move { c.report_events(request).await }
+        });
+        match result.await {
+            Ok(_) => {
+                tracing::info!(reported = n, "reported attempts lost to an expired lease");
+                config.status.reported(n);
+                lost.drain(..n);
+            }
+            Err(status) => {
+                config.status.report_failed();
+                tracing::warn!(pending = lost.len(), code = ?status.code(), message = status.message(), "reporting lost attempts failed; they will be sent again");
+                return;
+            }
+        }
+    }
     for _ in 0..config.max_reports_per_sync {
         let events = match backend.pending_events(config.max_events_per_report).await {
             Ok(events) => events,
@@ -276,8 +393,8 @@ async fn report_events(config: &ExecutorConfig, backend: &dyn ClusterBackend, se
     }
 }
 
-/// One `Sync`: returns the interval the scheduler asked for, if any.
-async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &mut Servers) -> Option<Duration> {
+/// One `Sync`: renews the lease and returns the interval the scheduler asked for, if any.
+async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &mut Servers, lease: &mut Lease) -> Option<Duration> {
     let (nodes, attempts) = match (backend.nodes().await, backend.attempts().await) {
         (Ok(n), Ok(a)) => (n, a),
         (Err(e), _) | (_, Err(e)) => {
@@ -300,6 +417,7 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
             .collect(),
         executor_id: config.executor_id.clone(),
     };
+    let sent = Instant::now();
     let response = match servers
         .call("Sync", |mut c| {
             let request = request.clone();
@@ -315,6 +433,12 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         }
     };
     config.status.sync_ok();
+    if response.lease_ms > 0 {
+        let until = sent + Duration::from_millis(response.lease_ms.into());
+        // Never shortened by a late answer to an older Sync.
+        lease.until = Some(lease.until.map_or(until, |t| t.max(until)));
+        lease.expiry_grace = Duration::from_millis(response.lease_expiry_grace_ms.into());
+    }
     tracing::debug!(nodes = nodes.len(), attempts = attempts.len(), start = response.start.len(), stop = response.stop.len(), "synced");
 
     // Stops first: they free what the starts may need.
@@ -333,10 +457,15 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
             .instrument(span)
         })
         .await;
+    let lease_until = lease.until;
     futures::stream::iter(response.start)
         .for_each_concurrent(config.max_concurrent_changes, |t| {
             let span = tracing::info_span!("start", task_id = t.task_id, attempt = t.attempt, node = %t.node, queue = %t.queue);
             async move {
+                if !lease_until.is_some_and(|until| Instant::now() < until) {
+                    tracing::warn!("not started: this executor holds no unexpired lease");
+                    return;
+                }
                 let result = tokio::time::timeout(config.backend_timeout, backend.start(t)).await;
                 config.status.started(matches!(result, Ok(Ok(()))));
                 match result {

@@ -23,6 +23,8 @@ struct Script {
     unavailable: bool,
     start: Vec<LeasedTask>,
     stop: Vec<AttemptRef>,
+    /// The lease each Sync grants; `None`: ten seconds.
+    lease_ms: Option<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -47,7 +49,8 @@ impl Executor for FakeScheduler {
         let start = s.start.iter().filter(|t| !running.contains(&(t.task_id, t.attempt))).cloned().collect();
         let stop = s.stop.iter().filter(|a| running.contains(&(a.task_id, a.attempt))).cloned().collect();
         s.syncs.push(request);
-        Ok(Response::new(SyncResponse { start, stop, sync_interval_ms: 0 }))
+        let lease_ms = s.lease_ms.unwrap_or(10_000);
+        Ok(Response::new(SyncResponse { start, stop, sync_interval_ms: 0, lease_ms, lease_expiry_grace_ms: 1_000 }))
     }
 
     async fn report_events(&self, request: Request<ReportEventsRequest>) -> Result<Response<ReportEventsResponse>, Status> {
@@ -210,6 +213,52 @@ async fn a_restarted_executor_stops_attempts_that_are_no_longer_leased() {
         "the restarted executor reported the stale attempt"
     );
     second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_executor_whose_lease_expires_stops_its_attempts_and_reports_them_lost() {
+    let fake = FakeScheduler::default();
+    let url = serve(fake.clone()).await;
+    let cluster = sim();
+    fake.with(|s| {
+        s.start = vec![lease(1), lease(2)];
+        s.lease_ms = Some(300);
+    });
+    let handle = spawn(config(vec![url]), Arc::new(cluster.clone()));
+    until("both leases run", || cluster.current_attempts().len() == 2).await;
+
+    // Only a replica that cannot grant leases answers now (a partitioned leader).
+    fake.with(|s| s.unavailable = true);
+    until("the executor stopped every attempt", || cluster.current_attempts().is_empty()).await;
+    assert!(fake.with(|s| s.events.iter().all(|e| e.failure_kind != "Lost")), "nothing reported while unreachable");
+
+    fake.with(|s| {
+        s.unavailable = false;
+        s.start.clear();
+    });
+    let lost = |s: &mut Script| {
+        s.events.iter().filter(|e| e.status == "failed" && e.failure_kind == "Lost").map(|e| e.task_id).collect::<BTreeSet<_>>()
+    };
+    until("both attempts are reported lost once a scheduler answers", || fake.with(lost) == BTreeSet::from([1, 2])).await;
+    handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_executor_starts_nothing_without_a_lease() {
+    let fake = FakeScheduler::default();
+    let url = serve(fake.clone()).await;
+    let cluster = sim();
+    fake.with(|s| {
+        s.start = vec![lease(1)];
+        s.lease_ms = Some(0);
+    });
+    let handle = spawn(config(vec![url]), Arc::new(cluster.clone()));
+    until("five syncs", || fake.with(|s| s.syncs.len() >= 5)).await;
+    assert!(cluster.current_attempts().is_empty(), "a Sync without a lease started {:?}", cluster.current_attempts());
+    // The same answer with a lease starts it.
+    fake.with(|s| s.lease_ms = None);
+    until("the lease runs", || cluster.current_attempts().len() == 1).await;
+    handle.stop().await.unwrap();
 }
 
 #[tokio::test]

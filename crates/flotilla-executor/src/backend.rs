@@ -107,6 +107,15 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// Stops the attempt and forgets it. A no-op when it does not exist.
     fn stop(&self, task_id: TaskId, attempt: u32) -> BoxFuture<'_, Result<(), BackendError>>;
 
+    /// Stops the attempt like [`stop`](Self::stop), but gives it at most `max_grace` to
+    /// checkpoint however long its own grace is: what an executor whose lease expired does,
+    /// because a scheduler re-leases its work elsewhere after a bounded time. The default
+    /// suits backends whose stop ends the attempt at once.
+    fn stop_within(&self, task_id: TaskId, attempt: u32, max_grace: std::time::Duration) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = max_grace;
+        self.stop(task_id, attempt)
+    }
+
     /// Up to `max` status changes not yet acknowledged, oldest first. Calling it again
     /// without [`ClusterBackend::ack_events`] returns the same events (or newer versions).
     fn pending_events(&self, max: usize) -> BoxFuture<'_, Result<Vec<AttemptEvent>, BackendError>>;

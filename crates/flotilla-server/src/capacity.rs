@@ -5,9 +5,10 @@
 //! before it schedules, so that it never decides on an empty picture of the federation.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
-use flotilla_model::Node;
+use flotilla_model::{Node, Resources};
 
 #[derive(Clone, Debug)]
 pub struct ClusterReport {
@@ -15,6 +16,16 @@ pub struct ClusterReport {
     /// Changes when the executor process restarts.
     pub executor_id: String,
     pub received: Instant,
+}
+
+/// One cluster's last report, summed up.
+#[derive(Clone, Debug, Default)]
+pub struct CapacitySummary {
+    pub nodes: usize,
+    pub allocatable: Resources,
+    pub gpu_models: std::collections::BTreeSet<String>,
+    /// Time since the report.
+    pub age: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +51,25 @@ impl Capacity {
 
     pub fn age(&self, cluster: &str, now: Instant) -> Option<Duration> {
         self.reports.get(cluster).map(|r| now.saturating_duration_since(r.received))
+    }
+
+    /// What each cluster reported, summed: copied out so that nobody holds this lock and the
+    /// state's at once (the one lock order rule of a replica: never both).
+    pub fn summaries(&self, now: Instant) -> BTreeMap<String, CapacitySummary> {
+        self.reports
+            .iter()
+            .map(|(name, r)| {
+                let mut summary =
+                    CapacitySummary { nodes: r.nodes.len(), age: now.saturating_duration_since(r.received), ..Default::default() };
+                for n in &r.nodes {
+                    summary.allocatable.add(&n.allocatable);
+                    if let Some(m) = &n.gpu_model {
+                        summary.gpu_models.insert(m.clone());
+                    }
+                }
+                (name.clone(), summary)
+            })
+            .collect()
     }
 
     /// Forget everything: called when leadership changes hands.

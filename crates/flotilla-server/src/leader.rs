@@ -6,9 +6,9 @@
 //! Raft entry. A new leader first waits one sync interval so that every executor has
 //! reported to it: capacity is soft state and deciding on an empty picture would be wrong.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use flotilla_model::{Resources, TaskId};
 use flotilla_sched::{Input, Running};
@@ -23,9 +23,15 @@ pub const MIN_CYCLE_GAP: Duration = Duration::from_millis(50);
 /// How often finished tasks are considered for compaction.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
+/// Most reasons for unscheduled tasks committed in one entry; the rest follow next cycle.
+const MAX_REASONS_PER_ENTRY: usize = 10_000;
+/// Longest reason kept for a queued task (they are shown in listings, not parsed).
+const MAX_REASON_BYTES: usize = 512;
+
 pub async fn run(ctx: Arc<Context>) {
-    let mut was_leader = false;
-    let mut reasons: HashMap<TaskId, String> = HashMap::new();
+    // The term this replica last led in: leadership in a new term starts afresh, even when
+    // this replica never saw itself as a follower in between.
+    let mut led_term: Option<u64> = None;
     let mut last_compact = Instant::now();
     loop {
         tokio::select! {
@@ -34,31 +40,37 @@ pub async fn run(ctx: Arc<Context>) {
         }
         tokio::time::sleep(MIN_CYCLE_GAP).await;
         refresh_raft_metrics(&ctx);
-        let leader = ctx.is_leader();
-        if leader != was_leader {
-            let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
-            cap.reset(leader.then(Instant::now));
-            reasons.clear();
-            tracing::info!(leader, term = ctx.replica.current_term(), "leadership changed");
-        }
-        was_leader = leader;
-        if !leader {
+        let term = if ctx.is_leader() { ctx.fenced_term().await.ok() } else { None };
+        if ctx.is_leader() && term.is_none() {
+            // A leader a majority has not confirmed recently decides nothing (invariant 2).
+            refresh_state_metrics(&ctx);
             continue;
         }
+        if term != led_term {
+            let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
+            cap.reset(term.map(|_| Instant::now()));
+            drop(cap);
+            tracing::info!(leader = term.is_some(), term = ctx.replica.current_term(), "leadership changed");
+            led_term = term;
+        }
+        let Some(term) = term else {
+            refresh_state_metrics(&ctx);
+            continue;
+        };
         let leader_for = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).leader_since.map_or(Duration::ZERO, |t| t.elapsed());
         if leader_for < ctx.config.sync_interval + ctx.config.sync_interval / 2 {
             // Give every executor one sync to report to the new leader first.
             continue;
         }
-        let span = tracing::info_span!("cycle", term = ctx.replica.current_term());
+        let span = tracing::info_span!("cycle", term);
         async {
-            detect_lost_clusters(&ctx).await;
-            if let Err(e) = cycle(&ctx, &mut reasons).await {
+            detect_lost_clusters(&ctx, term).await;
+            if let Err(e) = cycle(&ctx, term).await {
                 tracing::warn!(error = %e, "scheduling cycle not committed");
             }
             if last_compact.elapsed() >= COMPACT_EVERY {
                 last_compact = Instant::now();
-                compact(&ctx).await;
+                compact(&ctx, term).await;
             }
         }
         .instrument(span)
@@ -68,11 +80,13 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 /// One scheduling cycle: snapshot, decide (off the async runtime), commit.
-async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Result<(), tonic::Status> {
+async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
     let started = Instant::now();
     let now = now_ms();
-    let lost_after = ctx.config.cluster_lost_after;
-    let fresh_nodes = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).fresh_nodes(Instant::now(), lost_after);
+    // Only clusters whose executor holds a lease now get new work: one whose lease lapsed is
+    // stopping its attempts, and leases handed to it would only wait for it to be lost.
+    let fresh_within = ctx.config.executor_lease();
+    let fresh_nodes = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).fresh_nodes(Instant::now(), fresh_within);
     let input = ctx.read(|s| {
         let ready = |c: &str| s.cluster(c).is_some_and(|r| r.state == ClusterState::Ready);
         let avoid_after = s.limits.avoid_cluster_after_failures;
@@ -94,6 +108,7 @@ async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Res
     })
     .await
     .map_err(|e| tonic::Status::internal(format!("scheduler panicked: {e}")))?;
+    drop(input);
     *ctx.shares.lock().unwrap_or_else(|e| e.into_inner()) = decisions.queue_shares.clone();
     for share in &decisions.queue_shares {
         ctx.metrics.queue_fair_share.with_label_values(&[share.queue.as_str()]).set(share.fair_share);
@@ -101,8 +116,9 @@ async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Res
     }
 
     // Attempts as the leader sees them now; applying the entry re-checks them, so a
-    // decision made on a state that moved on is dropped, never double-applied.
-    let (leases, preemptions) = ctx.read(|s| {
+    // decision made on a state that moved on is dropped, never double-applied. Reasons are
+    // compared with the committed ones, so a new leader re-commits none that did not change.
+    let (leases, preemptions, reasons) = ctx.read(|s| {
         let leases: Vec<LeaseDecision> = decisions
             .leases
             .iter()
@@ -113,26 +129,22 @@ async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Res
             .iter()
             .filter_map(|p| s.task(p.task).map(|t| PreemptDecision { task: p.task, attempt: t.attempt, reason: p.reason.clone() }))
             .collect();
-        (leases, preemptions)
+        let reasons: Vec<(TaskId, String)> = decisions
+            .unscheduled
+            .iter()
+            .map(|u| (u.task, truncate(&u.reason, MAX_REASON_BYTES)))
+            .filter(|(id, reason)| s.task(*id).is_some_and(|t| t.reason != *reason))
+            .take(MAX_REASONS_PER_ENTRY)
+            .collect();
+        (leases, preemptions, reasons)
     });
-    let mut changed_reasons = Vec::new();
-    let mut still_queued = HashMap::with_capacity(decisions.unscheduled.len());
-    for u in &decisions.unscheduled {
-        if reasons.get(&u.task) != Some(&u.reason) {
-            changed_reasons.push((u.task, u.reason.clone()));
-        }
-        still_queued.insert(u.task, u.reason.clone());
-    }
-    drop(input);
-    if leases.is_empty() && preemptions.is_empty() && changed_reasons.is_empty() {
-        *reasons = still_queued;
+    if leases.is_empty() && preemptions.is_empty() && reasons.is_empty() {
         ctx.metrics.schedule_cycle_seconds.observe(started.elapsed().as_secs_f64());
         return Ok(());
     }
     let (n_leases, n_preempt) = (leases.len(), preemptions.len());
-    let result = ctx.propose(Command::Schedule(ScheduleDecisions { leases, preemptions, reasons: changed_reasons })).await?;
-    // Only now are these the committed reasons; after a failed commit they are sent again.
-    *reasons = still_queued;
+    let decisions = ScheduleDecisions { term: Some(term), leases, preemptions, reasons };
+    let result = ctx.propose_decision(Command::Schedule(decisions)).await?;
     ctx.metrics.schedule_cycle_seconds.observe(started.elapsed().as_secs_f64());
     ctx.metrics.placements_total.inc_by(n_leases as u64);
     ctx.metrics.preemptions_total.inc_by(n_preempt as u64);
@@ -148,8 +160,22 @@ async fn cycle(ctx: &Arc<Context>, reasons: &mut HashMap<TaskId, String>) -> Res
     Ok(())
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Invariant 6: a cluster silent for `cluster_lost_after` has its tasks requeued elsewhere.
-async fn detect_lost_clusters(ctx: &Arc<Context>) {
+/// Silence is measured by this leader alone, from when it took over at the earliest: an
+/// executor lease granted by an earlier leader ended before this one was elected.
+async fn detect_lost_clusters(ctx: &Arc<Context>, term: u64) {
     let now = Instant::now();
     let lost_after = ctx.config.cluster_lost_after;
     let ready: Vec<String> = ctx.read(|s| s.clusters().filter(|c| c.state == ClusterState::Ready).map(|c| c.name.clone()).collect());
@@ -163,7 +189,7 @@ async fn detect_lost_clusters(ctx: &Arc<Context>) {
             continue;
         }
         tracing::warn!(cluster = %cluster, silent_for_s = silent_for.as_secs(), "cluster lost: requeueing its tasks");
-        match ctx.propose(Command::ClusterLost { cluster: cluster.clone() }).await {
+        match ctx.propose_decision(Command::ClusterLost { cluster: cluster.clone(), term: Some(term) }).await {
             Ok(CommandResult::Count(n)) => {
                 ctx.metrics.clusters_lost_total.inc();
                 ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).reports.remove(&cluster);
@@ -175,13 +201,13 @@ async fn detect_lost_clusters(ctx: &Arc<Context>) {
     }
 }
 
-async fn compact(ctx: &Arc<Context>) {
+async fn compact(ctx: &Arc<Context>, term: u64) {
     let retention_ms = ctx.config.finished_retention.as_millis() as u64;
     let cutoff = now_ms().saturating_sub(retention_ms);
     let max_tasks = ctx.config.max_tasks;
     let needed = ctx.read(|s| s.task_count() > max_tasks || s.tasks().any(|t| t.state.is_terminal() && t.updated_ms < cutoff));
     if needed {
-        match ctx.propose(Command::Compact { finished_before_ms: cutoff, max_tasks }).await {
+        match ctx.propose_decision(Command::Compact { finished_before_ms: cutoff, max_tasks, term: Some(term) }).await {
             Ok(r) => tracing::info!(result = ?r, "compacted finished tasks"),
             Err(e) => tracing::warn!(error = %e, "compaction not committed"),
         }
@@ -201,7 +227,8 @@ pub fn refresh_raft_metrics(ctx: &Context) {
 
 /// Task counts, cluster capacity and usage, sync ages.
 pub fn refresh_state_metrics(ctx: &Context) {
-    let now = Instant::now();
+    // Copied out first: the capacity and state locks are never held together.
+    let capacity = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).summaries(Instant::now());
     ctx.read(|s| {
         for q in s.queues() {
             let counts = s.counts(&q.name);
@@ -210,15 +237,10 @@ pub fn refresh_state_metrics(ctx: &Context) {
             }
         }
         ctx.metrics.events_trimmed_total.set(s.events_trimmed as i64);
-        let cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
         for c in s.clusters() {
             ctx.metrics.cluster_ready.with_label_values(&[c.name.as_str()]).set(i64::from(c.state == ClusterState::Ready));
-            let mut allocatable = Resources::default();
-            if let Some(r) = cap.reports.get(&c.name) {
-                for n in &r.nodes {
-                    allocatable.add(&n.allocatable);
-                }
-            }
+            let summary = capacity.get(&c.name);
+            let allocatable = summary.map(|r| r.allocatable.clone()).unwrap_or_default();
             let mut used = Resources::default();
             for t in s.active_in(&c.name) {
                 used.add(&t.spec.resources);
@@ -231,8 +253,8 @@ pub fn refresh_state_metrics(ctx: &Context) {
                 ctx.metrics.cluster_capacity.with_label_values(&[c.name.as_str(), resource]).set(a);
                 ctx.metrics.cluster_usage.with_label_values(&[c.name.as_str(), resource]).set(u);
             }
-            if let Some(age) = cap.age(&c.name, now) {
-                ctx.metrics.executor_sync_age_seconds.with_label_values(&[c.name.as_str()]).set(age.as_secs_f64());
+            if let Some(r) = summary {
+                ctx.metrics.executor_sync_age_seconds.with_label_values(&[c.name.as_str()]).set(r.age.as_secs_f64());
             }
         }
     });

@@ -31,7 +31,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 use anyhow::Context as _;
 use flotilla_model::SubmitLimits;
@@ -57,6 +58,11 @@ pub struct ServerConfig {
     pub schedule_interval: Duration,
     /// A cluster whose executor has not synced for this long has its tasks requeued.
     pub cluster_lost_after: Duration,
+    /// The lease each Sync grants an executor; `None`: a third of `cluster_lost_after`.
+    pub executor_lease: Option<Duration>,
+    /// The most an executor whose lease expired gives its attempts to stop; `None`: a third
+    /// of `cluster_lost_after`.
+    pub lease_expiry_grace: Option<Duration>,
     /// What executors are told to use between syncs.
     pub sync_interval: Duration,
     pub submit_limits: SubmitLimits,
@@ -84,6 +90,8 @@ impl ServerConfig {
             peers: BTreeMap::from([(1, format!("http://{listen}"))]),
             schedule_interval: Duration::from_secs(1),
             cluster_lost_after: Duration::from_secs(30),
+            executor_lease: None,
+            lease_expiry_grace: None,
             sync_interval: Duration::from_secs(1),
             submit_limits: SubmitLimits::default(),
             max_starts_per_sync: 5_000,
@@ -94,6 +102,44 @@ impl ServerConfig {
             sched: flotilla_sched::Config::default(),
             fault: None,
         }
+    }
+}
+
+impl ServerConfig {
+    pub fn executor_lease(&self) -> Duration {
+        self.executor_lease.unwrap_or(self.cluster_lost_after / 3)
+    }
+
+    pub fn lease_expiry_grace(&self) -> Duration {
+        self.lease_expiry_grace.unwrap_or(self.cluster_lost_after / 3)
+    }
+
+    /// What must separate an expired executor lease from a re-lease elsewhere beyond the
+    /// lease and the grace: a tenth of `cluster_lost_after`, for clocks whose rates differ
+    /// by up to 5% (no synchronised clocks are assumed).
+    pub fn lease_margin(&self) -> Duration {
+        self.cluster_lost_after / 10
+    }
+
+    /// Refuses settings under which a lost cluster's tasks could be re-leased while its
+    /// executor may still run them (invariant 2), naming the setting to change.
+    pub fn validate(&self) -> Result<(), String> {
+        let (lease, grace, margin, lost) = (self.executor_lease(), self.lease_expiry_grace(), self.lease_margin(), self.cluster_lost_after);
+        if lease + grace + margin >= lost {
+            return Err(format!(
+                "executor lease ({lease:?}) + lease-expiry grace ({grace:?}) + margin ({margin:?}, a tenth of cluster_lost_after) must be below cluster_lost_after ({lost:?}): raise --cluster-lost-after or lower --executor-lease / --lease-expiry-grace"
+            ));
+        }
+        if lease < self.sync_interval * 2 {
+            return Err(format!(
+                "executor lease ({lease:?}) must be at least two sync intervals ({:?}) so one missed Sync does not stop a healthy cluster: raise --executor-lease or lower --sync-interval",
+                self.sync_interval
+            ));
+        }
+        if self.schedule_interval.is_zero() || self.sync_interval.is_zero() {
+            return Err("schedule_interval and sync_interval must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +170,7 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
 pub struct Context {
     pub config: ServerConfig,
     pub replica: Arc<Replica>,
+    /// Executors' reports. Lock order: never hold this and the state lock at once.
     pub capacity: Mutex<Capacity>,
     pub metrics: Metrics,
     /// Wakes the leader loop early (new work or new capacity).
@@ -156,6 +203,20 @@ impl Context {
         }
     }
 
+    /// Proposes decisions of this replica's leader loop: committed by this replica as leader
+    /// or not at all (never forwarded), dropped at apply if committed in another term.
+    pub async fn propose_decision(&self, command: Command) -> Result<CommandResult, Status> {
+        match self.replica.propose_leader_only(vec![command]).await {
+            Ok(mut results) => Ok(results.remove(0)),
+            Err(e) => Err(Status::unavailable(format!("could not commit: {e}"))),
+        }
+    }
+
+    /// The term this replica may grant or end leases in (fenced leadership), or UNAVAILABLE.
+    pub async fn fenced_term(&self) -> Result<u64, Status> {
+        self.replica.fenced_term().await.map_err(|e| Status::unavailable(format!("not serving leases: {e}")))
+    }
+
     /// Like [`propose`](Self::propose), but a rejected command is an error naming why.
     pub async fn propose_ok(&self, command: Command) -> Result<CommandResult, Status> {
         match self.propose(command).await? {
@@ -165,6 +226,7 @@ impl Context {
                     RejectKind::AlreadyExists => tonic::Code::AlreadyExists,
                     RejectKind::Invalid => tonic::Code::InvalidArgument,
                     RejectKind::Conflict => tonic::Code::FailedPrecondition,
+                    RejectKind::Stale => tonic::Code::Unavailable,
                 };
                 Err(Status::new(code, message))
             }
@@ -237,6 +299,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     if !config.peers.contains_key(&config.id) {
         anyhow::bail!("--id {} is not in --peers ({:?})", config.id, config.peers.keys().collect::<Vec<_>>());
     }
+    config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding gRPC address {}", config.listen))?;
     let local_addr = listener.local_addr()?;

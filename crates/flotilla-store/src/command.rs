@@ -43,12 +43,40 @@ pub enum Command {
     Schedule(ScheduleDecisions),
     /// What executors saw happen to attempts.
     ReportEvents { cluster: String, events: Vec<AttemptEvent> },
-    /// An executor synced: the cluster is (again) ready.
-    ClusterSeen { cluster: String },
-    /// The cluster stopped reporting: requeue its tasks as new attempts elsewhere.
-    ClusterLost { cluster: String },
+    /// An executor synced with the leader of `term`: the cluster is (again) ready.
+    ClusterSeen {
+        cluster: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<u64>,
+    },
+    /// The leader of `term` found the cluster silent: requeue its tasks as new attempts.
+    ClusterLost {
+        cluster: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<u64>,
+    },
     /// Forget finished tasks older than the cutoff (bounded state).
-    Compact { finished_before_ms: u64, max_tasks: usize },
+    Compact {
+        finished_before_ms: u64,
+        max_tasks: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<u64>,
+    },
+}
+
+impl Command {
+    /// The term of the leader whose own decision this is, for commands only a leader makes
+    /// (invariant 7). Applying such a command in an entry of another term drops it: the
+    /// decision was made on a picture (capacity, silence of a cluster) that a later leader
+    /// does not share. `None` for commands any caller may make, and for entries written
+    /// before terms were recorded.
+    pub fn proposer_term(&self) -> Option<u64> {
+        match self {
+            Command::Schedule(d) => d.term,
+            Command::ClusterSeen { term, .. } | Command::ClusterLost { term, .. } | Command::Compact { term, .. } => *term,
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,6 +104,9 @@ pub struct PreemptDecision {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleDecisions {
+    /// The term of the leader that decided (see [`Command::proposer_term`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
     pub leases: Vec<LeaseDecision>,
     pub preemptions: Vec<PreemptDecision>,
     /// Reasons for tasks left queued, only where they changed since the last cycle.
@@ -115,6 +146,8 @@ pub enum RejectKind {
     AlreadyExists,
     /// A field is out of range (the services check these first; kept for direct proposals).
     Invalid,
+    /// A leader's decision applied in another leader's term: dropped (invariant 7).
+    Stale,
     /// The state does not allow it now (a queue with unfinished tasks, a set not paused).
     Conflict,
 }

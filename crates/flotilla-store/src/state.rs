@@ -304,6 +304,16 @@ impl State {
 
     /// Applies one Raft entry. Deterministic; never panics on a well-formed request.
     pub fn apply(&mut self, req: &Request) -> Response {
+        self.apply_in(req, None)
+    }
+
+    /// Applies an entry committed in `entry_term`. A leader's decision made in another term
+    /// is dropped with [`RejectKind::Stale`] (invariant 7).
+    pub fn apply_entry(&mut self, req: &Request, entry_term: u64) -> Response {
+        self.apply_in(req, Some(entry_term))
+    }
+
+    fn apply_in(&mut self, req: &Request, entry_term: Option<u64>) -> Response {
         if self.next_task_id == 0 {
             self.next_task_id = 1;
         }
@@ -312,6 +322,9 @@ impl State {
             .commands
             .iter()
             .map(|c| match c {
+                c if c.proposer_term().zip(entry_term).is_some_and(|(decided, committed)| decided != committed) => {
+                    CommandResult::rejected(RejectKind::Stale, "decided by the leader of another term")
+                }
                 Command::PutQueue { queue, create } => self.put_queue(queue, *create),
                 Command::DeleteQueue { name } => self.delete_queue(name),
                 Command::Submit { client_request_id, queue, task_set, specs } => {
@@ -321,9 +334,9 @@ impl State {
                 Command::Resume { queue, task_set } => self.resume(now, queue, task_set),
                 Command::Schedule(d) => self.schedule(now, d),
                 Command::ReportEvents { cluster, events } => self.report_events(now, cluster, events),
-                Command::ClusterSeen { cluster } => self.cluster_seen(now, cluster),
-                Command::ClusterLost { cluster } => self.cluster_lost(now, cluster),
-                Command::Compact { finished_before_ms, max_tasks } => self.compact(*finished_before_ms, *max_tasks),
+                Command::ClusterSeen { cluster, .. } => self.cluster_seen(now, cluster),
+                Command::ClusterLost { cluster, .. } => self.cluster_lost(now, cluster),
+                Command::Compact { finished_before_ms, max_tasks, .. } => self.compact(*finished_before_ms, *max_tasks),
             })
             .collect();
         Response { results }

@@ -299,6 +299,32 @@ impl KubeBackend {
         }
     }
 
+    /// Deletes the attempt's pods with at most `max_grace` (their own grace may be longer),
+    /// then its Job: an executor whose lease expired must have them gone within a bound.
+    async fn stop_task_within(&self, task_id: TaskId, attempt: u32, max_grace: std::time::Duration) -> Result<(), BackendError> {
+        let key = (task_id, attempt);
+        let pods: Vec<(String, String)> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| attempt_of(&p.metadata) == Some(key))
+            .filter_map(|p| Some((p.metadata.name.clone()?, p.metadata.namespace.clone()?)))
+            .collect();
+        let grace_seconds = max_grace.as_secs() as i64;
+        for (name, namespace) in pods {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+            let params = DeleteParams { grace_period_seconds: Some(grace_seconds.max(0) as u32), ..DeleteParams::default() };
+            match api.delete(&name, &params).await {
+                Ok(_) => {
+                    tracing::info!(cluster = %self.cluster, task_id = task_id.0, attempt, pod = %name, grace_seconds, "deleted pod: executor lease expired")
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(self.unavailable(&format!("deleting Pod {namespace}/{name}"), e)),
+            }
+        }
+        self.stop_task(task_id, attempt).await
+    }
+
     async fn stop_task(&self, task_id: TaskId, attempt: u32) -> Result<(), BackendError> {
         let key = (task_id, attempt);
         let Some(job) = self.jobs.find(|j| attempt_of(&j.metadata) == Some(key)) else { return Ok(()) };
@@ -459,6 +485,10 @@ impl ClusterBackend for KubeBackend {
 
     fn stop(&self, task_id: TaskId, attempt: u32) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(self.stop_task(task_id, attempt))
+    }
+
+    fn stop_within(&self, task_id: TaskId, attempt: u32, max_grace: std::time::Duration) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.stop_task_within(task_id, attempt, max_grace))
     }
 
     fn pending_events(&self, max: usize) -> BoxFuture<'_, Result<Vec<AttemptEvent>, BackendError>> {

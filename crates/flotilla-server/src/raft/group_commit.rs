@@ -43,11 +43,13 @@ impl Default for GroupCommitConfig {
     }
 }
 
-/// Where a proposal came from: a follower's forwarded batch must not be forwarded again.
+/// Where a proposal came from: a follower's forwarded batch must not be forwarded again, and
+/// the leader loop's decisions are committed by their own replica or not at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
     Local,
     Forwarded,
+    LeaderOnly,
 }
 
 pub(crate) type Answer = Result<Vec<CommandResult>, ProposeError>;

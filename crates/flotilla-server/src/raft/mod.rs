@@ -10,6 +10,9 @@
 //!   waiting (bounded by count and bytes, after a short linger) and proposes it as one Raft
 //!   entry stamped with the leader's clock, so one fsync covers many commands. On a follower
 //!   the batch is forwarded to the leader with `Propose` and joins the leader's batches.
+//! * [`fence`]: the leadership lease. A leader grants or ends leases only while a majority
+//!   confirmed it within the last lease; leader-only commands carry its term and are never
+//!   forwarded.
 //! * [`Replica`]: opens the store, starts openraft, bootstraps the group (the lowest id
 //!   initialises it once a majority of `--peers` answers), and exposes propose, reads,
 //!   leadership and metrics to the rest of the server.
@@ -26,6 +29,7 @@
 //! # let _ = result; replica.shutdown().await; Ok(()) }
 //! ```
 
+pub mod fence;
 pub mod group_commit;
 pub mod network;
 mod replica;
@@ -34,6 +38,7 @@ mod service;
 use flotilla_store::{Command, CommandResult};
 use serde::{Deserialize, Serialize};
 
+pub use fence::FenceError;
 pub use group_commit::GroupCommitConfig;
 pub use network::NetworkFault;
 pub use replica::{ProposeError, ReadError, Replica, ReplicaConfig, ReplicaMetrics, Role};

@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use flotilla_store::raft::{check_identity, LogStore, Node, NodeId, Raft, StateMachineStore};
-use flotilla_store::{Command, CommandResult, Request, State};
+use flotilla_store::{Command, CommandResult, RejectKind, Request, State};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::fence::{self, Fence, FenceError};
 use super::group_commit::{self, encoded_len, GroupCommitConfig, Origin, Pending};
 use super::network::{NetworkFactory, Peers, Rpc, SendError};
 use super::service::RaftService;
@@ -64,6 +65,12 @@ impl ReplicaConfig {
             propose_timeout: Duration::from_secs(10),
             fault,
         }
+    }
+
+    /// How long a quorum confirmation lets this replica act as leader: 3/4 of the shortest
+    /// election timeout (see [`fence`](super::fence) for why that is safe).
+    pub fn leader_lease(&self) -> Duration {
+        self.election_timeout_min * 3 / 4
     }
 
     fn raft_config(&self) -> anyhow::Result<openraft::Config> {
@@ -169,6 +176,7 @@ pub struct Replica {
     state_machine: StateMachineStore,
     metrics: watch::Receiver<RaftMetrics<NodeId, Node>>,
     proposals: mpsc::Sender<Pending>,
+    fence: Fence,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     bootstrap_started: AtomicBool,
@@ -221,7 +229,10 @@ impl Replica {
             proposed_entries: AtomicU64::new(0),
             proposed_commands: AtomicU64::new(0),
             forwarded_batches: AtomicU64::new(0),
+            fence: Fence::new(config.leader_lease()),
         });
+        let confirmer = tokio::spawn(fence::run(Arc::downgrade(&replica), config.heartbeat_interval, replica.shutdown_tx.subscribe()));
+        replica.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(confirmer);
         let batcher = tokio::spawn(group_commit::run(Arc::downgrade(&replica), config.group_commit.clone(), rx, shutdown_rx));
         replica.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(batcher);
         tracing::info!(id = config.id, data_dir = %config.data_dir.display(), "replica opened");
@@ -365,6 +376,23 @@ impl Replica {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
+    /// The leadership lease (fenced leadership): see [`fence`](super::fence).
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// The term this replica may grant or end leases in, waiting up to one lease for a
+    /// confirmation. Errors on a follower, a leader that has not caught up, or one that a
+    /// majority has not confirmed recently.
+    pub async fn fenced_term(&self) -> Result<u64, FenceError> {
+        self.fence.acquire(self, self.fence.lease()).await
+    }
+
+    /// The term of the last entry applied here.
+    pub fn last_applied_term(&self) -> Option<u64> {
+        self.metrics.borrow().last_applied.map(|l| l.leader_id.term)
+    }
+
     /// The leader this replica knows of, if any.
     pub fn leader_id(&self) -> Option<NodeId> {
         self.metrics.borrow().current_leader
@@ -435,6 +463,21 @@ impl Replica {
         self.enqueue(commands, Origin::Local).await
     }
 
+    /// Proposes commands of the leader loop (scheduling decisions, cluster loss, compaction),
+    /// which carry the term they were decided in. They are committed only by this replica as
+    /// leader, never forwarded (invariant 7): a deposed leader's decision fails here with
+    /// [`ProposeError::NotLeader`], and one that slips into a later term's log is dropped
+    /// when applied.
+    pub async fn propose_leader_only(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, ProposeError> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader_id: self.leader_id() });
+        }
+        self.enqueue(commands, Origin::LeaderOnly).await
+    }
+
     async fn enqueue(&self, commands: Vec<Command>, origin: Origin) -> Result<Vec<CommandResult>, ProposeError> {
         let bytes = commands.iter().map(encoded_len).sum();
         let (tx, rx) = oneshot::channel();
@@ -448,6 +491,11 @@ impl Replica {
     pub(crate) async fn handle_forwarded(&self, commands: Vec<Command>) -> ProposeReply {
         if !self.is_leader() {
             return ProposeReply::NotLeader { leader_id: self.leader_id() };
+        }
+        if commands.iter().any(|c| c.proposer_term().is_some()) {
+            // Decisions of another replica's leader loop are never committed here.
+            let refused = CommandResult::rejected(RejectKind::Invalid, "leader-only commands are never forwarded");
+            return ProposeReply::Applied { results: vec![refused; commands.len()], applied_index: *self.applied().borrow() };
         }
         match self.enqueue(commands, Origin::Forwarded).await {
             Ok(results) => ProposeReply::Applied { results, applied_index: *self.applied().borrow() },
@@ -610,10 +658,11 @@ fn distribute(batch: Vec<Pending>, results: Vec<CommandResult>) {
     }
 }
 
-/// Answers forwarded proposals with "not the leader" (the follower retries elsewhere; a
-/// forwarded batch is never forwarded again) and keeps the local ones.
+/// Answers forwarded and leader-only proposals with "not the leader" (the follower retries
+/// elsewhere; a forwarded batch is never forwarded again, a leader-only one never at all) and
+/// keeps the local ones.
 fn refuse_forwarded(batch: Vec<Pending>, leader_id: Option<NodeId>) -> Vec<Pending> {
-    let (forwarded, local): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.origin == Origin::Forwarded);
+    let (forwarded, local): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.origin != Origin::Local);
     for p in forwarded {
         p.answer(Err(ProposeError::NotLeader { leader_id }));
     }

@@ -1,8 +1,7 @@
 //! `flotilla.v1.Clusters`.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use flotilla_api::v1::{self, clusters_server::Clusters};
 use flotilla_model::Resources;
@@ -16,22 +15,11 @@ pub struct ClustersService(pub Arc<Context>);
 /// The cluster list as this replica sees it. Capacity comes from executor reports, which
 /// only the leader receives: followers show the registry with empty capacity.
 pub fn list(ctx: &Context) -> Vec<v1::Cluster> {
-    let now = Instant::now();
-    let capacity = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
+    let capacity = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).summaries(Instant::now());
     ctx.read(|s| {
         s.clusters()
             .map(|c| {
-                let report = capacity.reports.get(&c.name);
-                let mut allocatable = Resources::default();
-                let mut models = BTreeSet::new();
-                if let Some(r) = report {
-                    for n in &r.nodes {
-                        allocatable.add(&n.allocatable);
-                        if let Some(m) = &n.gpu_model {
-                            models.insert(m.clone());
-                        }
-                    }
-                }
+                let report = capacity.get(&c.name);
                 let mut used = Resources::default();
                 let mut active = 0;
                 for t in s.active_in(&c.name) {
@@ -44,12 +32,12 @@ pub fn list(ctx: &Context) -> Vec<v1::Cluster> {
                         ClusterState::Ready => "ready".into(),
                         ClusterState::Lost => "lost".into(),
                     },
-                    nodes: report.map_or(0, |r| r.nodes.len() as u32),
-                    allocatable: Some((&allocatable).into()),
+                    nodes: report.map_or(0, |r| r.nodes as u32),
+                    allocatable: Some((&report.map(|r| r.allocatable.clone()).unwrap_or_default()).into()),
                     used: Some((&used).into()),
-                    last_sync_age_ms: capacity.age(&c.name, now).map_or(0, |d| d.as_millis() as u64),
+                    last_sync_age_ms: report.map_or(0, |r| r.age.as_millis() as u64),
                     active_tasks: active,
-                    gpu_models: models.into_iter().collect(),
+                    gpu_models: report.map(|r| r.gpu_models.iter().cloned().collect()).unwrap_or_default(),
                 }
             })
             .collect()

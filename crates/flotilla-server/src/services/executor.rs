@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use flotilla_api::{node_from_report, v1, v1::executor_server::Executor};
 use flotilla_model::{AttemptStatus, FailureKind, FieldError, TaskId};
@@ -66,6 +66,10 @@ impl Executor for ExecutorService {
                 .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
             return client.sync(req.into_inner()).await;
         }
+        // Fenced leadership: only a leader a majority confirmed within its lease hands out
+        // executor leases; a deposed leader that has not noticed answers UNAVAILABLE and the
+        // executor moves on to another replica.
+        let term = ctx.fenced_term().await?;
         let r = req.into_inner();
         let mut errors = Vec::new();
         flotilla_model::check_name("cluster", &r.cluster, &mut errors);
@@ -91,7 +95,10 @@ impl Executor for ExecutorService {
         drop(_span);
         let registered = ctx.read(|s| s.cluster(&cluster).map(|c| c.state));
         if registered != Some(ClusterState::Ready) {
-            ctx.propose_ok(Command::ClusterSeen { cluster: cluster.clone() }).await?;
+            ctx.propose_decision(Command::ClusterSeen { cluster: cluster.clone(), term: Some(term) }).await.and_then(|r| match r {
+                flotilla_store::CommandResult::Rejected { message, .. } => Err(Status::unavailable(message)),
+                other => Ok(other),
+            })?;
             tracing::info!(cluster = %cluster, "cluster ready");
         }
         if first_report {
@@ -121,7 +128,19 @@ impl Executor for ExecutorService {
             // Mostly finished attempts being cleaned up.
             tracing::debug!(cluster = %cluster, stop = stop.len(), "cleaning up finished attempts");
         }
-        Ok(Response::new(v1::SyncResponse { start, stop, sync_interval_ms: ctx.config.sync_interval.as_millis() as u32 }))
+        // The answer grants a lease only if this replica still leads in the term it started
+        // in: what it read may otherwise already be another leader's to decide.
+        match ctx.replica.fence().check(&ctx.replica, Instant::now()) {
+            Ok(t) if t == term => {}
+            Ok(_) | Err(_) => return Err(Status::unavailable("leadership moved while answering; sync again")),
+        }
+        Ok(Response::new(v1::SyncResponse {
+            start,
+            stop,
+            sync_interval_ms: ctx.config.sync_interval.as_millis() as u32,
+            lease_ms: ctx.config.executor_lease().as_millis() as u32,
+            lease_expiry_grace_ms: ctx.config.lease_expiry_grace().as_millis() as u32,
+        }))
     }
 
     async fn report_events(&self, req: Request<v1::ReportEventsRequest>) -> Result<Response<v1::ReportEventsResponse>, Status> {
@@ -142,6 +161,11 @@ impl Executor for ExecutorService {
             return Err(invalid(&errors));
         }
         let n = events.len() as u32;
+        if n > 0 && self.ctx.is_leader() {
+            // A leader that cannot confirm its leadership could not commit them anyway: say
+            // so at once, and the executor tries another replica.
+            self.ctx.fenced_term().await?;
+        }
         if n > 0 {
             self.ctx.propose_ok(Command::ReportEvents { cluster: r.cluster, events }).await?;
             self.ctx.schedule_now.notify_one();

@@ -3,7 +3,8 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use flotilla_api::{template_from_proto, v1, v1::tasks_server::Tasks};
 use flotilla_model::{expand, FieldError, TaskId, TaskState, TaskTemplate};

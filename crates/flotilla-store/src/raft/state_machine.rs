@@ -185,7 +185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::default(),
-                    EntryPayload::Normal(request) => state.apply(&request),
+                    EntryPayload::Normal(request) => state.apply_entry(&request, entry.log_id.leader_id.term),
                     EntryPayload::Membership(m) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), m);
                         Response::default()

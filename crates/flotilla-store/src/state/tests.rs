@@ -23,7 +23,7 @@ fn setup() -> State {
     let mut s = State::with_limits(Limits::default());
     assert_eq!(apply(&mut s, 0, Command::PutQueue { queue: Queue::new("q", 1.0), create: true }), CommandResult::Ok);
     for c in ["a", "b"] {
-        apply(&mut s, 0, Command::ClusterSeen { cluster: c.into() });
+        apply(&mut s, 0, Command::ClusterSeen { cluster: c.into(), term: None });
     }
     s
 }
@@ -182,7 +182,7 @@ fn evictions_and_lost_clusters_do_not_use_up_attempts() {
     assert_eq!(s.task(id).unwrap().state, TaskState::Queued);
     assert_eq!(s.task(id).unwrap().not_before_ms, 2, "no backoff for evictions");
     lease(&mut s, 3, id, 2, node("a", "n2"));
-    apply(&mut s, 4, Command::ClusterLost { cluster: "a".into() });
+    apply(&mut s, 4, Command::ClusterLost { cluster: "a".into(), term: None });
     let rec = s.task(id).unwrap();
     assert_eq!((rec.state, rec.failures), (TaskState::Queued, 0));
     assert_eq!(lease(&mut s, 5, id, 3, node("a", "n3")), CommandResult::Count(0), "no leases on a lost cluster");
@@ -328,7 +328,7 @@ fn compaction_forgets_old_finished_tasks_only() {
     t.count = Some(2);
     let ids = submit(&mut s, "r", &[t]);
     apply(&mut s, 5, Command::Cancel { target: CancelTarget::Tasks(vec![ids[0]]), reason: String::new() });
-    assert_eq!(apply(&mut s, 10, Command::Compact { finished_before_ms: 6, max_tasks: 1000 }), CommandResult::Count(1));
+    assert_eq!(apply(&mut s, 10, Command::Compact { finished_before_ms: 6, max_tasks: 1000, term: None }), CommandResult::Count(1));
     assert!(s.task(ids[0]).is_none());
     assert!(s.task(ids[1]).is_some());
 }
