@@ -23,5 +23,6 @@ pub mod raft {
 }
 
 mod convert;
+pub mod dial;
 
 pub use convert::{node_from_report, node_to_report, template_from_proto, template_to_proto};

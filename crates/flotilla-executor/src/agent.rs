@@ -70,6 +70,8 @@ pub struct ExecutorConfig {
     pub executor_id: String,
     /// Counters for `/healthz` and `/metrics`, shared with whoever serves them.
     pub status: Arc<crate::status::ExecutorStatus>,
+    /// How to reach the scheduler (TCP, or the fault simulator's network).
+    pub dial: flotilla_api::dial::Dial,
 }
 
 impl ExecutorConfig {
@@ -90,6 +92,7 @@ impl ExecutorConfig {
             backend_timeout: Duration::from_secs(30),
             executor_id,
             status: Arc::default(),
+            dial: flotilla_api::dial::Dial::tcp(),
         }
     }
 
@@ -278,6 +281,7 @@ struct Servers {
     client: Option<ExecutorClient<Channel>>,
     connect_timeout: Duration,
     rpc_timeout: Duration,
+    dial: flotilla_api::dial::Dial,
 }
 
 impl Servers {
@@ -288,6 +292,7 @@ impl Servers {
             client: None,
             connect_timeout: config.connect_timeout,
             rpc_timeout: config.rpc_timeout,
+            dial: config.dial.clone(),
         }
     }
 
@@ -300,7 +305,7 @@ impl Servers {
             .map_err(|e| Status::invalid_argument(format!("bad server URL {url:?}: {e}")))?
             .connect_timeout(self.connect_timeout)
             .timeout(self.rpc_timeout);
-        let channel = endpoint.connect().await.map_err(|e| Status::unavailable(format!("connecting to {url}: {e}")))?;
+        let channel = self.dial.connect(endpoint).await.map_err(|e| Status::unavailable(format!("connecting to {url}: {e}")))?;
         let client = ExecutorClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
         tracing::info!(server = %url, "connected to scheduler");
         self.client = Some(client.clone());

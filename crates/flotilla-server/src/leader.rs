@@ -16,7 +16,7 @@ use flotilla_store::{ClusterState, Command, CommandResult, LeaseDecision, Preemp
 use tracing::Instrument;
 
 use crate::convert::sched_task;
-use crate::{now_ms, Context};
+use crate::Context;
 
 /// Shortest time between two cycles, so that a burst of triggers becomes one cycle.
 pub const MIN_CYCLE_GAP: Duration = Duration::from_millis(50);
@@ -82,7 +82,7 @@ pub async fn run(ctx: Arc<Context>) {
 /// One scheduling cycle: snapshot, decide (off the async runtime), commit.
 async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
     let started = Instant::now();
-    let now = now_ms();
+    let now = ctx.config.clock.now_ms();
     // Only clusters whose executor holds a lease now get new work: one whose lease lapsed is
     // stopping its attempts, and leases handed to it would only wait for it to be lost.
     let fresh_within = ctx.config.executor_lease();
@@ -102,7 +102,7 @@ async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
     if input.queued.is_empty() && input.queues.is_empty() {
         return Ok(());
     }
-    let (input, decisions) = tokio::task::spawn_blocking(move || {
+    let (input, decisions) = flotilla_store::run_blocking(move || {
         let d = flotilla_sched::schedule(&input);
         (input, d)
     })
@@ -203,7 +203,7 @@ async fn detect_lost_clusters(ctx: &Arc<Context>, term: u64) {
 
 async fn compact(ctx: &Arc<Context>, term: u64) {
     let retention_ms = ctx.config.finished_retention.as_millis() as u64;
-    let cutoff = now_ms().saturating_sub(retention_ms);
+    let cutoff = ctx.config.clock.now_ms().saturating_sub(retention_ms);
     let max_tasks = ctx.config.max_tasks;
     let needed = ctx.read(|s| s.task_count() > max_tasks || s.tasks().any(|t| t.state.is_terminal() && t.updated_ms < cutoff));
     if needed {

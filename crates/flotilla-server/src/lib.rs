@@ -20,6 +20,7 @@
 //! ```
 
 pub mod capacity;
+pub mod clock;
 mod convert;
 mod http;
 pub mod leader;
@@ -41,6 +42,7 @@ use tokio::sync::{oneshot, Notify};
 use tonic::Status;
 
 pub use capacity::Capacity;
+pub use clock::WallClock;
 pub use metrics::Metrics;
 pub use raft::{NetworkFault, Replica, ReplicaConfig};
 
@@ -77,6 +79,20 @@ pub struct ServerConfig {
     pub sched: flotilla_sched::Config,
     /// Test hook: drop Raft traffic between replicas.
     pub fault: Option<NetworkFault>,
+    /// How this replica reaches the others (TCP, or the fault simulator's network).
+    pub dial: flotilla_api::dial::Dial,
+    /// The wall clock entries are stamped with.
+    pub clock: WallClock,
+    /// Raft timing; `None`: [`ReplicaConfig::new`]'s defaults.
+    pub raft_timing: Option<RaftTiming>,
+}
+
+/// How fast replicas notice each other: heartbeat and election timeout range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
 }
 
 impl ServerConfig {
@@ -101,6 +117,9 @@ impl ServerConfig {
             max_tasks: 1_000_000,
             sched: flotilla_sched::Config::default(),
             fault: None,
+            dial: flotilla_api::dial::Dial::tcp(),
+            clock: WallClock::system(),
+            raft_timing: None,
         }
     }
 }
@@ -182,6 +201,7 @@ pub struct Context {
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
 }
 
+/// The system clock's milliseconds since the Unix epoch (a replica uses `config.clock`).
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -247,11 +267,9 @@ impl Context {
                 return Some(channel.clone());
             }
         }
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .ok()?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy();
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(url.clone()).ok()?.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(30));
+        let channel = self.config.dial.connect_lazy(endpoint);
         *cache = Some((url, channel.clone()));
         Some(channel)
     }
@@ -294,15 +312,60 @@ impl ServerHandle {
     }
 }
 
+/// A stream of accepted connections, for [`start_with`]: what the fault simulator serves on.
+pub type Incoming = std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<ServerIo>> + Send>>;
+
+/// One accepted connection from a custom listener.
+pub struct ServerIo(pub flotilla_api::dial::BoxIo);
+
+impl tonic::transport::server::Connected for ServerIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for ServerIo {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ServerIo {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Opens the store, joins the group and starts serving. Returns once listening.
 pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding gRPC address {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    start_serving(config, local_addr, incoming).await
+}
+
+/// Like [`start`], serving the connections of `incoming` instead of a TCP port (the fault
+/// simulator); `config.listen` is the address peers and clients dial.
+pub async fn start_with(config: ServerConfig, incoming: Incoming) -> anyhow::Result<ServerHandle> {
+    let local_addr = config.listen;
+    start_serving(config, local_addr, incoming).await
+}
+
+async fn start_serving<S, IO>(config: ServerConfig, local_addr: SocketAddr, incoming: S) -> anyhow::Result<ServerHandle>
+where
+    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tonic::transport::server::Connected + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     if !config.peers.contains_key(&config.id) {
         anyhow::bail!("--id {} is not in --peers ({:?})", config.id, config.peers.keys().collect::<Vec<_>>());
     }
     config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding gRPC address {}", config.listen))?;
-    let local_addr = listener.local_addr()?;
     let mut config = config;
     if config.listen.port() == 0 {
         // Peers find this replica at the port it really got, and the stored membership must
@@ -315,9 +378,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         }
     }
 
-    let replica = Replica::open(ReplicaConfig::new(config.id, config.peers.clone(), config.data_dir.clone(), config.fault.clone()))
-        .await
-        .context("opening the replica")?;
+    let mut replica_config = ReplicaConfig::new(config.id, config.peers.clone(), config.data_dir.clone(), config.fault.clone());
+    replica_config.dial = config.dial.clone();
+    replica_config.clock = config.clock.clone();
+    if let Some(t) = config.raft_timing {
+        replica_config.heartbeat_interval = t.heartbeat_interval;
+        replica_config.election_timeout_min = t.election_timeout_min;
+        replica_config.election_timeout_max = t.election_timeout_max;
+    }
+    let replica = Replica::open(replica_config).await.context("opening the replica")?;
     let ctx = Arc::new(Context {
         config: config.clone(),
         replica,
@@ -335,7 +404,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let (tx, rx) = oneshot::channel();
     shutdown.push(tx);
     let router = services::router(ctx.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tasks.push(tokio::spawn(async move {
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, async {

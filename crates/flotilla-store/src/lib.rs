@@ -18,9 +18,11 @@
 //! ```
 
 pub mod command;
+mod blocking;
 pub mod raft;
 pub mod state;
 
+pub use blocking::run_blocking;
 pub use command::{
     AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, RejectKind, Request, Response, ScheduleDecisions,
 };

@@ -103,12 +103,13 @@ pub(crate) enum SendError {
 pub(crate) struct Peers {
     me: NodeId,
     fault: Option<NetworkFault>,
+    dial: flotilla_api::dial::Dial,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Peers {
-    pub(crate) fn new(me: NodeId, fault: Option<NetworkFault>) -> Peers {
-        Peers { me, fault, channels: Arc::default() }
+    pub(crate) fn new(me: NodeId, fault: Option<NetworkFault>, dial: flotilla_api::dial::Dial) -> Peers {
+        Peers { me, fault, dial, channels: Arc::default() }
     }
 
     pub(crate) fn fault(&self) -> Option<&NetworkFault> {
@@ -124,7 +125,7 @@ impl Peers {
                     .map_err(|e| SendError::NotSent(format!("bad replica address {url:?}: {e}")))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true);
-                let channel = endpoint.connect_lazy();
+                let channel = self.dial.connect_lazy(endpoint);
                 channels.insert(url.to_string(), channel.clone());
                 channel
             }

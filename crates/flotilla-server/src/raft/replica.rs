@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use flotilla_store::raft::{check_identity, LogStore, Node, NodeId, Raft, StateMachineStore};
@@ -47,6 +47,10 @@ pub struct ReplicaConfig {
     pub propose_timeout: Duration,
     /// Test hook: drop traffic between replicas.
     pub fault: Option<super::NetworkFault>,
+    /// How this replica reaches its peers.
+    pub dial: flotilla_api::dial::Dial,
+    /// Stamps entries this replica proposes as leader.
+    pub clock: crate::clock::WallClock,
 }
 
 impl ReplicaConfig {
@@ -64,6 +68,8 @@ impl ReplicaConfig {
             max_entries_per_append: 8,
             propose_timeout: Duration::from_secs(10),
             fault,
+            dial: flotilla_api::dial::Dial::tcp(),
+            clock: crate::clock::WallClock::system(),
         }
     }
 
@@ -201,13 +207,13 @@ impl Replica {
         }
         let raft_config = Arc::new(config.raft_config()?);
         let data_dir = config.data_dir.clone();
-        let (log_store, state_machine) = tokio::task::spawn_blocking(move || flotilla_store::raft::open(&data_dir))
+        let (log_store, state_machine) = flotilla_store::run_blocking(move || flotilla_store::raft::open(&data_dir))
             .await
             .context("opening the store")?
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         check_identity(&config.data_dir, &log_store, &state_machine, config.id, &config.peers)?;
 
-        let peers = Peers::new(config.id, config.fault.clone());
+        let peers = Peers::new(config.id, config.fault.clone(), config.dial.clone());
         let network = NetworkFactory { peers: peers.clone() };
         let raft = Raft::new(config.id, raft_config, network, log_store.clone(), state_machine.clone()).await.context("starting Raft")?;
         let metrics = raft.metrics();
@@ -507,7 +513,7 @@ impl Replica {
 
     /// The leader's clock for an entry, never behind an earlier entry this replica proposed.
     fn next_now_ms(&self) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = self.config.clock.now_ms();
         let previous = self.last_now_ms.fetch_max(now, Ordering::SeqCst);
         now.max(previous)
     }
@@ -632,7 +638,7 @@ impl Replica {
         // Release the files now (a restart in the same process reopens them), even if a
         // stopping replication task or connection still holds a clone of the stores.
         let (log_store, state_machine) = (self.log_store.clone(), self.state_machine.clone());
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = flotilla_store::run_blocking(move || {
             log_store.close();
             state_machine.close();
         })

@@ -140,7 +140,7 @@ impl LogStore {
     /// Runs a blocking (fsync-ing) closure off the async workers.
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T, AnyError> + Send + 'static) -> Result<T, AnyError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| AnyError::new(&e))?
+        crate::run_blocking(move || f(&inner)).await.map_err(|e| AnyError::new(&e))?
     }
 }
 

@@ -109,7 +109,7 @@ impl StateMachineStore {
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T, AnyError> + Send + 'static) -> Result<T, AnyError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| AnyError::new(&e))?
+        crate::run_blocking(move || f(&inner)).await.map_err(|e| AnyError::new(&e))?
     }
 }
 
