@@ -24,24 +24,53 @@
 //!
 //! The dice are thrown when the attempt starts, from one seeded generator per cluster, so a
 //! seed and an order of starts give the same outcomes every run.
+//!
+//! The cluster keeps its own run history ([`SimCluster::run_history`]): one [`RunRecord`] per
+//! pod, from its creation until it stopped holding its node (a terminal transition, or removal
+//! by [`SimCluster::stop_attempt`]), in wall-clock milliseconds. It is the cluster's record, not
+//! the scheduler's, so tests can check that a task never ran in two places at once.
+//!
+//! The clock follows `tokio::time::Instant`: the same as `std::time::Instant` in a normal
+//! runtime, and virtual time under Tokio's paused clock.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_api::v1::LeasedTask;
 use flotilla_model::{AttemptStatus, FailureKind, Node, TaskId};
 use futures::future::BoxFuture;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::backend::{unix_now_ms, Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend};
 use crate::config::{ClusterConfig, ClustersFile, ConfigError, Faults};
 
 /// Exit code of an OOM-killed container (SIGKILL).
 const OOM_EXIT_CODE: i32 = 137;
+
+/// Run records a cluster keeps; older ones are dropped (and counted).
+pub const RUN_HISTORY_LIMIT: usize = 100_000;
+
+/// One pod's stay on its node, as the simulated cluster saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub node: String,
+    /// When the pod was created (it holds the node from then on, pending or running).
+    pub started_unix_ms: u64,
+    /// When it stopped holding the node; `None` while it still does.
+    pub ended_unix_ms: Option<u64>,
+    /// How it ended: `succeeded`, `failed:<kind>` (e.g. `failed:evicted`) or `stopped`
+    /// (removed before it finished); `None` while it still holds the node.
+    pub ended_by: Option<String>,
+}
 
 /// How a simulated cluster is built, beyond its clusters-file entry.
 #[derive(Clone, Debug, Default)]
@@ -102,6 +131,47 @@ struct State {
     events: VecDeque<AttemptEvent>,
     rng: SmallRng,
     next_serial: u64,
+    /// Run records in pod-serial order: the record of pod `s` is at `s - history_first_serial`.
+    history: VecDeque<RunRecord>,
+    history_first_serial: u64,
+    history_dropped: u64,
+    /// Bumped on every history change (the history file is rewritten only when it moved).
+    history_version: u64,
+}
+
+impl State {
+    fn record_start(&mut self, record: RunRecord) {
+        if self.history.len() >= RUN_HISTORY_LIMIT {
+            self.history.pop_front();
+            self.history_first_serial += 1;
+            self.history_dropped += 1;
+        }
+        self.history.push_back(record);
+        self.history_version += 1;
+    }
+
+    /// Closes the record of pod `serial` (no-op when dropped or already closed).
+    fn record_end(&mut self, serial: u64, unix_ms: u64, ended_by: String) {
+        let Some(index) = serial.checked_sub(self.history_first_serial) else { return };
+        if let Some(r) = self.history.get_mut(index as usize) {
+            if r.ended_unix_ms.is_none() {
+                r.ended_unix_ms = Some(unix_ms);
+                r.ended_by = Some(ended_by);
+                self.history_version += 1;
+            }
+        }
+    }
+}
+
+/// `ended_by` of a terminal status.
+fn ended_by(status: &AttemptStatus) -> String {
+    match status {
+        AttemptStatus::Failed { kind, .. } => match serde_json::to_value(kind) {
+            Ok(serde_json::Value::String(k)) => format!("failed:{k}"),
+            _ => format!("failed:{kind:?}"),
+        },
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 struct Pod {
@@ -146,6 +216,10 @@ impl SimCluster {
                     events: VecDeque::new(),
                     rng: SmallRng::seed_from_u64(seed),
                     next_serial: 0,
+                    history: VecDeque::new(),
+                    history_first_serial: 0,
+                    history_dropped: 0,
+                    history_version: 0,
                 }),
             }),
         })
@@ -236,6 +310,14 @@ impl SimCluster {
         let serial = state.next_serial;
         state.next_serial += 1;
         state.pods.insert(key, Pod { serial, node: task.node.clone(), status: AttemptStatus::Pending, run_ms, end });
+        state.record_start(RunRecord {
+            task_id: key.0,
+            attempt: key.1,
+            node: task.node.clone(),
+            started_unix_ms: inner.clock.unix_ms_at(now),
+            ended_unix_ms: None,
+            ended_by: None,
+        });
         state.events.push_back(AttemptEvent {
             task_id: key.0,
             attempt: key.1,
@@ -253,7 +335,52 @@ impl SimCluster {
         if let Some(pod) = state.pods.remove(&(task_id, attempt)) {
             // Its heap entry, if any, is skipped when popped.
             state.timer_pods.remove(&pod.serial);
+            let now = self.inner.clock.unix_ms_at(self.inner.clock.now_ms());
+            state.record_end(pod.serial, now, "stopped".into());
         }
+    }
+
+    /// Every run record kept (the last [`RUN_HISTORY_LIMIT`]), oldest pod first.
+    pub fn run_history(&self) -> Vec<RunRecord> {
+        self.advanced().history.iter().cloned().collect()
+    }
+
+    /// How many run records were dropped to keep the history bounded.
+    pub fn run_history_dropped(&self) -> u64 {
+        self.advanced().history_dropped
+    }
+
+    /// Writes the run history to `path` as JSON lines, one [`RunRecord`] each (open runs
+    /// included), through `PATH.tmp` and a rename, so a reader never sees a partial file.
+    pub fn write_run_history(&self, path: &Path) -> std::io::Result<()> {
+        let records = self.run_history();
+        let mut text = String::with_capacity(records.len() * 128);
+        for r in &records {
+            text.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Rewrites the history file at `path` every `every` when the history changed, until
+    /// the returned task is aborted (`flotilla executor --sim-history`).
+    pub fn spawn_history_writer(&self, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+        let sim = self.clone();
+        tokio::spawn(async move {
+            let mut written = None;
+            loop {
+                let version = sim.inner.state.lock().unwrap_or_else(|e| e.into_inner()).history_version;
+                if written != Some(version) {
+                    match sim.write_run_history(&path) {
+                        Ok(()) => written = Some(version),
+                        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write the run history"),
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
     }
 
     /// Up to `max` events not yet acknowledged, oldest first.
@@ -306,10 +433,14 @@ impl SimCluster {
                 AttemptStatus::Succeeded | AttemptStatus::Failed { .. } => continue,
             };
             pod.status = next_status.clone();
+            let node = pod.node.clone();
+            if next_status.is_terminal() {
+                state_ref.record_end(serial, inner.clock.unix_ms_at(at), ended_by(&next_status));
+            }
             state_ref.events.push_back(AttemptEvent {
                 task_id: key.0,
                 attempt: key.1,
-                node: pod.node.clone(),
+                node,
                 status: next_status,
                 time_ms: inner.clock.unix_ms_at(at),
             });
@@ -598,6 +729,79 @@ mod tests {
         sim.ack(&first);
         sim.ack(&first);
         assert_eq!(statuses(&sim.peek_events(10)), [AttemptStatus::Running]);
+    }
+
+    #[test]
+    fn run_history_records_each_pod_from_creation_until_it_ends_or_is_stopped() {
+        let sim = cluster("", manual());
+        let t0 = sim.inner.clock.unix_ms_at(0);
+        sim.start_attempt(&lease(1, 5_000));
+        sim.advance(Duration::from_secs(2));
+        let mut second = lease(2, 60_000);
+        second.node = "sim-cpu-02".into();
+        sim.start_attempt(&second);
+        let mut unknown = lease(3, 5_000);
+        unknown.node = "elsewhere".into();
+        sim.start_attempt(&unknown);
+        // Pending 1 s + 5 s run: attempt 1 of task 1 succeeds at 6 s.
+        sim.advance(Duration::from_secs(5));
+        let history = sim.run_history();
+        assert_eq!(history.len(), 2, "a lease that never made a pod has no record: {history:?}");
+        assert_eq!(
+            history[0],
+            RunRecord {
+                task_id: TaskId(1),
+                attempt: 1,
+                node: "sim-cpu-01".into(),
+                started_unix_ms: t0,
+                ended_unix_ms: Some(t0 + 6_000),
+                ended_by: Some("succeeded".into()),
+            }
+        );
+        assert_eq!((history[1].started_unix_ms, history[1].ended_unix_ms), (t0 + 2_000, None));
+        // Removing a finished pod does not move its end; removing a running one ends it.
+        sim.stop_attempt(TaskId(1), 1);
+        sim.advance(Duration::from_secs(1));
+        sim.stop_attempt(TaskId(2), 1);
+        // The same attempt started again is a new pod and a new record.
+        sim.start_attempt(&second);
+        let history = sim.run_history();
+        assert_eq!(history[0].ended_unix_ms, Some(t0 + 6_000));
+        assert_eq!((history[1].ended_unix_ms, history[1].ended_by.as_deref()), (Some(t0 + 8_000), Some("stopped")));
+        assert_eq!((history[2].task_id, history[2].started_unix_ms, history[2].ended_unix_ms), (TaskId(2), t0 + 8_000, None));
+        assert_eq!(sim.run_history_dropped(), 0);
+
+        // Failures name their kind; the file holds one JSON record per line.
+        let mut bad = lease(4, 1_000);
+        bad.sim_exit_code = Some(3);
+        sim.start_attempt(&bad);
+        sim.advance(Duration::from_secs(3));
+        assert_eq!(sim.run_history()[3].ended_by.as_deref(), Some("failed:error"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        sim.write_run_history(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let read: Vec<RunRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(read, sim.run_history());
+        assert!(!dir.path().join("history.jsonl.tmp").exists());
+    }
+
+    #[test]
+    fn run_history_is_bounded_and_counts_what_it_dropped() {
+        let sim = cluster("", manual());
+        let extra = 10;
+        for id in 0..(RUN_HISTORY_LIMIT as u64 + extra) {
+            sim.start_attempt(&lease(id, 1_000));
+        }
+        // The oldest records went; ending a pod whose record was dropped is harmless.
+        sim.stop_attempt(TaskId(0), 1);
+        let last = RUN_HISTORY_LIMIT as u64 + extra - 1;
+        sim.stop_attempt(TaskId(last), 1);
+        let history = sim.run_history();
+        assert_eq!(history.len(), RUN_HISTORY_LIMIT);
+        assert_eq!(sim.run_history_dropped(), extra);
+        assert_eq!(history[0].task_id, TaskId(extra));
+        assert_eq!(history.last().map(|r| (r.task_id, r.ended_by.as_deref())), Some((TaskId(last), Some("stopped"))));
     }
 
     #[test]

@@ -61,6 +61,18 @@ pub async fn executor(servers: &str, a: ExecutorArgs) -> Result<ExitCode, Failur
         tokio::spawn(executor_http(listener, config.status.clone(), a.cluster.clone(), a.unhealthy_after));
     }
     let sim = SimOptions { speed: Some(a.speed), ..SimOptions::default() };
+    if let (Some(history), BackendSource::Sim { file }) = (&a.sim_history, &source) {
+        let clusters = flotilla_executor::load_clusters(file).map_err(|e| Failure::Input(e.to_string()))?;
+        let cluster = SimCluster::from_file(&clusters, &a.cluster, sim).map_err(|e| Failure::Input(e.to_string()))?;
+        let writer = cluster.spawn_history_writer(history.clone(), Duration::from_millis(200));
+        let result = flotilla_executor::run(config, Arc::new(cluster.clone()), flotilla_server::shutdown_signal()).await;
+        writer.abort();
+        if let Err(e) = cluster.write_run_history(history) {
+            tracing::warn!(path = %history.display(), error = %e, "cannot write the run history");
+        }
+        result?;
+        return Ok(ExitCode::SUCCESS);
+    }
     flotilla_executor::run_executor(config, &source, kube, sim, flotilla_server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -127,6 +127,10 @@ pub struct ExecutorArgs {
     /// Simulated time runs this many times faster (--sim only).
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
+    /// Keep the simulated cluster's run history (task, attempt, node, from, until) in FILE as
+    /// JSON lines, rewritten every 200 ms through FILE.tmp and a rename (--sim only).
+    #[arg(long, value_name = "FILE", requires = "sim")]
+    pub sim_history: Option<PathBuf>,
     /// Namespace prefix for Jobs (kube only): tasks of queue Q run in PREFIX + Q.
     #[arg(long)]
     pub namespace_prefix: Option<String>,
