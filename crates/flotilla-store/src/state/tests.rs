@@ -1,4 +1,6 @@
-use flotilla_model::{expand, GangTemplate, SubmitLimits, TaskTemplate, TopologyLevel};
+use flotilla_model::{
+    expand, AttemptStatus, FailureKind, GangTemplate, NodeRef, SubmitLimits, TaskSpec, TaskState, TaskTemplate, TopologyLevel,
+};
 
 use super::*;
 
