@@ -12,13 +12,15 @@
 //!
 //! The code is split by concern: `records` (what is stored), `submission` (new tasks and
 //! request-id dedupe), `attempts` (leases, reports, failures, cancels, clusters), `indexes`
-//! (`transition` and the indexes and event logs it keeps), `compaction`, `queues`, and
+//! (`transition` and the indexes and event logs it keeps), `compaction`, `queues`, `invariants`
+//! ([`State::check_invariants`]), and
 //! `compact_tasks` (the snapshot encoding of the task table).
 
 mod attempts;
 mod compact_tasks;
 mod compaction;
 mod indexes;
+mod invariants;
 mod queues;
 mod records;
 mod submission;
@@ -154,6 +156,12 @@ impl State {
                 Command::Compact { finished_before_ms, max_tasks } => self.compact(*finished_before_ms, *max_tasks),
             })
             .collect();
+        // Assert on the way into storage (STYLE.md): a broken index found here names the
+        // entry that broke it, not a confusing symptom many entries later.
+        #[cfg(debug_assertions)]
+        if let Err(broken) = self.check_invariants() {
+            panic!("state invariant broken by the entry at {now} ms ({} commands): {broken}", req.commands.len());
+        }
         Response { results }
     }
 }

@@ -7,7 +7,7 @@ use flotilla_model::{AttemptStatus, FailureKind, TaskId, TaskState};
 
 use super::records::{task_set_key, ClusterRecord, ClusterState, EventKind, TaskRecord, TaskSetKey};
 use super::State;
-use crate::command::{AttemptEvent, CancelTarget, CommandResult, LeaseDecision, RejectKind, ScheduleDecisions};
+use crate::command::{AttemptEvent, CancelTarget, CommandResult, LeaseDecision, PreemptDecision, RejectKind, ScheduleDecisions};
 
 impl State {
     pub(super) fn cancel(&mut self, now: u64, target: &CancelTarget, reason: &str) -> CommandResult {
@@ -54,12 +54,7 @@ impl State {
         let mut changed = 0;
         // Preemptions first: they free what the leases of the same cycle may use.
         for p in &d.preemptions {
-            let Some(t) = self.tasks.get(&p.task) else { continue };
-            if !t.state.is_active() || t.attempt != p.attempt {
-                continue;
-            }
-            self.requeue(now, p.task, EventKind::Preempted, p.reason.clone(), false);
-            changed += 1;
+            changed += self.preempt(now, p);
         }
         // Leases, a gang all at once or not at all (invariant 4).
         let mut gangs: BTreeMap<TaskId, Vec<&LeaseDecision>> = BTreeMap::new();
@@ -77,14 +72,11 @@ impl State {
             }
         }
         for (gang, leases) in gangs {
-            let size = self.tasks.get(&gang).and_then(|t| t.spec.gang.as_ref()).map_or(0, |g| g.size as usize);
-            let distinct: BTreeSet<TaskId> = leases.iter().map(|l| l.task).collect();
-            if distinct.len() != size || leases.len() != size || !leases.iter().all(|l| self.lease_valid(now, l)) {
-                continue;
-            }
-            for l in leases {
-                self.lease(now, l);
-                changed += 1;
+            if self.gang_lease_valid(now, gang, &leases) {
+                for l in leases {
+                    self.lease(now, l);
+                    changed += 1;
+                }
             }
         }
         for (id, reason) in &d.reasons {
@@ -95,6 +87,31 @@ impl State {
             }
         }
         CommandResult::Count(changed)
+    }
+
+    /// Ends the preempted attempt if the decision is not stale. A gang restarts whole, so its
+    /// other active members go back to the queue with it (invariant 4). Returns how many
+    /// tasks changed.
+    fn preempt(&mut self, now: u64, p: &PreemptDecision) -> u64 {
+        let Some(t) = self.tasks.get(&p.task) else { return 0 };
+        if !t.state.is_active() || t.attempt != p.attempt {
+            return 0;
+        }
+        let gang: Vec<TaskId> = self.gang_members(t).into_iter().filter(|m| self.tasks[m].state.is_active()).collect();
+        self.requeue(now, p.task, EventKind::Preempted, p.reason.clone(), false);
+        for m in &gang {
+            self.requeue(now, *m, EventKind::Preempted, format!("gang member {} was preempted; the gang restarts", p.task), false);
+        }
+        1 + gang.len() as u64
+    }
+
+    /// A gang is leased whole, in one decision and one cluster (its topology domain is at
+    /// most a cluster), or not at all (invariant 4).
+    fn gang_lease_valid(&self, now: u64, gang: TaskId, leases: &[&LeaseDecision]) -> bool {
+        let size = self.tasks.get(&gang).and_then(|t| t.spec.gang.as_ref()).map_or(0, |g| g.size as usize);
+        let distinct: BTreeSet<TaskId> = leases.iter().map(|l| l.task).collect();
+        let clusters: BTreeSet<&str> = leases.iter().map(|l| l.node.cluster.as_str()).collect();
+        distinct.len() == size && leases.len() == size && clusters.len() == 1 && leases.iter().all(|l| self.lease_valid(now, l))
     }
 
     fn lease_valid(&self, now: u64, l: &LeaseDecision) -> bool {

@@ -400,3 +400,77 @@ fn a_gang_member_failing_after_another_finished_is_not_retried_alone() {
     assert!(t.reason.contains("a gang restarts only whole"), "{}", t.reason);
     assert_eq!(s.task(ids[0]).unwrap().state, TaskState::Succeeded);
 }
+
+mod random_commands;
+
+#[test]
+fn a_gang_leased_across_two_clusters_is_not_leased_at_all() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(2)]);
+    let split = ScheduleDecisions {
+        leases: vec![
+            LeaseDecision { task: ids[0], attempt: 1, node: node("a", "n1") },
+            LeaseDecision { task: ids[1], attempt: 1, node: node("b", "n1") },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(apply(&mut s, 2, Command::Schedule(split)), CommandResult::Count(0), "a lost cluster would requeue half of it");
+    assert!(ids.iter().all(|id| s.task(*id).unwrap().state == TaskState::Queued));
+}
+
+#[test]
+fn preempting_one_gang_member_requeues_the_whole_gang() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(3)]);
+    lease_whole(&mut s, &ids);
+    let p = PreemptDecision { task: ids[1], attempt: 1, reason: "reclaimed by fair share".into() };
+    let changed = apply(&mut s, 3, Command::Schedule(ScheduleDecisions { preemptions: vec![p], ..Default::default() }));
+    assert_eq!(changed, CommandResult::Count(3));
+    for id in &ids {
+        let t = s.task(*id).unwrap();
+        assert_eq!((t.state, t.failures), (TaskState::Queued, 0), "task {id}");
+    }
+    assert_eq!(s.active_in("a").count(), 0, "no member is left holding a node");
+}
+
+#[test]
+fn check_invariants_holds_after_ordinary_applies_and_names_each_kind_of_corruption() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.count = Some(3);
+    let ids = submit(&mut s, "r", &[t, gang(2)]);
+    lease(&mut s, 2, ids[0], 1, node("a", "n1"));
+    assert_eq!(s.check_invariants(), Ok(()));
+
+    type Corrupt = fn(&mut State, &[TaskId]);
+    let corruptions: [(&str, Corrupt); 7] = [
+        ("queued index", |s, ids| {
+            s.queued.remove(&ids[1]);
+        }),
+        ("active-by-cluster", |s, ids| {
+            s.active_by_cluster.get_mut("a").unwrap().remove(&ids[0]);
+        }),
+        ("counts", |s, _| s.counts.get_mut("q").unwrap()[0] += 1),
+        ("task set q/s", |s, ids| s.task_sets.get_mut("q/s").unwrap().tasks.retain(|x| *x != ids[2])),
+        ("next_task_id", |s, _| s.next_task_id = 2),
+        ("beyond the task's", |s, _| s.task_sets.get_mut("q/s").unwrap().events.back_mut().unwrap().attempt = 9),
+        ("partly leased", |s, ids| {
+            // Lease one gang member behind `transition`'s back, indexes kept consistent.
+            let t = s.tasks.get_mut(&ids[3]).unwrap();
+            t.state = TaskState::Leased;
+            t.attempt = 1;
+            t.lease = Some(node("a", "n2"));
+            s.queued.remove(&ids[3]);
+            s.active_by_cluster.get_mut("a").unwrap().insert(ids[3]);
+            let c = s.counts.get_mut("q").unwrap();
+            c[0] -= 1;
+            c[1] += 1;
+        }),
+    ];
+    for (names, corrupt) in corruptions {
+        let mut broken = s.clone();
+        corrupt(&mut broken, &ids);
+        let err = broken.check_invariants().expect_err(names);
+        assert!(err.contains(names), "{names}: {err}");
+    }
+}
