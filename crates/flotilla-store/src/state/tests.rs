@@ -2,6 +2,7 @@ use flotilla_model::{
     expand, AttemptStatus, FailureKind, GangTemplate, NodeRef, SubmitLimits, TaskSpec, TaskState, TaskTemplate, TopologyLevel,
 };
 
+use super::records::state_index;
 use super::*;
 
 fn template(name: &str) -> TaskTemplate {
@@ -473,4 +474,44 @@ fn check_invariants_holds_after_ordinary_applies_and_names_each_kind_of_corrupti
         let err = broken.check_invariants().expect_err(names);
         assert!(err.contains(names), "{names}: {err}");
     }
+}
+
+/// `count` copies of one spec as one submission, past the API's per-submit bound: the
+/// state must cope with whatever many submissions add up to.
+fn submit_many(s: &mut State, task_set: &str, count: usize) -> Vec<TaskId> {
+    let one = specs(&[template("many")]).remove(0);
+    let specs = (0..count as u32).map(|i| TaskSpec { index: i, ..one.clone() }).collect();
+    let c = Command::Submit { client_request_id: String::new(), queue: "q".into(), task_set: task_set.into(), specs };
+    match apply(s, 1, c) {
+        CommandResult::Submitted { task_ids } => task_ids,
+        other => panic!("submit failed: {other:?}"),
+    }
+}
+
+#[test]
+fn compacting_100_000_finished_tasks_of_one_task_set_removes_them_all_and_keeps_others() {
+    let mut s = setup();
+    submit_many(&mut s, "big", 100_000);
+    let kept = submit(&mut s, "r", &[template("kept")]);
+    let cancel_big = CancelTarget::TaskSet { queue: "q".into(), task_set: "big".into() };
+    assert_eq!(apply(&mut s, 5, Command::Cancel { target: cancel_big, reason: String::new() }), CommandResult::Count(100_000));
+    assert_eq!(apply(&mut s, 10, Command::Compact { finished_before_ms: 6, max_tasks: 1_000_000 }), CommandResult::Count(100_000));
+    assert_eq!(s.task_count(), 1);
+    assert!(s.task_set("q", "big").is_none(), "an emptied task set is forgotten");
+    assert_eq!(s.task_set("q", "s").unwrap().tasks, kept);
+    assert_eq!(s.counts("q")[state_index(TaskState::Cancelled)], 0);
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn compacting_down_to_max_tasks_keeps_the_newest_finished_tasks_listed_in_their_set() {
+    let mut s = setup();
+    let ids = submit_many(&mut s, "s", 1_000);
+    // Finish them one per millisecond, so "oldest" is well defined.
+    for (i, id) in ids.iter().enumerate() {
+        apply(&mut s, 10 + i as u64, Command::Cancel { target: CancelTarget::Tasks(vec![*id]), reason: String::new() });
+    }
+    assert_eq!(apply(&mut s, 5_000, Command::Compact { finished_before_ms: 0, max_tasks: 300 }), CommandResult::Count(700));
+    assert_eq!(s.task_set("q", "s").unwrap().tasks, ids[700..].to_vec());
+    assert_eq!(s.check_invariants(), Ok(()));
 }
