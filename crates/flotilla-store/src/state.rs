@@ -52,6 +52,11 @@ pub struct State {
     counts: BTreeMap<String, [u64; 7]>,
     /// Events trimmed from task-set logs since the beginning (a metric).
     pub events_trimmed: u64,
+    /// The latest time an entry was applied at. Entries proposed concurrently can commit
+    /// with decreasing `Request.now_ms`; every timestamp uses the max of the two so that the
+    /// state's clock (event times, backoffs, breaker windows) never goes backwards.
+    #[serde(default)]
+    last_now_ms: u64,
 }
 
 impl State {
@@ -137,7 +142,8 @@ impl State {
         if self.next_task_id == 0 {
             self.next_task_id = 1;
         }
-        let now = req.now_ms;
+        let now = req.now_ms.max(self.last_now_ms);
+        self.last_now_ms = now;
         let results = req
             .commands
             .iter()

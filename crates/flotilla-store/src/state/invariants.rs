@@ -115,7 +115,7 @@ impl State {
         }
     }
 
-    /// Event logs are dense and in order; an event names only attempts its task has made,
+    /// Event logs are dense and in order, in time too; an event names only attempts its task has made,
     /// and a task's events never go back to an earlier attempt (invariant 2 and 5).
     fn check_events(&self) -> Result<(), String> {
         for (key, set) in &self.task_sets {
@@ -123,6 +123,12 @@ impl State {
                 if last.seq + 1 != set.next_seq || last.seq + 1 - set.first_seq() != set.events.len() as u64 {
                     return Err(format!("task set {key}: event sequence numbers are not dense up to next_seq {}", set.next_seq));
                 }
+            }
+            if let Some(pair) = set.events.iter().zip(set.events.iter().skip(1)).find(|(a, b)| b.time_ms < a.time_ms) {
+                return Err(format!(
+                    "task set {key}: event {} at {} ms is before event {} at {} ms",
+                    pair.1.seq, pair.1.time_ms, pair.0.seq, pair.0.time_ms
+                ));
             }
             let mut last_attempt: BTreeMap<TaskId, u32> = BTreeMap::new();
             for e in set.events.iter().filter(|e| e.task != TaskId(0)) {

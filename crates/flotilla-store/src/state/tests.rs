@@ -515,3 +515,32 @@ fn compacting_down_to_max_tasks_keeps_the_newest_finished_tasks_listed_in_their_
     assert_eq!(s.task_set("q", "s").unwrap().tasks, ids[700..].to_vec());
     assert_eq!(s.check_invariants(), Ok(()));
 }
+
+#[test]
+fn an_entry_with_an_earlier_clock_reading_never_moves_state_time_backwards() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(3), backoff: Some("10s".into()), ..Default::default() });
+    let id = submit(&mut s, "r", &[t])[0];
+    lease(&mut s, 50_000, id, 1, node("a", "n1"));
+    // Committed after the lease, but proposed with an older clock reading.
+    report(&mut s, 20_000, "a", id, 1, failed(FailureKind::Error));
+    let rec = s.task(id).unwrap();
+    assert_eq!(rec.updated_ms, 50_000);
+    assert_eq!(rec.not_before_ms, 60_000, "the backoff counts from the latest time, not the stale one");
+    let times: Vec<u64> = s.task_set("q", "s").unwrap().events.iter().map(|e| e.time_ms).collect();
+    assert_eq!(times, vec![1, 50_000, 50_000]);
+    let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert_eq!(back.last_now_ms, 50_000, "kept in snapshots");
+}
+
+#[test]
+fn a_snapshot_written_before_last_now_ms_existed_reads_as_time_zero() {
+    let mut s = setup();
+    submit(&mut s, "r", &[template("a")]);
+    let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+    json.as_object_mut().unwrap().remove("last_now_ms").expect("the field is serialized");
+    let old: State = serde_json::from_value(json).unwrap();
+    assert_eq!(old.last_now_ms, 0);
+    assert_eq!(old.task_count(), 1);
+}
