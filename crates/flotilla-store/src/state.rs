@@ -44,7 +44,9 @@ pub struct State {
     tasks: BTreeMap<TaskId, TaskRecord>,
     task_sets: BTreeMap<TaskSetKey, TaskSetRecord>,
     clusters: BTreeMap<String, ClusterRecord>,
-    request_ids: BTreeMap<String, Vec<TaskId>>,
+    /// Request id -> the ids its submission got; at most `limits.max_request_ids`, oldest
+    /// forgotten first (`request_order`).
+    request_ids: BTreeMap<String, submission::SubmittedIds>,
     request_order: VecDeque<String>,
     // Indexes, kept by `transition`.
     queued: BTreeSet<TaskId>,

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use flotilla_model::{TaskId, TaskSpec, TaskState};
+use serde::{Deserialize, Serialize};
 
 use super::records::{state_index, EventKind, TaskRecord, TaskSetRecord};
 use super::State;
@@ -56,7 +57,7 @@ impl State {
         if request_id.is_empty() {
             return None;
         }
-        self.request_ids.get(request_id).cloned()
+        self.request_ids.get(request_id).map(SubmittedIds::ids)
     }
 
     /// Remembers a submission's ids for retries, forgetting the oldest beyond the bound.
@@ -64,7 +65,9 @@ impl State {
         if request_id.is_empty() {
             return;
         }
-        self.request_ids.insert(request_id.to_string(), ids.to_vec());
+        // `submit` allocates one contiguous run of ids; anything else is a bug here.
+        let submitted = SubmittedIds::of(ids).expect("a submission's task ids are contiguous");
+        self.request_ids.insert(request_id.to_string(), submitted);
         self.request_order.push_back(request_id.to_string());
         while self.request_order.len() > self.limits.max_request_ids {
             if let Some(old) = self.request_order.pop_front() {
@@ -106,5 +109,50 @@ fn new_record(now: u64, id: TaskId, spec: TaskSpec, blocked_on: Vec<TaskId>) -> 
         failures: 0,
         avoid_nodes: Vec::new(),
         cluster_failures: BTreeMap::new(),
+    }
+}
+
+/// The ids one submission got, remembered for deduplicating retries. They are contiguous,
+/// so they are stored as the first and a count: a few bytes per remembered submission
+/// whatever its size, where a list cost about 8 bytes per task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SubmittedIdsEncoding")]
+pub(super) struct SubmittedIds {
+    first: TaskId,
+    count: u64,
+}
+
+impl SubmittedIds {
+    /// `None` unless `ids` are consecutive.
+    fn of(ids: &[TaskId]) -> Option<SubmittedIds> {
+        let first = ids.first().copied().unwrap_or(TaskId(0));
+        let contiguous = ids.iter().enumerate().all(|(i, id)| first.0.checked_add(i as u64) == Some(id.0));
+        contiguous.then_some(SubmittedIds { first, count: ids.len() as u64 })
+    }
+
+    fn ids(&self) -> Vec<TaskId> {
+        (0..self.count).map(|i| TaskId(self.first.0 + i)).collect()
+    }
+}
+
+/// What snapshots hold: the range, or (written before ranges) the whole list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SubmittedIdsEncoding {
+    Range { first: TaskId, count: u64 },
+    List(Vec<TaskId>),
+}
+
+impl TryFrom<SubmittedIdsEncoding> for SubmittedIds {
+    type Error = String;
+
+    fn try_from(e: SubmittedIdsEncoding) -> Result<SubmittedIds, String> {
+        match e {
+            SubmittedIdsEncoding::Range { first, count } if first.0.checked_add(count).is_some() => Ok(SubmittedIds { first, count }),
+            SubmittedIdsEncoding::Range { first, count } => Err(format!("request ids: {count} ids from {first} overflow")),
+            SubmittedIdsEncoding::List(ids) => {
+                SubmittedIds::of(&ids).ok_or_else(|| format!("request ids: a remembered submission's ids {ids:?} are not contiguous"))
+            }
+        }
     }
 }

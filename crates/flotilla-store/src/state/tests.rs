@@ -544,3 +544,32 @@ fn a_snapshot_written_before_last_now_ms_existed_reads_as_time_zero() {
     assert_eq!(old.last_now_ms, 0);
     assert_eq!(old.task_count(), 1);
 }
+
+#[test]
+fn remembering_a_10_000_task_submission_for_retries_costs_under_100_bytes() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.count = Some(10_000);
+    let ids = submit(&mut s, "req-big", &[t.clone()]);
+    let remembered = serde_json::to_vec(&s.request_ids).unwrap();
+    assert!(remembered.len() < 100, "{} bytes", remembered.len());
+    assert_eq!(submit(&mut s, "req-big", &[t]), ids, "a retry still gets every id");
+    assert_eq!(s.task_count(), 10_000);
+}
+
+#[test]
+fn a_snapshot_with_request_ids_as_lists_reads_back_and_still_deduplicates() {
+    let mut s = setup();
+    let ids = submit(&mut s, "req-1", &[template("a"), template("b")]);
+    let mut json = serde_json::to_value(&s).unwrap();
+    // The shape snapshots had before ranges: the whole list of ids.
+    json["request_ids"]["req-1"] = serde_json::json!(ids.iter().map(|id| id.0).collect::<Vec<_>>());
+    let mut old: State = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(old, s, "read as the same range");
+    assert_eq!(submit(&mut old, "req-1", &[template("a"), template("b")]), ids);
+    assert_eq!(old.task_count(), 2);
+
+    json["request_ids"]["req-1"] = serde_json::json!([ids[0].0, ids[0].0 + 5]);
+    let err = serde_json::from_value::<State>(json).unwrap_err().to_string();
+    assert!(err.contains("not contiguous"), "{err}");
+}
