@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::{open_db, Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoreError, StoredMembership, TypeConfig};
@@ -144,21 +144,43 @@ impl Inner {
         f(db)
     }
 
-    /// Writes meta and data in one durable transaction, replacing the previous snapshot.
-    fn write_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), AnyError> {
+    /// Writes meta and data in one durable transaction, replacing the previous snapshot
+    /// unless that one is newer. Returns whether it wrote.
+    ///
+    /// Why the check: a snapshot built from the state while a newer snapshot is installed
+    /// finishes after the install and would replace it; once the log is purged up to the
+    /// newer one, a restart would find neither the entries nor the state between the two.
+    fn write_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, AnyError> {
         let meta_bytes = serde_json::to_vec(meta).map_err(|e| AnyError::new(&e))?;
-        self.with_db(|db| write_snapshot_in(db, &meta_bytes, data))
+        let written = self.with_db(|db| write_snapshot_in(db, meta, &meta_bytes, data))?;
+        if !written {
+            tracing::debug!(snapshot = %meta, "kept the stored snapshot: it is newer than this one");
+        }
+        Ok(written)
     }
 }
 
-fn write_snapshot_in(db: &Database, meta_bytes: &[u8], data: &[u8]) -> Result<(), AnyError> {
+/// Writes the snapshot if its last log id is at least the stored one's, comparing inside the
+/// write transaction so that no other write can come between the comparison and the write.
+fn write_snapshot_in(db: &Database, meta: &SnapshotMeta, meta_bytes: &[u8], data: &[u8]) -> Result<bool, AnyError> {
     let txn = db.begin_write().map_err(|e| AnyError::new(&e))?;
-    {
+    let written = {
         let mut table = txn.open_table(SNAPSHOT).map_err(|e| AnyError::new(&e))?;
-        table.insert(KEY_META, meta_bytes).map_err(|e| AnyError::new(&e))?;
-        table.insert(KEY_DATA, data).map_err(|e| AnyError::new(&e))?;
+        let stored = table.get(KEY_META).map_err(|e| AnyError::new(&e))?.map(|v| v.value().to_vec());
+        let stored: Option<SnapshotMeta> = stored.map(|m| serde_json::from_slice(&m)).transpose().map_err(|e| AnyError::new(&e))?;
+        let newer_stored = stored.is_some_and(|stored| stored.last_log_id > meta.last_log_id);
+        if !newer_stored {
+            table.insert(KEY_META, meta_bytes).map_err(|e| AnyError::new(&e))?;
+            table.insert(KEY_DATA, data).map_err(|e| AnyError::new(&e))?;
+        }
+        !newer_stored
+    };
+    if written {
+        txn.commit().map_err(|e| AnyError::new(&e))?;
+    } else {
+        txn.abort().map_err(|e| AnyError::new(&e))?;
     }
-    txn.commit().map_err(|e| AnyError::new(&e))
+    Ok(written)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -269,5 +291,41 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+#[cfg(test)]
+mod snapshot_write_tests {
+    use openraft::CommittedLeaderId;
+    use tempfile::TempDir;
+
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("snapshot-{index}"),
+        }
+    }
+
+    fn stored(store: &StateMachineStore) -> (SnapshotMeta, Vec<u8>) {
+        let (meta, data) = store.inner.with_db(read_snapshot).unwrap().expect("a stored snapshot");
+        (serde_json::from_slice(&meta).unwrap(), data)
+    }
+
+    #[test]
+    fn an_older_snapshot_written_after_a_newer_one_does_not_replace_it() {
+        let dir = TempDir::new().unwrap();
+        let store = StateMachineStore::open(&dir.path().join("sm.redb")).unwrap();
+        assert!(store.inner.write_snapshot(&meta(10), b"state at 10").unwrap());
+        // Built before the install of snapshot 10 finished, written after it.
+        assert!(!store.inner.write_snapshot(&meta(5), b"state at 5").unwrap());
+        let (m, data) = stored(&store);
+        assert_eq!((m, data), (meta(10), b"state at 10".to_vec()));
+        // The same log id again, or a newer one, is written.
+        assert!(store.inner.write_snapshot(&meta(10), b"state at 10 again").unwrap());
+        assert!(store.inner.write_snapshot(&meta(12), b"state at 12").unwrap());
+        assert_eq!(stored(&store), (meta(12), b"state at 12".to_vec()));
     }
 }

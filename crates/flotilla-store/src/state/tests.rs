@@ -1,5 +1,8 @@
-use flotilla_model::{expand, GangTemplate, SubmitLimits, TaskTemplate, TopologyLevel};
+use flotilla_model::{
+    expand, AttemptStatus, FailureKind, GangTemplate, NodeRef, SubmitLimits, TaskSpec, TaskState, TaskTemplate, TopologyLevel,
+};
 
+use super::records::state_index;
 use super::*;
 
 fn template(name: &str) -> TaskTemplate {
@@ -397,4 +400,176 @@ fn a_gang_member_failing_after_another_finished_is_not_retried_alone() {
     assert_eq!(t.state, TaskState::Failed, "a lone member could never be placed again");
     assert!(t.reason.contains("a gang restarts only whole"), "{}", t.reason);
     assert_eq!(s.task(ids[0]).unwrap().state, TaskState::Succeeded);
+}
+
+mod random_commands;
+
+#[test]
+fn a_gang_leased_across_two_clusters_is_not_leased_at_all() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(2)]);
+    let split = ScheduleDecisions {
+        leases: vec![
+            LeaseDecision { task: ids[0], attempt: 1, node: node("a", "n1") },
+            LeaseDecision { task: ids[1], attempt: 1, node: node("b", "n1") },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(apply(&mut s, 2, Command::Schedule(split)), CommandResult::Count(0), "a lost cluster would requeue half of it");
+    assert!(ids.iter().all(|id| s.task(*id).unwrap().state == TaskState::Queued));
+}
+
+#[test]
+fn preempting_one_gang_member_requeues_the_whole_gang() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[gang(3)]);
+    lease_whole(&mut s, &ids);
+    let p = PreemptDecision { task: ids[1], attempt: 1, reason: "reclaimed by fair share".into() };
+    let changed = apply(&mut s, 3, Command::Schedule(ScheduleDecisions { preemptions: vec![p], ..Default::default() }));
+    assert_eq!(changed, CommandResult::Count(3));
+    for id in &ids {
+        let t = s.task(*id).unwrap();
+        assert_eq!((t.state, t.failures), (TaskState::Queued, 0), "task {id}");
+    }
+    assert_eq!(s.active_in("a").count(), 0, "no member is left holding a node");
+}
+
+#[test]
+fn check_invariants_holds_after_ordinary_applies_and_names_each_kind_of_corruption() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.count = Some(3);
+    let ids = submit(&mut s, "r", &[t, gang(2)]);
+    lease(&mut s, 2, ids[0], 1, node("a", "n1"));
+    assert_eq!(s.check_invariants(), Ok(()));
+
+    type Corrupt = fn(&mut State, &[TaskId]);
+    let corruptions: [(&str, Corrupt); 7] = [
+        ("queued index", |s, ids| {
+            s.queued.remove(&ids[1]);
+        }),
+        ("active-by-cluster", |s, ids| {
+            s.active_by_cluster.get_mut("a").unwrap().remove(&ids[0]);
+        }),
+        ("counts", |s, _| s.counts.get_mut("q").unwrap()[0] += 1),
+        ("task set q/s", |s, ids| s.task_sets.get_mut("q/s").unwrap().tasks.retain(|x| *x != ids[2])),
+        ("next_task_id", |s, _| s.next_task_id = 2),
+        ("beyond the task's", |s, _| s.task_sets.get_mut("q/s").unwrap().events.back_mut().unwrap().attempt = 9),
+        ("partly leased", |s, ids| {
+            // Lease one gang member behind `transition`'s back, indexes kept consistent.
+            let t = s.tasks.get_mut(&ids[3]).unwrap();
+            t.state = TaskState::Leased;
+            t.attempt = 1;
+            t.lease = Some(node("a", "n2"));
+            s.queued.remove(&ids[3]);
+            s.active_by_cluster.get_mut("a").unwrap().insert(ids[3]);
+            let c = s.counts.get_mut("q").unwrap();
+            c[0] -= 1;
+            c[1] += 1;
+        }),
+    ];
+    for (names, corrupt) in corruptions {
+        let mut broken = s.clone();
+        corrupt(&mut broken, &ids);
+        let err = broken.check_invariants().expect_err(names);
+        assert!(err.contains(names), "{names}: {err}");
+    }
+}
+
+/// `count` copies of one spec as one submission, past the API's per-submit bound: the
+/// state must cope with whatever many submissions add up to.
+fn submit_many(s: &mut State, task_set: &str, count: usize) -> Vec<TaskId> {
+    let one = specs(&[template("many")]).remove(0);
+    let specs = (0..count as u32).map(|i| TaskSpec { index: i, ..one.clone() }).collect();
+    let c = Command::Submit { client_request_id: String::new(), queue: "q".into(), task_set: task_set.into(), specs };
+    match apply(s, 1, c) {
+        CommandResult::Submitted { task_ids } => task_ids,
+        other => panic!("submit failed: {other:?}"),
+    }
+}
+
+#[test]
+fn compacting_100_000_finished_tasks_of_one_task_set_removes_them_all_and_keeps_others() {
+    let mut s = setup();
+    submit_many(&mut s, "big", 100_000);
+    let kept = submit(&mut s, "r", &[template("kept")]);
+    let cancel_big = CancelTarget::TaskSet { queue: "q".into(), task_set: "big".into() };
+    assert_eq!(apply(&mut s, 5, Command::Cancel { target: cancel_big, reason: String::new() }), CommandResult::Count(100_000));
+    assert_eq!(apply(&mut s, 10, Command::Compact { finished_before_ms: 6, max_tasks: 1_000_000 }), CommandResult::Count(100_000));
+    assert_eq!(s.task_count(), 1);
+    assert!(s.task_set("q", "big").is_none(), "an emptied task set is forgotten");
+    assert_eq!(s.task_set("q", "s").unwrap().tasks, kept);
+    assert_eq!(s.counts("q")[state_index(TaskState::Cancelled)], 0);
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn compacting_down_to_max_tasks_keeps_the_newest_finished_tasks_listed_in_their_set() {
+    let mut s = setup();
+    let ids = submit_many(&mut s, "s", 1_000);
+    // Finish them one per millisecond, so "oldest" is well defined.
+    for (i, id) in ids.iter().enumerate() {
+        apply(&mut s, 10 + i as u64, Command::Cancel { target: CancelTarget::Tasks(vec![*id]), reason: String::new() });
+    }
+    assert_eq!(apply(&mut s, 5_000, Command::Compact { finished_before_ms: 0, max_tasks: 300 }), CommandResult::Count(700));
+    assert_eq!(s.task_set("q", "s").unwrap().tasks, ids[700..].to_vec());
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn an_entry_with_an_earlier_clock_reading_never_moves_state_time_backwards() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(3), backoff: Some("10s".into()), ..Default::default() });
+    let id = submit(&mut s, "r", &[t])[0];
+    lease(&mut s, 50_000, id, 1, node("a", "n1"));
+    // Committed after the lease, but proposed with an older clock reading.
+    report(&mut s, 20_000, "a", id, 1, failed(FailureKind::Error));
+    let rec = s.task(id).unwrap();
+    assert_eq!(rec.updated_ms, 50_000);
+    assert_eq!(rec.not_before_ms, 60_000, "the backoff counts from the latest time, not the stale one");
+    let times: Vec<u64> = s.task_set("q", "s").unwrap().events.iter().map(|e| e.time_ms).collect();
+    assert_eq!(times, vec![1, 50_000, 50_000]);
+    let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert_eq!(back.last_now_ms, 50_000, "kept in snapshots");
+}
+
+#[test]
+fn a_snapshot_written_before_last_now_ms_existed_reads_as_time_zero() {
+    let mut s = setup();
+    submit(&mut s, "r", &[template("a")]);
+    let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+    json.as_object_mut().unwrap().remove("last_now_ms").expect("the field is serialized");
+    let old: State = serde_json::from_value(json).unwrap();
+    assert_eq!(old.last_now_ms, 0);
+    assert_eq!(old.task_count(), 1);
+}
+
+#[test]
+fn remembering_a_10_000_task_submission_for_retries_costs_under_100_bytes() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.count = Some(10_000);
+    let ids = submit(&mut s, "req-big", &[t.clone()]);
+    let remembered = serde_json::to_vec(&s.request_ids).unwrap();
+    assert!(remembered.len() < 100, "{} bytes", remembered.len());
+    assert_eq!(submit(&mut s, "req-big", &[t]), ids, "a retry still gets every id");
+    assert_eq!(s.task_count(), 10_000);
+}
+
+#[test]
+fn a_snapshot_with_request_ids_as_lists_reads_back_and_still_deduplicates() {
+    let mut s = setup();
+    let ids = submit(&mut s, "req-1", &[template("a"), template("b")]);
+    let mut json = serde_json::to_value(&s).unwrap();
+    // The shape snapshots had before ranges: the whole list of ids.
+    json["request_ids"]["req-1"] = serde_json::json!(ids.iter().map(|id| id.0).collect::<Vec<_>>());
+    let mut old: State = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(old, s, "read as the same range");
+    assert_eq!(submit(&mut old, "req-1", &[template("a"), template("b")]), ids);
+    assert_eq!(old.task_count(), 2);
+
+    json["request_ids"]["req-1"] = serde_json::json!([ids[0].0, ids[0].0 + 5]);
+    let err = serde_json::from_value::<State>(json).unwrap_err().to_string();
+    assert!(err.contains("not contiguous"), "{err}");
 }

@@ -1,0 +1,54 @@
+//! Queue commands and resuming a paused task set.
+
+use flotilla_model::{Queue, TaskState};
+
+use super::records::{state_index, task_set_key, EventKind};
+use super::State;
+use crate::command::{CommandResult, RejectKind};
+
+impl State {
+    pub(super) fn put_queue(&mut self, queue: &Queue, create: bool) -> CommandResult {
+        let exists = self.queues.contains_key(&queue.name);
+        if create && exists {
+            return CommandResult::rejected(RejectKind::AlreadyExists, format!("queue {:?} already exists", queue.name));
+        }
+        if !create && !exists {
+            return CommandResult::rejected(RejectKind::NotFound, format!("queue {:?} does not exist", queue.name));
+        }
+        if !(queue.weight.is_finite() && queue.weight >= 0.0) {
+            return CommandResult::rejected(RejectKind::Invalid, format!("weight: {} must be a number >= 0", queue.weight));
+        }
+        self.queues.insert(queue.name.clone(), queue.clone());
+        CommandResult::Ok
+    }
+
+    pub(super) fn delete_queue(&mut self, name: &str) -> CommandResult {
+        if !self.queues.contains_key(name) {
+            return CommandResult::rejected(RejectKind::NotFound, format!("queue {name:?} does not exist"));
+        }
+        let c = self.counts(name);
+        let unfinished: u64 = TaskState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| c[state_index(*s)]).sum();
+        if unfinished > 0 {
+            return CommandResult::rejected(
+                RejectKind::Conflict,
+                format!("queue {name:?} has {unfinished} unfinished tasks; cancel them first"),
+            );
+        }
+        self.queues.remove(name);
+        CommandResult::Ok
+    }
+
+    pub(super) fn resume(&mut self, now: u64, queue: &str, task_set: &str) -> CommandResult {
+        let key = task_set_key(queue, task_set);
+        match self.task_sets.get_mut(&key) {
+            None => CommandResult::rejected(RejectKind::NotFound, format!("task set {queue}/{task_set} does not exist")),
+            Some(s) if !s.paused => CommandResult::rejected(RejectKind::Conflict, format!("task set {queue}/{task_set} is not paused")),
+            Some(s) => {
+                s.paused = false;
+                s.recent_failures_ms.clear();
+                self.push_set_event(now, &key, EventKind::Resumed, "resumed by user".into());
+                CommandResult::Ok
+            }
+        }
+    }
+}
