@@ -42,6 +42,7 @@ pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod kube;
+pub mod planted;
 pub mod sim;
 pub mod status;
 

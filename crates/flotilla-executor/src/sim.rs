@@ -81,6 +81,9 @@ pub struct SimOptions {
     pub speed: Option<f64>,
     /// Time moves only through [`SimCluster::advance`]: for tests that must not sleep.
     pub manual_clock: bool,
+    /// The wall-clock time the cluster's clock starts at; `None`: now. The fault simulator
+    /// pins it so that a seed reproduces the same history.
+    pub origin_unix_ms: Option<u64>,
 }
 
 /// A handle to one simulated cluster. Clones share the cluster.
@@ -205,7 +208,7 @@ impl SimCluster {
                 faults: config.faults.clone(),
                 clock: Clock {
                     origin: Instant::now(),
-                    origin_unix_ms: unix_now_ms(),
+                    origin_unix_ms: options.origin_unix_ms.unwrap_or_else(unix_now_ms),
                     speed: if options.manual_clock { 0.0 } else { speed },
                     offset_ms: AtomicU64::new(0),
                 },

@@ -25,6 +25,7 @@ mod convert;
 mod http;
 pub mod leader;
 pub mod metrics;
+pub mod planted;
 pub mod raft;
 pub mod services;
 

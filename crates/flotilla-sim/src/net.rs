@@ -12,6 +12,7 @@
 //! virtual sleep and a run is decided by its seed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -19,6 +19,7 @@
 
 pub mod command;
 mod blocking;
+pub mod planted;
 pub mod raft;
 pub mod state;
 
