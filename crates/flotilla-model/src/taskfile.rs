@@ -682,6 +682,17 @@ tasks:
     }
 
     #[test]
+    fn a_dependency_on_a_task_defined_later_in_the_file_is_valid_and_kept() {
+        let mut report = template("report");
+        report.after = vec!["train".into()];
+        let specs = expand("q", "s", &[report, template("train")], &SubmitLimits::default()).unwrap();
+        assert_eq!(
+            specs.iter().map(|s| (s.name.as_str(), s.after.clone())).collect::<Vec<_>>(),
+            vec![("report", vec!["train".to_string()]), ("train", vec![])]
+        );
+    }
+
+    #[test]
     fn names_must_be_dns_labels() {
         assert!(is_dns1123_label("agent-7"));
         assert!(!is_dns1123_label("Agent"));

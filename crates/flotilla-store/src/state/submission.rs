@@ -41,12 +41,16 @@ impl State {
                 g.id = gang_id;
             }
             let blocked_on: Vec<TaskId> = spec.after.iter().flat_map(|n| by_name.get(n.as_str()).cloned().unwrap_or_default()).collect();
-            for dep in &blocked_on {
-                if let Some(d) = self.tasks.get_mut(dep) {
-                    d.dependents.push(id);
+            self.insert_queued(now, new_record(now, id, spec, blocked_on));
+        }
+        // Only now: `after` may name a task defined later in the file, whose record did not
+        // exist while the earlier task was inserted.
+        for id in &ids {
+            for dep in self.tasks[id].blocked_on.clone() {
+                if let Some(d) = self.tasks.get_mut(&dep) {
+                    d.dependents.push(*id);
                 }
             }
-            self.insert_queued(now, new_record(now, id, spec, blocked_on));
         }
         self.remember_request(request_id, &ids);
         CommandResult::Submitted { task_ids: ids }

@@ -573,3 +573,43 @@ fn a_snapshot_with_request_ids_as_lists_reads_back_and_still_deduplicates() {
     let err = serde_json::from_value::<State>(json).unwrap_err().to_string();
     assert!(err.contains("not contiguous"), "{err}");
 }
+
+#[test]
+fn a_dependency_defined_later_in_the_submission_knows_its_dependent() {
+    let mut s = setup();
+    let mut first = template("first");
+    first.after = vec!["second".into()];
+    let ids = submit(&mut s, "r", &[first, template("second")]);
+    assert_eq!(s.task(ids[0]).unwrap().blocked_on, vec![ids[1]]);
+    assert_eq!(s.task(ids[1]).unwrap().dependents, vec![ids[0]], "the later task must learn of the earlier one");
+}
+
+#[test]
+fn a_task_file_waiting_on_a_later_task_runs_once_that_task_succeeded() {
+    let file = flotilla_model::TaskFile::from_yaml(
+        r#"
+queue: q
+taskSet: s
+tasks:
+  - name: report
+    image: busybox
+    resources: {cpu: 1, memory: 1Gi}
+    after: [train]
+  - name: train
+    image: busybox
+    resources: {cpu: 1, memory: 1Gi}
+"#,
+    )
+    .unwrap();
+    let mut s = setup();
+    let specs = expand("q", "s", &file.tasks, &SubmitLimits::default()).unwrap();
+    let c = Command::Submit { client_request_id: "r".into(), queue: "q".into(), task_set: "s".into(), specs };
+    let CommandResult::Submitted { task_ids: ids } = apply(&mut s, 1, c) else { panic!("submit failed") };
+    let (report_task, train) = (ids[0], ids[1]);
+    assert!(!s.is_schedulable(s.task(report_task).unwrap(), 2), "report waits for train");
+    lease(&mut s, 2, train, 1, node("a", "n1"));
+    report(&mut s, 3, "a", train, 1, AttemptStatus::Succeeded);
+    let t = s.task(report_task).unwrap();
+    assert!(s.is_schedulable(t, 4), "still {}: {}", t.state, t.reason);
+    assert_eq!(t.reason, "", "no longer 'waiting for train to succeed'");
+}

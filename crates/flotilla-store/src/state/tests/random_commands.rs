@@ -48,11 +48,16 @@ fn random_submit(rng: &mut Rng) -> Command {
             t.count = Some(1 + rng.below(3) as u32);
         }
         t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(1 + rng.below(3) as u32), ..Default::default() });
-        // Dependencies on other templates of the file, earlier ones only: no cycles.
+        // Dependencies on earlier templates only, so no cycles; reversing the file below
+        // turns them into dependencies on later ones.
         if i > 0 && rng.chance(40) {
             t.after = vec![format!("t{}", rng.below(i as u64))];
         }
         templates.push(t);
+    }
+    // Reversed, every dependency names a task defined later in the file.
+    if rng.chance(50) {
+        templates.reverse();
     }
     let task_set = format!("s{}", rng.below(3));
     let specs = expand("q", &task_set, &templates, &SubmitLimits::default()).expect("generated templates are valid");
