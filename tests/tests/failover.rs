@@ -107,7 +107,7 @@ async fn leader_failover_while_tasks_run_loses_nothing_and_runs_nothing_twice() 
     let mut sims = Vec::new();
     let mut executors = Vec::new();
     for name in clusters.cluster_names() {
-        let sim = SimCluster::from_file(&clusters, &name, SimOptions { seed: Some(3), speed: Some(10.0), manual_clock: false }).unwrap();
+        let sim = SimCluster::from_file(&clusters, &name, SimOptions { seed: Some(3), speed: Some(10.0), ..Default::default() }).unwrap();
         // Every replica, leader first: the executors must move on when it disappears.
         let mut servers_list: Vec<String> = vec![urls[&leader].clone()];
         servers_list.extend(urls.iter().filter(|(id, _)| **id != leader).map(|(_, u)| u.clone()));

@@ -271,7 +271,7 @@ async fn lost_cluster_work_moves_elsewhere_and_returning_executor_stops_stale_at
     let killed_at = Instant::now();
     let killed_at_ms = flotilla_server::now_ms();
     // The leader counts silence from the last report it received.
-    let report_age = fed.server().ctx.capacity.lock().unwrap().age("slow", Instant::now()).expect("slow has reported");
+    let report_age = fed.server().ctx.capacity.lock().unwrap().age("slow", tokio::time::Instant::now()).expect("slow has reported");
     fed.executors.remove("slow").unwrap().abort();
     let stale: BTreeSet<(TaskId, u32)> = fed.sims["slow"].current_attempts().iter().map(|a| (a.task_id, a.attempt)).collect();
     assert_eq!(stale.len(), 10, "the killed cluster still runs its 10 attempts");

@@ -62,7 +62,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let url = format!("http://{}", server.local_addr);
     let mut executors = Vec::new();
     for name in clusters.cluster_names() {
-        let sim = SimCluster::from_file(&clusters, &name, SimOptions { speed: Some(args.speed), seed: Some(1), manual_clock: false })?;
+        let sim = SimCluster::from_file(&clusters, &name, SimOptions { speed: Some(args.speed), seed: Some(1), ..Default::default() })?;
         executors.push(flotilla_executor::spawn(ExecutorConfig::new(vec![url.clone()], name), Arc::new(sim)));
     }
     let channel = Channel::from_shared(url.clone())?.connect().await?;

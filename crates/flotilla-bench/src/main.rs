@@ -5,9 +5,12 @@
 //!   federation; only the call itself is timed.
 //! - `submit`: acknowledged submissions per second through real replica processes.
 //! - `e2e`: tasks leased per second through one replica and simulated executors.
+//! - `chaos`: the deterministic fault simulator over many seeds; exits non-zero on a
+//!   violated invariant.
 
 use clap::{Parser, Subcommand};
 
+mod chaos;
 mod e2e;
 mod sched;
 mod submit;
@@ -27,6 +30,8 @@ enum Command {
     Submit(submit::Args),
     /// Tasks leased per second end to end: a replica and simulated executors in one process.
     E2e(e2e::Args),
+    /// Run the deterministic fault simulator over many seeds and check every invariant.
+    Chaos(chaos::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sched(args) => sched::run(&args),
         Command::Submit(args) => submit::run(&args),
         Command::E2e(args) => e2e::run(&args),
+        Command::Chaos(args) => chaos::run(&args),
     }
 }
 

@@ -27,6 +27,7 @@
 //! yet reported (bounded). Stopping the loop and starting another on the same backend is safe:
 //! the new loop has no lease, so it starts nothing until a scheduler grants one.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -472,12 +473,21 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         })
         .await;
     let lease: &Lease = lease;
+    // An attempt this executor stopped for an expired lease is never started again: its
+    // `Lost` report may be on its way, and the scheduler then leases a new attempt
+    // elsewhere while this one would run.
+    let expired: HashSet<(u64, u32)> = lease.lost.iter().map(|e| (e.task_id.0, e.attempt)).collect();
+    let expired = &expired;
     futures::stream::iter(response.start)
         .for_each_concurrent(config.max_concurrent_changes, |t| {
             let span = tracing::info_span!("start", task_id = t.task_id, attempt = t.attempt, node = %t.node, queue = %t.queue);
             async move {
                 if !lease.holds(Instant::now()) {
                     tracing::warn!("not started: this executor holds no unexpired lease");
+                    return;
+                }
+                if expired.contains(&(t.task_id, t.attempt)) {
+                    tracing::info!("not started: stopped when the lease expired, reported as lost");
                     return;
                 }
                 let result = tokio::time::timeout(config.backend_timeout, backend.start(t)).await;

@@ -591,7 +591,7 @@ mod tests {
     #[test]
     fn the_speed_factor_runs_simulated_time_faster_than_real_time() {
         // 60 s of simulated pending + run at 10,000× is 6 ms of real time.
-        let sim = cluster("", SimOptions { seed: Some(1), speed: Some(10_000.0), manual_clock: false });
+        let sim = cluster("", SimOptions { seed: Some(1), speed: Some(10_000.0), ..Default::default() });
         sim.start_attempt(&lease(1, 59_000));
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut seen = Vec::new();

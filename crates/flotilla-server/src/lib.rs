@@ -268,8 +268,10 @@ impl Context {
                 return Some(channel.clone());
             }
         }
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(url.clone()).ok()?.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(30));
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30));
         let channel = self.config.dial.connect_lazy(endpoint);
         *cache = Some((url, channel.clone()));
         Some(channel)
@@ -325,13 +327,21 @@ impl tonic::transport::server::Connected for ServerIo {
 }
 
 impl tokio::io::AsyncRead for ServerIo {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl tokio::io::AsyncWrite for ServerIo {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
@@ -465,6 +475,21 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_could_re_lease_work_before_an_executor_stopped_it_are_refused() {
+        let mut c = ServerConfig::single("127.0.0.1:0".parse().unwrap(), "/tmp/unused".into());
+        assert_eq!(c.validate(), Ok(()), "the defaults: 10 s lease + 10 s grace + 3 s margin < 30 s");
+        c.executor_lease = Some(Duration::from_secs(20));
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("must be below cluster_lost_after") && e.contains("--executor-lease"), "{e}");
+        c.executor_lease = None;
+        c.lease_expiry_grace = Some(Duration::from_secs(18));
+        assert!(c.validate().unwrap_err().contains("--lease-expiry-grace"));
+        c.lease_expiry_grace = None;
+        c.executor_lease = Some(Duration::from_millis(1500));
+        assert!(c.validate().unwrap_err().contains("two sync intervals"));
+    }
 
     #[test]
     fn peers_parse_and_bad_entries_name_the_problem() {

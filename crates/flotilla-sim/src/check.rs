@@ -32,6 +32,8 @@ pub struct Report {
     pub violations: Vec<Violation>,
     pub digest: u64,
     pub tasks: usize,
+    /// Attempts ended by preemption (a sign the run exercised it).
+    pub preemptions: usize,
 }
 
 /// Most violations reported per invariant (one is enough to fail; a few help to debug).
@@ -49,11 +51,16 @@ impl Found {
 
 /// `acked`: request id → (task set, task ids) the client was told; `states`: each live
 /// replica's final state; `now_unix_ms`: the end of the run (pods still running end there).
-pub fn check(acked: &BTreeMap<String, (String, Vec<u64>)>, states: &[(u64, State)], histories: &[ClusterHistory], now_unix_ms: u64) -> Report {
+pub fn check(
+    acked: &BTreeMap<String, (String, Vec<u64>)>,
+    states: &[(u64, State)],
+    histories: &[ClusterHistory],
+    now_unix_ms: u64,
+) -> Report {
     let mut found = Found(Vec::new());
     let Some((_, state)) = states.first() else {
         found.add("replicas", "no replica was running at the end".into());
-        return Report { violations: found.0, digest: 0, tasks: 0 };
+        return Report { violations: found.0, digest: 0, tasks: 0, preemptions: 0 };
     };
 
     // Every replica: the same state, and one that is consistent in itself.
@@ -116,7 +123,10 @@ pub fn check(acked: &BTreeMap<String, (String, Vec<u64>)>, states: &[(u64, State
             if b.0 < a.1 {
                 found.add(
                     "one attempt at a time",
-                    format!("task {}: attempt {} on {} ran {}..{} ms and attempt {} on {} started at {} ms", task.0, a.3, a.2, a.0, a.1, b.3, b.2, b.0),
+                    format!(
+                        "task {}: attempt {} on {} ran {}..{} ms and attempt {} on {} started at {} ms",
+                        task.0, a.3, a.2, a.0, a.1, b.3, b.2, b.0
+                    ),
                 );
             }
         }
@@ -154,5 +164,6 @@ pub fn check(acked: &BTreeMap<String, (String, Vec<u64>)>, states: &[(u64, State
     for t in state.tasks() {
         (t.id.0, t.attempt, t.state.as_str(), t.updated_ms).hash(&mut hasher);
     }
-    Report { violations: found.0, digest: hasher.finish(), tasks: state.task_count() }
+    let preemptions = state.task_sets().flat_map(|s| s.events.iter()).filter(|e| e.kind == flotilla_store::EventKind::Preempted).count();
+    Report { violations: found.0, digest: hasher.finish(), tasks: state.task_count(), preemptions }
 }

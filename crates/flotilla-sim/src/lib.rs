@@ -42,12 +42,16 @@ pub use check::Violation;
 /// A safety layer switched off on purpose, to show the checker catches its absence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
-    /// Leader decisions are applied whatever term committed them.
+    /// Leader decisions are forwarded like any proposal and applied whatever term committed
+    /// them (invariant 7 off, as in the first build).
     SkipTermCheck,
     /// A leader answers Sync without a quorum-confirmed lease.
     SkipFence,
     /// Executors ignore their lease: they never stop attempts when it expires.
     SkipExecutorLease,
+    /// A preempted task (or a restarting gang's member) is leased again before its executor
+    /// stopped the old attempt.
+    SkipStopConfirmation,
 }
 
 impl std::str::FromStr for PlantedBug {
@@ -57,7 +61,8 @@ impl std::str::FromStr for PlantedBug {
             "skip-term-check" => Ok(PlantedBug::SkipTermCheck),
             "skip-fence" => Ok(PlantedBug::SkipFence),
             "skip-executor-lease" => Ok(PlantedBug::SkipExecutorLease),
-            other => Err(format!("{other:?} is not one of skip-term-check, skip-fence, skip-executor-lease")),
+            "skip-stop-confirmation" => Ok(PlantedBug::SkipStopConfirmation),
+            other => Err(format!("{other:?} is not one of skip-term-check, skip-fence, skip-executor-lease, skip-stop-confirmation")),
         }
     }
 }
@@ -77,7 +82,13 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { replicas: 3, clusters: 2, submissions: 12, fault_window: Duration::from_secs(45), settle_within: Duration::from_secs(240) }
+        SimConfig {
+            replicas: 3,
+            clusters: 2,
+            submissions: 12,
+            fault_window: Duration::from_secs(45),
+            settle_within: Duration::from_secs(240),
+        }
     }
 }
 
@@ -89,6 +100,8 @@ pub struct Outcome {
     /// A digest of the recorded history: equal for two runs of one seed.
     pub digest: u64,
     pub tasks: usize,
+    /// Attempts ended by preemption.
+    pub preemptions: usize,
     /// Pod runs the clusters recorded.
     pub runs: usize,
     pub virtual_ms: u64,
@@ -101,6 +114,7 @@ pub fn plant(bug: Option<PlantedBug>) {
     use std::sync::atomic::Ordering::SeqCst;
     flotilla_store::planted::SKIP_TERM_CHECK.store(bug == Some(PlantedBug::SkipTermCheck), SeqCst);
     flotilla_server::planted::SKIP_FENCE.store(bug == Some(PlantedBug::SkipFence), SeqCst);
+    flotilla_store::planted::SKIP_STOP_CONFIRMATION.store(bug == Some(PlantedBug::SkipStopConfirmation), SeqCst);
     flotilla_executor::planted::SKIP_EXECUTOR_LEASE.store(bug == Some(PlantedBug::SkipExecutorLease), SeqCst);
 }
 
@@ -156,6 +170,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
         violations: report.violations,
         digest: report.digest,
         tasks: report.tasks,
+        preemptions: report.preemptions,
         runs: histories.iter().map(|h| h.runs.len()).sum(),
         virtual_ms,
         log,

@@ -99,7 +99,8 @@ impl Net {
     pub fn crash_host(&self, host: &str, addr: SocketAddr) {
         let mut s = self.state();
         s.listeners.remove(&addr);
-        let conns: Vec<Arc<Conn>> = s.conns.iter().filter_map(|c| c.upgrade()).filter(|c| c.client_host == host || c.server_host == host).collect();
+        let conns: Vec<Arc<Conn>> =
+            s.conns.iter().filter_map(|c| c.upgrade()).filter(|c| c.client_host == host || c.server_host == host).collect();
         drop(s);
         for c in conns {
             c.reset();
@@ -294,8 +295,8 @@ impl AsyncRead for SimStream {
                 self.net.state().parked.push(cx.waker().clone());
                 return Poll::Pending;
             }
-            let (due, _) = pipe.chunks.front().expect("not empty");
-            if *due <= now {
+            let due = pipe.chunks.front().expect("not empty").0;
+            if due <= now {
                 let (_, chunk) = pipe.chunks.front_mut().expect("not empty");
                 let n = chunk.len().min(buf.remaining());
                 buf.put_slice(&chunk[..n]);
@@ -306,7 +307,7 @@ impl AsyncRead for SimStream {
                 return Poll::Ready(Ok(()));
             }
             pipe.reader = Some(cx.waker().clone());
-            *due
+            due
         };
         let mut sleep = Box::pin(tokio::time::sleep_until(next_due));
         if sleep.as_mut().poll(cx).is_ready() {

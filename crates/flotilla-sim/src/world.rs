@@ -112,7 +112,12 @@ impl World {
         for i in 0..config.clusters {
             let name = format!("c{i}");
             let host = format!("exec-{name}");
-            let options = SimOptions { seed: Some(seed.wrapping_add(i as u64)), speed: Some(1.0), origin_unix_ms: Some(ORIGIN_UNIX_MS), ..Default::default() };
+            let options = SimOptions {
+                seed: Some(seed.wrapping_add(i as u64)),
+                speed: Some(1.0),
+                origin_unix_ms: Some(ORIGIN_UNIX_MS),
+                ..Default::default()
+            };
             let sim = SimCluster::from_file(&file, &name, options).expect("simulated cluster");
             let mut servers = servers.clone();
             // Each executor tries the replicas in its own order.
@@ -357,7 +362,11 @@ pub(crate) async fn client(net: Net, servers: Vec<String>, seed: u64, n: usize, 
     let dial = Dial::custom(net.dialer(CLIENT));
     let channels: Vec<tonic::transport::Channel> = servers
         .iter()
-        .map(|u| dial.connect_lazy(Endpoint::from_shared(u.clone()).expect("url").timeout(Duration::from_secs(3)).connect_timeout(Duration::from_secs(1))))
+        .map(|u| {
+            dial.connect_lazy(
+                Endpoint::from_shared(u.clone()).expect("url").timeout(Duration::from_secs(3)).connect_timeout(Duration::from_secs(1)),
+            )
+        })
         .collect();
     let give_up = Instant::now() + give_up_after;
     let mut next = 0usize;
@@ -413,7 +422,7 @@ fn template(name: &str, cpu: u32, duration_s: u64) -> v1::TaskTemplate {
 
 /// One task set: an array task, a gang, or two tasks where the first waits for the second.
 fn submission(rng: &mut SmallRng, k: usize) -> v1::SubmitTasksRequest {
-    let queue = if k % 2 == 0 { "q1" } else { "q2" };
+    let queue = if k.is_multiple_of(2) { "q1" } else { "q2" };
     let tasks = match rng.random_range(0..3) {
         0 => {
             let mut t = template("work", rng.random_range(1..4), rng.random_range(3..25));
@@ -434,5 +443,8 @@ fn submission(rng: &mut SmallRng, k: usize) -> v1::SubmitTasksRequest {
             vec![report, shard]
         }
     };
+    // Some urgent work arrives on full clusters: it preempts (the victims restart elsewhere).
+    let priority_class = if rng.random_bool(0.25) { "critical" } else { "default" };
+    let tasks = tasks.into_iter().map(|t| v1::TaskTemplate { priority_class: priority_class.into(), ..t }).collect();
     v1::SubmitTasksRequest { queue: queue.into(), task_set: format!("set-{k}"), tasks, client_request_id: format!("sim-{k}") }
 }

@@ -49,6 +49,9 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
     },
+    /// A cluster's executor showed these attempts, ended by a decision, gone: their tasks may
+    /// be leased again (see `TaskRecord::stopping`).
+    AttemptsGone { cluster: String, attempts: Vec<(TaskId, u32)> },
     /// The leader of `term` found the cluster silent: requeue its tasks as new attempts.
     ClusterLost {
         cluster: String,

@@ -17,8 +17,8 @@
 //! assert!(state.queue("research").is_some());
 //! ```
 
-pub mod command;
 mod blocking;
+pub mod command;
 pub mod planted;
 pub mod raft;
 pub mod state;

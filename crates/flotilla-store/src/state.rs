@@ -51,6 +51,9 @@ pub struct State {
     // Indexes, kept by `transition`.
     queued: BTreeSet<TaskId>,
     active_by_cluster: BTreeMap<String, BTreeSet<TaskId>>,
+    /// Queued tasks whose ended attempt may still run, by that attempt's cluster.
+    #[serde(default)]
+    stopping_by_cluster: BTreeMap<String, BTreeSet<TaskId>>,
     counts: BTreeMap<String, [u64; 7]>,
     /// Events trimmed from task-set logs since the beginning (a metric).
     pub events_trimmed: u64,
@@ -103,6 +106,11 @@ impl State {
         self.active_by_cluster.get(cluster).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
+    /// Tasks whose ended attempt may still run in `cluster` (see [`TaskRecord::stopping`]).
+    pub fn stopping_in(&self, cluster: &str) -> impl Iterator<Item = &TaskRecord> {
+        self.stopping_by_cluster.get(cluster).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
     /// Every task holding resources, in all clusters.
     pub fn active(&self) -> impl Iterator<Item = &TaskRecord> {
         self.active_by_cluster.values().flatten().filter_map(|id| self.tasks.get(id))
@@ -134,6 +142,7 @@ impl State {
         t.state == TaskState::Queued
             && t.blocked_on.is_empty()
             && t.not_before_ms <= now_ms
+            && t.stopping.is_none()
             && !self.task_sets.get(&t.task_set_key()).is_some_and(|s| s.paused)
     }
 
@@ -176,6 +185,7 @@ impl State {
                 Command::ReportEvents { cluster, events } => self.report_events(now, cluster, events),
                 Command::ClusterSeen { cluster, .. } => self.cluster_seen(now, cluster),
                 Command::ClusterLost { cluster, .. } => self.cluster_lost(now, cluster),
+                Command::AttemptsGone { cluster, attempts } => self.attempts_gone(cluster, attempts),
                 Command::Compact { finished_before_ms, max_tasks, .. } => self.compact(*finished_before_ms, *max_tasks),
             })
             .collect();

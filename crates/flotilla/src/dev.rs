@@ -25,6 +25,8 @@ pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
     config.http = Some(a.http);
     config.schedule_interval = a.schedule_interval;
     config.cluster_lost_after = a.cluster_lost_after;
+    config.executor_lease = a.executor_lease;
+    config.lease_expiry_grace = a.lease_expiry_grace;
     flotilla_server::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -108,8 +108,18 @@ pub struct ServerArgs {
     pub peers: Option<String>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub schedule_interval: Duration,
+    /// A cluster whose executor has not synced for this long has its tasks requeued elsewhere.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub cluster_lost_after: Duration,
+    /// The lease each Sync grants an executor (default: a third of --cluster-lost-after).
+    /// An executor whose lease expires stops its attempts.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub executor_lease: Option<Duration>,
+    /// The most an executor whose lease expired gives each attempt to stop (default: a third
+    /// of --cluster-lost-after). Lease + grace + a tenth of --cluster-lost-after must stay
+    /// below --cluster-lost-after; the server refuses to start otherwise.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_expiry_grace: Option<Duration>,
 }
 
 #[derive(Args, Debug)]

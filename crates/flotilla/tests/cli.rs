@@ -72,7 +72,7 @@ async fn start() -> (Env, flotilla_server::ServerHandle, flotilla_executor::Exec
     server.wait_for_leader(Duration::from_secs(20)).await.unwrap();
     let url = format!("http://{}", server.local_addr);
     let clusters = flotilla_executor::parse_clusters(CLUSTERS, Path::new("test.toml")).unwrap();
-    let sim = SimCluster::from_file(&clusters, "sim-a", SimOptions { seed: Some(7), speed: Some(10.0), manual_clock: false }).unwrap();
+    let sim = SimCluster::from_file(&clusters, "sim-a", SimOptions { seed: Some(7), speed: Some(10.0), ..Default::default() }).unwrap();
     let mut ec = ExecutorConfig::new(vec![url.clone()], "sim-a");
     ec.sync_interval = Duration::from_millis(200);
     let executor = flotilla_executor::spawn(ec, Arc::new(sim));

@@ -478,6 +478,10 @@ impl Replica {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
+        if flotilla_store::planted::SKIP_TERM_CHECK.load(std::sync::atomic::Ordering::Relaxed) {
+            // Planted bug (simulator only): decisions forwarded like any proposal.
+            return self.enqueue(commands, Origin::Local).await;
+        }
         if !self.is_leader() {
             return Err(ProposeError::NotLeader { leader_id: self.leader_id() });
         }
@@ -498,7 +502,9 @@ impl Replica {
         if !self.is_leader() {
             return ProposeReply::NotLeader { leader_id: self.leader_id() };
         }
-        if commands.iter().any(|c| c.proposer_term().is_some()) {
+        if commands.iter().any(|c| c.proposer_term().is_some())
+            && !flotilla_store::planted::SKIP_TERM_CHECK.load(std::sync::atomic::Ordering::Relaxed)
+        {
             // Decisions of another replica's leader loop are never committed here.
             let refused = CommandResult::rejected(RejectKind::Invalid, "leader-only commands are never forwarded");
             return ProposeReply::Applied { results: vec![refused; commands.len()], applied_index: *self.applied().borrow() };

@@ -107,9 +107,17 @@ impl Executor for ExecutorService {
 
         let max_starts = ctx.config.max_starts_per_sync;
         // One read of the state: the committed leases of this cluster against what it reported.
-        let (start, stop, running_stopped) = ctx.read(|s| {
+        let (start, stop, running_stopped, gone) = ctx.read(|s| {
             let desired: HashMap<TaskId, u32> = s.active_in(&cluster).map(|t| (t.id, t.attempt)).collect();
             let reported: HashSet<(TaskId, u32)> = attempts.iter().map(|(t, a, _)| (*t, *a)).collect();
+            let unfinished: HashSet<(TaskId, u32)> = attempts
+                .iter()
+                .filter(|(_, _, phase)| !matches!(phase.as_str(), "succeeded" | "failed"))
+                .map(|(t, a, _)| (*t, *a))
+                .collect();
+            // Attempts a decision ended that this cluster no longer runs: their tasks may be
+            // leased again (the report lists every attempt the cluster has).
+            let gone: Vec<(TaskId, u32)> = s.stopping_in(&cluster).map(|t| (t.id, t.attempt)).filter(|k| !unfinished.contains(k)).collect();
             let mut running_stopped = 0;
             let mut stop = Vec::new();
             for (t, a, phase) in &attempts {
@@ -120,8 +128,13 @@ impl Executor for ExecutorService {
             }
             let start: Vec<v1::LeasedTask> =
                 s.active_in(&cluster).filter(|t| !reported.contains(&(t.id, t.attempt))).take(max_starts).map(leased_task).collect();
-            (start, stop, running_stopped)
+            (start, stop, running_stopped, gone)
         });
+        if !gone.is_empty() {
+            tracing::debug!(cluster = %cluster, attempts = gone.len(), "ended attempts are gone");
+            ctx.propose(Command::AttemptsGone { cluster: cluster.clone(), attempts: gone }).await?;
+            ctx.schedule_now.notify_one();
+        }
         if running_stopped > 0 {
             tracing::info!(cluster = %cluster, running = running_stopped, stop = stop.len(), "stopping running attempts that are not current leases");
         } else if !stop.is_empty() {

@@ -98,9 +98,9 @@ impl State {
             return 0;
         }
         let gang: Vec<TaskId> = self.gang_members(t).into_iter().filter(|m| self.tasks[m].state.is_active()).collect();
-        self.requeue(now, p.task, EventKind::Preempted, p.reason.clone(), false);
+        self.requeue_stopping(now, p.task, EventKind::Preempted, p.reason.clone());
         for m in &gang {
-            self.requeue(now, *m, EventKind::Preempted, format!("gang member {} was preempted; the gang restarts", p.task), false);
+            self.requeue_stopping(now, *m, EventKind::Preempted, format!("gang member {} was preempted; the gang restarts", p.task));
         }
         1 + gang.len() as u64
     }
@@ -132,6 +132,11 @@ impl State {
         let mut n = 0;
         for e in events {
             let Some(t) = self.tasks.get(&e.task) else { continue };
+            if t.state == TaskState::Queued && matches!(e.status, AttemptStatus::Succeeded | AttemptStatus::Failed { .. }) {
+                // The end of an attempt a decision already ended: it is over now.
+                n += u64::from(self.attempt_gone(e.task, e.attempt, cluster));
+                continue;
+            }
             // Stale: an earlier attempt, or one this cluster does not hold (invariant 2).
             if t.attempt != e.attempt || !t.state.is_active() || t.lease.as_ref().is_none_or(|l| l.cluster != cluster) {
                 continue;
@@ -266,7 +271,7 @@ impl State {
                 if let Some(t) = self.tasks.get_mut(&m) {
                     t.not_before_ms = now.saturating_add(backoff_ms);
                 }
-                self.requeue(now, m, EventKind::Requeued, format!("gang member {id} failed; the gang restarts"), false);
+                self.requeue_stopping(now, m, EventKind::Requeued, format!("gang member {id} failed; the gang restarts"));
             }
         }
     }
@@ -319,11 +324,24 @@ impl State {
         };
         c.state = ClusterState::Lost;
         c.changed_ms = now;
+        // Its executor stopped every attempt when its lease ran out, before now.
+        let stopping: Vec<TaskId> = self.stopping_by_cluster.get(cluster).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for id in stopping {
+            let attempt = self.tasks.get(&id).map_or(0, |t| t.attempt);
+            self.attempt_gone(id, attempt, cluster);
+        }
         let ids: Vec<TaskId> = self.active_by_cluster.get(cluster).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for id in &ids {
             self.requeue(now, *id, EventKind::Requeued, format!("cluster {cluster} stopped reporting"), false);
         }
         CommandResult::Count(ids.len() as u64)
+    }
+
+    /// The cluster's executor showed these attempts gone (absent from, or finished in, its
+    /// Sync): tasks waiting for them may be leased again.
+    pub(super) fn attempts_gone(&mut self, cluster: &str, attempts: &[(TaskId, u32)]) -> CommandResult {
+        let n = attempts.iter().filter(|(id, attempt)| self.attempt_gone(*id, *attempt, cluster)).count();
+        CommandResult::Count(n as u64)
     }
 
     /// Other members of the task's gang that are not finished.

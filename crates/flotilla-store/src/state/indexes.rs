@@ -59,6 +59,14 @@ impl State {
         if from == TaskState::Queued {
             self.queued.remove(&id);
         }
+        if to.is_terminal() {
+            // A finished task is never leased again: nothing waits for its old attempt.
+            if let Some(old) = t.stopping.take() {
+                if let Some(set) = self.stopping_by_cluster.get_mut(&old.cluster) {
+                    set.remove(&id);
+                }
+            }
+        }
         if to == TaskState::Queued {
             self.queued.insert(id);
         }
@@ -66,6 +74,36 @@ impl State {
         counts[state_index(from)] -= 1;
         counts[state_index(to)] += 1;
         self.push_task_event(now, id, kind, reason, exit_code);
+    }
+
+    /// Requeues a task whose attempt a decision ended while its executor may still run it:
+    /// it waits in the queue until that is known to be over (see [`Self::attempt_gone`]).
+    pub(super) fn requeue_stopping(&mut self, now: u64, id: TaskId, kind: EventKind, reason: String) {
+        let old = self.tasks.get(&id).and_then(|t| t.lease.clone());
+        self.transition(now, id, TaskState::Queued, None, kind, reason, None);
+        if crate::planted::SKIP_STOP_CONFIRMATION.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let (Some(old), Some(t)) = (old, self.tasks.get_mut(&id)) {
+            if t.state == TaskState::Queued {
+                self.stopping_by_cluster.entry(old.cluster.clone()).or_default().insert(id);
+                t.stopping = Some(old);
+            }
+        }
+    }
+
+    /// The ended attempt `attempt` of a queued task is over in `cluster`: it may be leased
+    /// again. A no-op for any other attempt or cluster. True when it changed anything.
+    pub(super) fn attempt_gone(&mut self, id: TaskId, attempt: u32, cluster: &str) -> bool {
+        let Some(t) = self.tasks.get_mut(&id) else { return false };
+        if t.attempt != attempt || t.stopping.as_ref().is_none_or(|s| s.cluster != cluster) {
+            return false;
+        }
+        t.stopping = None;
+        if let Some(set) = self.stopping_by_cluster.get_mut(cluster) {
+            set.remove(&id);
+        }
+        true
     }
 
     pub(super) fn push_task_event(&mut self, now: u64, id: TaskId, kind: EventKind, reason: String, exit_code: Option<i32>) {

@@ -72,6 +72,20 @@ impl State {
         if indexed.len() != active.len() || active.iter().any(|(c, s)| indexed.get(c) != Some(&s)) {
             return Err(format!("the active-by-cluster index {indexed:?} disagrees with the records {active:?}"));
         }
+        let mut stopping: BTreeMap<&str, BTreeSet<TaskId>> = BTreeMap::new();
+        for t in self.tasks.values() {
+            if let Some(s) = &t.stopping {
+                if t.state != TaskState::Queued {
+                    return Err(format!("task {} is {:?} but still waits for its attempt to stop", t.id, t.state));
+                }
+                stopping.entry(s.cluster.as_str()).or_default().insert(t.id);
+            }
+        }
+        let indexed: BTreeMap<&str, &BTreeSet<TaskId>> =
+            self.stopping_by_cluster.iter().filter(|(_, s)| !s.is_empty()).map(|(c, s)| (c.as_str(), s)).collect();
+        if indexed.len() != stopping.len() || stopping.iter().any(|(c, s)| indexed.get(c) != Some(&s)) {
+            return Err(format!("the stopping-by-cluster index {indexed:?} disagrees with the records {stopping:?}"));
+        }
         Ok(())
     }
 

@@ -76,6 +76,11 @@ pub struct TaskRecord {
     pub cluster_failures: BTreeMap<String, u32>,
     /// The memory limit of the first attempt: the base of the OOM growth cap.
     pub first_memory_limit_bytes: u64,
+    /// Where the attempt `attempt` may still run after a decision ended it (preemption, a
+    /// gang restart): the task is not leased again until that cluster's executor shows the
+    /// attempt gone, or the cluster is lost (invariant 2).
+    #[serde(default)]
+    pub stopping: Option<NodeRef>,
 }
 
 impl TaskRecord {

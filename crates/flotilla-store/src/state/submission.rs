@@ -102,6 +102,7 @@ fn new_record(now: u64, id: TaskId, spec: TaskSpec, blocked_on: Vec<TaskId>) -> 
         state: TaskState::Queued,
         attempt: 0,
         lease: None,
+        stopping: None,
         last_lease: None,
         reason,
         exit_code: None,

@@ -495,7 +495,10 @@ fn compacting_100_000_finished_tasks_of_one_task_set_removes_them_all_and_keeps_
     let kept = submit(&mut s, "r", &[template("kept")]);
     let cancel_big = CancelTarget::TaskSet { queue: "q".into(), task_set: "big".into() };
     assert_eq!(apply(&mut s, 5, Command::Cancel { target: cancel_big, reason: String::new() }), CommandResult::Count(100_000));
-    assert_eq!(apply(&mut s, 10, Command::Compact { finished_before_ms: 6, max_tasks: 1_000_000 }), CommandResult::Count(100_000));
+    assert_eq!(
+        apply(&mut s, 10, Command::Compact { finished_before_ms: 6, max_tasks: 1_000_000, term: None }),
+        CommandResult::Count(100_000)
+    );
     assert_eq!(s.task_count(), 1);
     assert!(s.task_set("q", "big").is_none(), "an emptied task set is forgotten");
     assert_eq!(s.task_set("q", "s").unwrap().tasks, kept);
@@ -511,7 +514,7 @@ fn compacting_down_to_max_tasks_keeps_the_newest_finished_tasks_listed_in_their_
     for (i, id) in ids.iter().enumerate() {
         apply(&mut s, 10 + i as u64, Command::Cancel { target: CancelTarget::Tasks(vec![*id]), reason: String::new() });
     }
-    assert_eq!(apply(&mut s, 5_000, Command::Compact { finished_before_ms: 0, max_tasks: 300 }), CommandResult::Count(700));
+    assert_eq!(apply(&mut s, 5_000, Command::Compact { finished_before_ms: 0, max_tasks: 300, term: None }), CommandResult::Count(700));
     assert_eq!(s.task_set("q", "s").unwrap().tasks, ids[700..].to_vec());
     assert_eq!(s.check_invariants(), Ok(()));
 }
@@ -612,4 +615,89 @@ tasks:
     let t = s.task(report_task).unwrap();
     assert!(s.is_schedulable(t, 4), "still {}: {}", t.state, t.reason);
     assert_eq!(t.reason, "", "no longer 'waiting for train to succeed'");
+}
+
+fn apply_in_term(state: &mut State, now_ms: u64, entry_term: u64, c: Command) -> CommandResult {
+    state.apply_entry(&Request { now_ms, commands: vec![c] }, entry_term).results.remove(0)
+}
+
+#[test]
+fn a_leader_decision_committed_in_another_term_is_dropped() {
+    let mut s = setup();
+    let id = submit(&mut s, "r", &[template("a")]);
+    let decided_in_2 = |c: &str| Command::ClusterLost { cluster: c.into(), term: Some(2) };
+    // The deposed leader of term 2 decided cluster a was lost; its entry lands in term 3.
+    let r = apply_in_term(&mut s, 5, 3, decided_in_2("a"));
+    assert!(matches!(r, CommandResult::Rejected { kind: RejectKind::Stale, .. }), "{r:?}");
+    assert_eq!(s.cluster("a").unwrap().state, ClusterState::Ready);
+    let lease_in_2 = ScheduleDecisions {
+        term: Some(2),
+        leases: vec![LeaseDecision { task: id[0], attempt: 1, node: node("a", "n1") }],
+        ..Default::default()
+    };
+    let r = apply_in_term(&mut s, 5, 3, Command::Schedule(lease_in_2.clone()));
+    assert!(matches!(r, CommandResult::Rejected { kind: RejectKind::Stale, .. }), "{r:?}");
+    assert_eq!(s.task(id[0]).unwrap().state, TaskState::Queued, "a stale lease leases nothing");
+    // The same decisions in their own term apply.
+    assert_eq!(apply_in_term(&mut s, 6, 2, Command::Schedule(lease_in_2)), CommandResult::Count(1));
+    assert_eq!(apply_in_term(&mut s, 7, 2, decided_in_2("a")), CommandResult::Count(1));
+}
+
+#[test]
+fn a_preempted_task_is_not_leased_again_until_its_attempt_is_gone() {
+    let mut s = setup();
+    let id = submit(&mut s, "r", &[template("a")])[0];
+    lease(&mut s, 1, id, 1, node("a", "n1"));
+    report(&mut s, 2, "a", id, 1, AttemptStatus::Running);
+    let p = PreemptDecision { task: id, attempt: 1, reason: "urgent work".into() };
+    apply(&mut s, 3, Command::Schedule(ScheduleDecisions { preemptions: vec![p], ..Default::default() }));
+    let t = s.task(id).unwrap();
+    assert_eq!((t.state, t.stopping.clone()), (TaskState::Queued, Some(node("a", "n1"))));
+    assert!(!s.is_schedulable(t, 10), "its attempt may still run on a/n1");
+    assert_eq!(lease(&mut s, 4, id, 2, node("b", "n1")), CommandResult::Count(0), "no second attempt while the first may run");
+    assert_eq!(s.stopping_in("a").count(), 1);
+
+    // Another cluster cannot vouch for it; an older attempt does not count.
+    apply(&mut s, 5, Command::AttemptsGone { cluster: "b".into(), attempts: vec![(id, 1)] });
+    apply(&mut s, 5, Command::AttemptsGone { cluster: "a".into(), attempts: vec![(id, 0)] });
+    assert!(s.task(id).unwrap().stopping.is_some());
+    // Its cluster shows it gone: now it may run elsewhere.
+    assert_eq!(apply(&mut s, 6, Command::AttemptsGone { cluster: "a".into(), attempts: vec![(id, 1)] }), CommandResult::Count(1));
+    assert!(s.is_schedulable(s.task(id).unwrap(), 10));
+    assert_eq!(lease(&mut s, 7, id, 2, node("b", "n1")), CommandResult::Count(1));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_stopping_attempt_ends_by_its_final_event_or_by_its_cluster_being_lost() {
+    let mut s = setup();
+    let ids = submit(&mut s, "r", &[template("a"), template("b")]);
+    for id in &ids {
+        lease(&mut s, 1, *id, 1, node("a", "n1"));
+    }
+    let preempt = |id: TaskId| PreemptDecision { task: id, attempt: 1, reason: "urgent work".into() };
+    apply(&mut s, 2, Command::Schedule(ScheduleDecisions { preemptions: ids.iter().map(|i| preempt(*i)).collect(), ..Default::default() }));
+    assert_eq!(s.stopping_in("a").count(), 2);
+    // The first one's executor reports how it ended (killed in its grace period).
+    report(&mut s, 3, "a", ids[0], 1, failed(FailureKind::Error));
+    assert!(s.task(ids[0]).unwrap().stopping.is_none());
+    assert_eq!(s.task(ids[0]).unwrap().failures, 0, "the end of a preempted attempt is not a failure");
+    // The other's cluster goes silent and is lost: its executor stopped it when its lease ran out.
+    apply(&mut s, 4, Command::ClusterLost { cluster: "a".into(), term: None });
+    assert!(s.task(ids[1]).unwrap().stopping.is_none());
+    assert_eq!(s.stopping_in("a").count(), 0);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_cancelled_task_no_longer_waits_for_its_stopping_attempt() {
+    let mut s = setup();
+    let id = submit(&mut s, "r", &[template("a")])[0];
+    lease(&mut s, 1, id, 1, node("a", "n1"));
+    let p = PreemptDecision { task: id, attempt: 1, reason: "urgent work".into() };
+    apply(&mut s, 2, Command::Schedule(ScheduleDecisions { preemptions: vec![p], ..Default::default() }));
+    apply(&mut s, 3, Command::Cancel { target: CancelTarget::Tasks(vec![id]), reason: String::new() });
+    assert_eq!(s.task(id).unwrap().state, TaskState::Cancelled);
+    assert_eq!(s.stopping_in("a").count(), 0);
+    s.check_invariants().unwrap();
 }

@@ -131,9 +131,13 @@ fn random_command(rng: &mut Rng, s: &State, now: u64, reached: &mut Reached) -> 
             Command::Cancel { target: CancelTarget::Tasks(rng.pick(&ids).into_iter().copied().collect()), reason: String::new() }
         }
         84..=85 => Command::Cancel { target: CancelTarget::TaskSet { queue: "q".into(), task_set }, reason: String::new() },
-        86..=88 => Command::ClusterLost { cluster },
-        89..=93 => Command::ClusterSeen { cluster },
-        94..=96 => Command::Compact { finished_before_ms: now.saturating_sub(rng.below(5_000)), max_tasks: 20 + rng.below(200) as usize },
+        86..=88 => Command::ClusterLost { cluster, term: None },
+        89..=93 => Command::ClusterSeen { cluster, term: None },
+        94..=96 => Command::Compact {
+            finished_before_ms: now.saturating_sub(rng.below(5_000)),
+            max_tasks: 20 + rng.below(200) as usize,
+            term: None,
+        },
         _ => Command::Resume { queue: "q".into(), task_set },
     })
 }
