@@ -160,8 +160,8 @@ async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
     Ok(())
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> String {
+/// At most `max` bytes of `s` (cut at a character boundary, then marked with `…`).
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -258,4 +258,18 @@ pub fn refresh_state_metrics(ctx: &Context) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncation_keeps_short_text_and_cuts_long_text_at_a_character_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        let long = "é".repeat(1000);
+        let cut = truncate(&long, 101);
+        assert!(cut.len() <= 101 + "…".len(), "{} bytes", cut.len());
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
+    }
 }

@@ -116,7 +116,9 @@ impl ServerConfig {
             finished_retention: Duration::from_secs(24 * 3600),
             // Snapshots hold every task (about 0.5 KB each as JSON): this bounds them near 0.5 GB.
             max_tasks: 1_000_000,
-            sched: flotilla_sched::Config::default(),
+            // A lease is about 90 bytes in the log: 10,000 keep one `Schedule` entry near 1 MB,
+            // which followers receive within a heartbeat.
+            sched: flotilla_sched::Config { max_leases_per_cycle: 10_000, ..flotilla_sched::Config::default() },
             fault: None,
             dial: flotilla_api::dial::Dial::tcp(),
             clock: WallClock::system(),

@@ -18,6 +18,9 @@ use crate::capacity::ClusterReport;
 use crate::convert::{invalid, leased_task};
 use crate::Context;
 
+/// Longest failure message kept from an executor's event (the rest is cut, marked with …).
+const MAX_MESSAGE_BYTES: usize = 4096;
+
 /// Most nodes one cluster may report.
 const MAX_NODES_PER_CLUSTER: usize = 100_000;
 
@@ -48,7 +51,12 @@ fn attempt_event(e: &v1::AttemptEvent) -> Result<AttemptEvent, String> {
         "pending" => AttemptStatus::Pending,
         "running" => AttemptStatus::Running,
         "succeeded" => AttemptStatus::Succeeded,
-        "failed" => AttemptStatus::Failed { kind: failure_kind(&e.failure_kind), exit_code: e.exit_code, message: e.message.clone() },
+        "failed" => AttemptStatus::Failed {
+            kind: failure_kind(&e.failure_kind),
+            exit_code: e.exit_code,
+            // Kept in the task's reason and events on every replica: bounded.
+            message: crate::leader::truncate(&e.message, MAX_MESSAGE_BYTES),
+        },
         other => return Err(format!("{other:?} is not one of pending, running, succeeded, failed")),
     };
     Ok(AttemptEvent { task: TaskId(e.task_id), attempt: e.attempt, status, node: e.node.clone(), time_ms: e.time_ms })
