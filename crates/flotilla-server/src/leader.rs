@@ -143,6 +143,11 @@ async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
         return Ok(());
     }
     let (n_leases, n_preempt) = (leases.len(), preemptions.len());
+    if n_leases >= ctx.config.sched.max_leases_per_cycle || reasons.len() >= MAX_REASONS_PER_ENTRY {
+        // The entry is full and more may fit: the next cycle follows at once (after the
+        // minimum gap) instead of a whole schedule interval later.
+        ctx.schedule_now.notify_one();
+    }
     let decisions = ScheduleDecisions { term: Some(term), leases, preemptions, reasons };
     let result = ctx.propose_decision(Command::Schedule(decisions)).await?;
     ctx.metrics.schedule_cycle_seconds.observe(started.elapsed().as_secs_f64());
