@@ -224,10 +224,12 @@ async fn expire(config: &ExecutorConfig, backend: &dyn ClusterBackend, lease: &m
         .collect()
         .await;
     let now_ms = crate::backend::unix_now_ms();
+    // A deleted Job can be listed for a while (it is terminating): report each attempt once.
+    let known: HashSet<(TaskId, u32)> = lease.lost.iter().map(|e| (e.task_id, e.attempt)).collect();
     for a in stopped.into_iter().flatten() {
         config.status.stopped(true);
-        if lease.lost.len() >= MAX_LOST_EVENTS {
-            break;
+        if lease.lost.len() >= MAX_LOST_EVENTS || known.contains(&(a.task_id, a.attempt)) {
+            continue;
         }
         lease.lost.push(AttemptEvent {
             task_id: a.task_id,
