@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
                     queue: "q".into(),
                     task_set: "crash".into(),
                     specs: vec![spec.clone()],
+                    body_digest: 0,
                 };
                 match replica.propose(command).await {
                     Ok(CommandResult::Submitted { task_ids }) => {

@@ -228,3 +228,52 @@ async fn the_last_voter_cannot_be_removed() {
     assert_eq!(voters(&list(&url).await), BTreeSet::from([1]));
     server.shutdown().await;
 }
+
+/// Issue 12: an AddReplica of an address nobody listens on used to make the dead peer a
+/// voter at once (openraft's learner step counts an empty replication as caught up when the
+/// log is short), after which no write and no membership change could commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_an_unreachable_replica_fails_and_leaves_the_group_writable_and_changeable() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let (addr1, addr2) = (free_addr(), free_addr());
+    let (url1, url2) = (format!("http://{addr1}"), format!("http://{addr2}"));
+    let peers1 = BTreeMap::from([(1, url1.clone())]);
+    let mut servers = BTreeMap::from([(1, start(1, addr1, &peers1, root.path()).await)]);
+    agreed_leader(&servers, &BTreeSet::from([1])).await;
+    QueuesClient::new(channel(&url1).await)
+        .create_queue(v1::CreateQueueRequest { queue: Some(v1::QueueSpec { name: QUEUE.into(), weight: 1.0, ..Default::default() }) })
+        .await
+        .expect("create queue");
+
+    // Nobody listens at `dead` (bound, then released).
+    let dead = format!("http://{}", free_addr());
+    let mut replicas = ReplicasClient::new(channel(&url1).await);
+    // Bounded by the server's catch-up limit; the outer limit only keeps a regression from hanging.
+    let refused = tokio::time::timeout(Duration::from_secs(120), replicas.add_replica(v1::AddReplicaRequest { id: 2, url: dead.clone() }))
+        .await
+        .expect("AddReplica of an unreachable address answers")
+        .expect_err("an unreachable replica is not added");
+    assert!(matches!(refused.code(), Code::Unavailable | Code::FailedPrecondition), "{refused:?}");
+    assert!(refused.message().contains(&dead), "the error names the address: {refused:?}");
+    let after = list(&url1).await;
+    assert_eq!(voters(&after), BTreeSet::from([1]), "the voters are unchanged: {after:?}");
+    assert!(after.replicas.iter().all(|m| m.id == 1), "the failed learner was removed: {after:?}");
+
+    // Still writable, and membership can still change: a real replica 2 joins, then leaves.
+    let mut total = submit(&url1, "after-refusal", 2).await;
+    converged(&servers, &BTreeSet::from([1]), total).await;
+    let peers2 = BTreeMap::from([(1, url1.clone()), (2, url2.clone())]);
+    servers.insert(2, start(2, addr2, &peers2, root.path()).await);
+    let added = replicas.add_replica(v1::AddReplicaRequest { id: 2, url: url2.clone() }).await.expect("AddReplica").into_inner();
+    assert!(added.replicas.iter().all(|m| m.role == "voter") && added.replicas.len() == 2, "{added:?}");
+    total += submit(&url1, "after-join", 2).await;
+    converged(&servers, &BTreeSet::from([1, 2]), total).await;
+    replicas.remove_replica(v1::RemoveReplicaRequest { id: 2 }).await.expect("RemoveReplica");
+    wait_voters(&url1, &BTreeSet::from([1])).await;
+    total += submit(&url1, "after-leave", 1).await;
+    converged(&servers, &BTreeSet::from([1]), total).await;
+    for (_, s) in servers {
+        s.shutdown().await;
+    }
+}

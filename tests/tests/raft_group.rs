@@ -176,6 +176,7 @@ fn submit(client_request_id: &str, task_set: &str, count: u32) -> Command {
         queue: "q".into(),
         task_set: task_set.into(),
         specs: flotilla_tests::simple_specs("q", task_set, count),
+        body_digest: 0,
     }
 }
 

@@ -19,6 +19,7 @@ mod queue;
 mod resources;
 mod task;
 mod taskfile;
+mod text;
 
 pub use node::{normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology};
 pub use queue::{PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET};
@@ -33,3 +34,4 @@ pub use taskfile::{
     check_name, expand, is_dns1123_label, parse_duration_ms, FieldError, GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate,
     SubmitLimits, TaskFile, TaskTemplate, ValidationErrors,
 };
+pub use text::{quote, truncate, MAX_QUOTED_CHARS, MAX_REASON_BYTES};

@@ -176,13 +176,13 @@ impl ResourceLimits {
 /// Why a quantity string could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
-    #[error("{0:?} is not a quantity")]
+    #[error("{} is not a quantity", crate::quote(.0))]
     Malformed(String),
-    #[error("{0:?} must be greater than zero")]
+    #[error("{} must be greater than zero", crate::quote(.0))]
     NotPositive(String),
-    #[error("{0:?} is too large")]
+    #[error("{} is too large", crate::quote(.0))]
     Overflow(String),
-    #[error("{0:?} must be a whole number")]
+    #[error("{} must be a whole number", crate::quote(.0))]
     Fractional(String),
 }
 

@@ -29,6 +29,12 @@ use crate::{
     parse_bytes, GangRef, Placement, PriorityClass, QuantityError, Resources, RetryPolicy, SimSpec, SpotPolicy, TaskId, TaskSpec,
     Toleration, TopologyLevel, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
 };
+use crate::{quote, truncate};
+
+/// Longest path a [`FieldError`] keeps (a path may hold a caller's map key).
+const MAX_PATH_BYTES: usize = 256;
+/// Longest message a [`FieldError`] keeps.
+const MAX_MESSAGE_BYTES: usize = 512;
 
 /// Bounds on one submission. A request over them is rejected whole with the bound named.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,8 +61,11 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// Both parts are bounded: a path may hold a caller's map key, a message may quote a
+    /// caller's value, and the error travels back in gRPC metadata (8 KB in all).
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { path: path.into(), message: message.into() }
+        let (path, message) = (path.into(), message.into());
+        FieldError { path: truncate(&path, MAX_PATH_BYTES), message: truncate(&message, MAX_MESSAGE_BYTES) }
     }
 }
 
@@ -226,7 +235,7 @@ pub fn check_name(path: &str, value: &str, errors: &mut Vec<FieldError>) {
     if !is_dns1123_label(value) {
         errors.push(FieldError::new(
             path,
-            format!("{value:?} is not a valid name (lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"),
+            format!("{} is not a valid name (lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)", quote(value)),
         ));
     }
 }
@@ -238,8 +247,8 @@ fn is_env_name(s: &str) -> bool {
 
 /// Parses a duration such as `30s`, `2h`, `1h30m`.
 pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 30s, 5m, 2h"))?;
-    u64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{} is not a duration ({e}); use e.g. 30s, 5m, 2h", quote(s)))?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("{} is too long", quote(s)))
 }
 
 fn quantity_errors(path: &str, errs: Vec<(String, QuantityError)>, errors: &mut Vec<FieldError>) {
@@ -270,7 +279,7 @@ pub fn expand(queue: &str, task_set: &str, templates: &[TaskTemplate], limits: &
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, t) in templates.iter().enumerate() {
         if let Some(first) = names.insert(t.name.as_str(), i) {
-            errors.push(FieldError::new(format!("tasks[{i}].name"), format!("{:?} is also the name of tasks[{first}]", t.name)));
+            errors.push(FieldError::new(format!("tasks[{i}].name"), format!("{} is also the name of tasks[{first}]", quote(&t.name))));
         }
     }
 
@@ -335,7 +344,7 @@ fn validate_template(
     if t.image.trim().is_empty() {
         errors.push(FieldError::new(format!("{p}.image"), "is required"));
     } else if t.image.chars().any(char::is_whitespace) {
-        errors.push(FieldError::new(format!("{p}.image"), format!("{:?} must not contain whitespace", t.image)));
+        errors.push(FieldError::new(format!("{p}.image"), format!("{} must not contain whitespace", quote(&t.image))));
     }
     for key in t.env.keys() {
         if !is_env_name(key) || key.starts_with("FLOTILLA_") {
@@ -350,7 +359,7 @@ fn validate_template(
         let known: Vec<String> = PriorityClass::builtin().into_iter().map(|c| c.name).collect();
         errors.push(FieldError::new(
             format!("{p}.priorityClass"),
-            format!("unknown priority class {priority_class:?} (known: {})", known.join(", ")),
+            format!("unknown priority class {} (known: {})", quote(&priority_class), known.join(", ")),
         ));
     }
     if let Some(0) = t.count {
@@ -383,9 +392,9 @@ fn validate_template(
             errors.push(FieldError::new(
                 format!("{p}.limits.{key}"),
                 format!(
-                    "{:?} is below the request {:?}",
-                    t.limits.get(key).cloned().unwrap_or_default(),
-                    t.resources.get(key).cloned().unwrap_or_default()
+                    "{} is below the request {}",
+                    quote(t.limits.get(key).map_or("", String::as_str)),
+                    quote(t.resources.get(key).map_or("", String::as_str))
                 ),
             ));
         }
@@ -455,7 +464,10 @@ fn validate_template(
             let topology = match g.topology.as_deref() {
                 None => TopologyLevel::Cluster,
                 Some(s) => TopologyLevel::parse(s).unwrap_or_else(|| {
-                    errors.push(FieldError::new(format!("{p}.gang.topology"), format!("{s:?} is not one of node, rack, zone, cluster")));
+                    errors.push(FieldError::new(
+                        format!("{p}.gang.topology"),
+                        format!("{} is not one of node, rack, zone, cluster", quote(s)),
+                    ));
                     TopologyLevel::Cluster
                 }),
             };
@@ -472,7 +484,7 @@ fn validate_template(
         placement.tolerations = pl.tolerations.clone();
         if let Some(s) = &pl.spot {
             placement.spot = SpotPolicy::parse(s).unwrap_or_else(|| {
-                errors.push(FieldError::new(format!("{p}.placement.spot"), format!("{s:?} is not one of allowed, required, never")));
+                errors.push(FieldError::new(format!("{p}.placement.spot"), format!("{} is not one of allowed, required, never", quote(s))));
                 SpotPolicy::Allowed
             });
         }
@@ -483,7 +495,7 @@ fn validate_template(
 
     for (j, dep) in t.after.iter().enumerate() {
         if !names.contains_key(dep.as_str()) {
-            errors.push(FieldError::new(format!("{p}.after[{j}]"), format!("{dep:?} is not the name of a task in this file")));
+            errors.push(FieldError::new(format!("{p}.after[{j}]"), format!("{} is not the name of a task in this file", quote(dep))));
         } else if dep == &t.name {
             errors.push(FieldError::new(format!("{p}.after[{j}]"), "a task cannot wait for itself"));
         }

@@ -7,6 +7,9 @@ use flotilla_model::{
 };
 use flotilla_store::{State, TaskEvent, TaskRecord};
 
+/// Longest queue owner accepted: an identity, stored with the queue on every replica.
+const MAX_OWNER_BYTES: usize = 256;
+
 pub fn task_to_proto(t: &TaskRecord) -> v1::Task {
     let (cluster, node) = t.placement();
     v1::Task {
@@ -133,6 +136,9 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
     if !(spec.weight.is_finite() && spec.weight >= 0.0) {
         errors.push(FieldError::new("weight", format!("{} must be a number >= 0", spec.weight)));
     }
+    if spec.owner.len() > MAX_OWNER_BYTES {
+        errors.push(FieldError::new("owner", format!("is {} bytes, more than the limit of {MAX_OWNER_BYTES}", spec.owner.len())));
+    }
     let mut guarantee = Resources::default();
     let mut keys: Vec<_> = spec.guarantee.iter().collect();
     keys.sort();
@@ -191,7 +197,15 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
     })
 }
 
+/// Most bad fields one error lists, and its longest message: the status travels back in
+/// gRPC metadata (8 KB in all, or the client sees RESOURCE_EXHAUSTED instead of the error).
+const MAX_ERRORS_LISTED: usize = 8;
+const MAX_ERROR_BYTES: usize = 2048;
+
 pub fn invalid(errors: &[FieldError]) -> tonic::Status {
-    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    tonic::Status::invalid_argument(lines.join("\n"))
+    let mut lines: Vec<String> = errors.iter().take(MAX_ERRORS_LISTED).map(|e| e.to_string()).collect();
+    if errors.len() > MAX_ERRORS_LISTED {
+        lines.push(format!("… and {} more", errors.len() - MAX_ERRORS_LISTED));
+    }
+    tonic::Status::invalid_argument(flotilla_model::truncate(&lines.join("\n"), MAX_ERROR_BYTES))
 }

@@ -132,7 +132,7 @@ async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
         let reasons: Vec<(TaskId, String)> = decisions
             .unscheduled
             .iter()
-            .map(|u| (u.task, truncate(&u.reason, MAX_REASON_BYTES)))
+            .map(|u| (u.task, flotilla_model::truncate(&u.reason, MAX_REASON_BYTES)))
             .filter(|(id, reason)| s.task(*id).is_some_and(|t| t.reason != *reason))
             .take(MAX_REASONS_PER_ENTRY)
             .collect();
@@ -163,18 +163,6 @@ async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
         );
     }
     Ok(())
-}
-
-/// At most `max` bytes of `s` (cut at a character boundary, then marked with `…`).
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Invariant 6: a cluster silent for `cluster_lost_after` has its tasks requeued elsewhere.
@@ -263,18 +251,4 @@ pub fn refresh_state_metrics(ctx: &Context) {
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn truncation_keeps_short_text_and_cuts_long_text_at_a_character_boundary() {
-        assert_eq!(truncate("short", 10), "short");
-        let long = "é".repeat(1000);
-        let cut = truncate(&long, 101);
-        assert!(cut.len() <= 101 + "…".len(), "{} bytes", cut.len());
-        assert!(cut.ends_with('…') && cut.starts_with("éé"));
-    }
 }

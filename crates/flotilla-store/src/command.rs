@@ -26,7 +26,8 @@ pub enum Command {
     PutQueue { queue: Queue, create: bool },
     /// Fails while the queue has unfinished tasks.
     DeleteQueue { name: String },
-    /// Adds validated tasks. A repeated `client_request_id` returns the first call's ids.
+    /// Adds validated tasks. A repeated `client_request_id` returns the first call's ids if
+    /// the body is the same (equal `body_digest`), and is refused if it is not.
     /// Encoded compactly: an array task or gang is one spec and a count in the log.
     Submit {
         client_request_id: String,
@@ -34,6 +35,11 @@ pub enum Command {
         task_set: String,
         #[serde(with = "compact_specs")]
         specs: Vec<TaskSpec>,
+        /// A stable hash of the request's body (queue, task set, templates), computed by the
+        /// service that took it. 0: unknown (entries written before digests were kept), which
+        /// matches any body.
+        #[serde(default)]
+        body_digest: u64,
     },
     /// Cancels the given tasks, or every unfinished task of a task set.
     Cancel { target: CancelTarget, reason: String },

@@ -24,6 +24,7 @@ mod invariants;
 mod queues;
 mod records;
 mod submission;
+use submission::RequestKey;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -176,8 +177,8 @@ impl State {
                 }
                 Command::PutQueue { queue, create } => self.put_queue(queue, *create),
                 Command::DeleteQueue { name } => self.delete_queue(name),
-                Command::Submit { client_request_id, queue, task_set, specs } => {
-                    self.submit(now, client_request_id, queue, task_set, specs)
+                Command::Submit { client_request_id, queue, task_set, specs, body_digest } => {
+                    self.submit(now, RequestKey { id: client_request_id, body_digest: *body_digest }, queue, task_set, specs)
                 }
                 Command::Cancel { target, reason } => self.cancel(now, target, reason),
                 Command::Resume { queue, task_set } => self.resume(now, queue, task_set),

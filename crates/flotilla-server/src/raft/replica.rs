@@ -616,10 +616,13 @@ impl Replica {
     }
 
     /// Adds a replica as a learner (it receives the log or a snapshot, but does not vote)
-    /// and waits until it has caught up. Leader only.
-    pub async fn add_learner(&self, id: NodeId, url: String) -> anyhow::Result<()> {
-        self.raft.add_learner(id, Node::new(url), true).await.with_context(|| format!("adding replica {id} as a learner"))?;
-        Ok(())
+    /// and returns the index of the membership entry that added it, once committed. It does
+    /// not wait for the learner: openraft's blocking wait counts a learner that never answered
+    /// as caught up while the log is shorter than its lag threshold, so the caller waits
+    /// itself (see `services::replicas`). Leader only.
+    pub async fn add_learner(&self, id: NodeId, url: String) -> anyhow::Result<u64> {
+        let added = self.raft.add_learner(id, Node::new(url), false).await.with_context(|| format!("adding replica {id} as a learner"))?;
+        Ok(added.log_id.index)
     }
 
     /// Makes `voters` the voting members (joint consensus, two entries); current members

@@ -18,8 +18,8 @@ use crate::capacity::ClusterReport;
 use crate::convert::{invalid, leased_task};
 use crate::Context;
 
-/// Longest failure message kept from an executor's event (the rest is cut, marked with …).
-const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest node name kept in an event (Kubernetes allows 253 bytes).
+const MAX_NODE_NAME_BYTES: usize = 253;
 
 /// Most nodes one cluster may report.
 const MAX_NODES_PER_CLUSTER: usize = 100_000;
@@ -55,11 +55,17 @@ fn attempt_event(e: &v1::AttemptEvent) -> Result<AttemptEvent, String> {
             kind: failure_kind(&e.failure_kind),
             exit_code: e.exit_code,
             // Kept in the task's reason and events on every replica: bounded.
-            message: crate::leader::truncate(&e.message, MAX_MESSAGE_BYTES),
+            message: flotilla_model::truncate(&e.message, flotilla_model::MAX_REASON_BYTES),
         },
-        other => return Err(format!("{other:?} is not one of pending, running, succeeded, failed")),
+        other => return Err(format!("{} is not one of pending, running, succeeded, failed", flotilla_model::quote(other))),
     };
-    Ok(AttemptEvent { task: TaskId(e.task_id), attempt: e.attempt, status, node: e.node.clone(), time_ms: e.time_ms })
+    Ok(AttemptEvent {
+        task: TaskId(e.task_id),
+        attempt: e.attempt,
+        status,
+        node: flotilla_model::truncate(&e.node, MAX_NODE_NAME_BYTES),
+        time_ms: e.time_ms,
+    })
 }
 
 #[tonic::async_trait]

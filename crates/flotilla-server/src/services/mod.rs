@@ -12,15 +12,23 @@ use std::sync::Arc;
 use flotilla_api::v1::{
     clusters_server::ClustersServer, executor_server::ExecutorServer, queues_server::QueuesServer, tasks_server::TasksServer,
 };
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
+use tower::util::MapResponseLayer;
 
 use crate::Context;
 
 /// Largest gRPC message accepted: a full submission (10,000 tasks) fits.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-pub fn router(ctx: Arc<Context>) -> Router {
+/// The response mapping every service goes through: see [`decode_errors_are_invalid_argument`].
+type Layers = Stack<MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>, Identity>;
+
+pub fn router(ctx: Arc<Context>) -> Router<Layers> {
     tonic::transport::Server::builder()
+        .layer(MapResponseLayer::new(decode_errors_are_invalid_argument as fn(_) -> _))
         .add_service(QueuesServer::new(queues::QueuesService(ctx.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
             TasksServer::new(tasks::TasksService(ctx.clone()))
@@ -35,4 +43,26 @@ pub fn router(ctx: Arc<Context>) -> Router {
         )
         .add_service(flotilla_api::v1::replicas_server::ReplicasServer::new(replicas::ReplicasService::new(ctx.clone())))
         .add_service(ctx.replica.raft_service())
+}
+
+/// What tonic says when prost cannot decode a request (bad UTF-8 in a `string` field, a
+/// truncated message): tonic_prost's decoder returns it as INTERNAL.
+const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
+
+/// A request prost cannot decode is the caller's bad input, not a fault of the server: the
+/// INTERNAL status tonic answers it with becomes INVALID_ARGUMENT, message kept (it names the
+/// field, e.g. "SubmitTasksRequest.queue: invalid string value: data is not UTF-8 encoded").
+/// A unary request is decoded before the handler runs, so the status is in the headers of a
+/// trailers-only response, where this mapping sees it. Interceptors run before decoding and
+/// cannot; changing the codec would change what clients report about bad responses too.
+fn decode_errors_are_invalid_argument(mut res: http::Response<Body>) -> http::Response<Body> {
+    let Some(status) = tonic::Status::from_header_map(res.headers()) else { return res };
+    if status.code() != tonic::Code::Internal || !status.message().starts_with(DECODE_ERROR_PREFIX) {
+        return res;
+    }
+    let invalid = tonic::Status::invalid_argument(status.message());
+    if let Err(e) = invalid.add_header(res.headers_mut()) {
+        tracing::warn!(error = %e, "could not rewrite a decode error as INVALID_ARGUMENT");
+    }
+    res
 }

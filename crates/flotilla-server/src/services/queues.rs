@@ -58,7 +58,9 @@ impl Queues for QueuesService {
 
     async fn get_queue(&self, req: Request<v1::GetQueueRequest>) -> Result<Response<v1::Queue>, Status> {
         let name = req.into_inner().name;
-        self.queue_message(&name).map(Response::new).ok_or_else(|| Status::not_found(format!("queue {name:?} does not exist")))
+        self.queue_message(&name)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("queue {} does not exist", flotilla_model::quote(&name))))
     }
 
     async fn list_queues(&self, _req: Request<v1::ListQueuesRequest>) -> Result<Response<v1::ListQueuesResponse>, Status> {

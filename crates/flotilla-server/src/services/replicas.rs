@@ -2,15 +2,19 @@
 //!
 //! Changes run on the leader, one at a time: a follower forwards them there (once; a
 //! forwarded change that reaches a non-leader is refused as unavailable, so the client
-//! retries). Adding is openraft's two steps: add a learner and wait until it has caught up,
-//! then make it a voter (`change_membership(voters ∪ {id}, retain = false)`). A replica left
-//! a learner by an add that timed out is resumed by running the add again.
+//! retries). Adding is two steps: add a learner and wait until it has caught up (it has
+//! acknowledged the entry that added it and is within a few entries of the leader's log),
+//! then make it a voter (`change_membership(voters ∪ {id}, retain = false)`). A learner that
+//! does not catch up in time is removed again and the add fails, voters unchanged: a voter
+//! that cannot be reached would otherwise take the group's majority with it. A replica left
+//! a learner by an add whose leader stepped down is resumed by running the add again.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::v1::{self, replicas_server::Replicas};
+use flotilla_model::quote;
 use flotilla_store::raft::{Node, NodeId};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -21,6 +25,8 @@ use crate::Context;
 /// How long the leader waits for a new learner to catch up. Below the 30 s limit of a
 /// forwarded call (`Context::leader_channel`), so a forwarding follower gets the answer.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How far behind the leader's log a learner may be and still count as caught up.
+const CATCH_UP_LAG_ENTRIES: u64 = 64;
 /// How long one membership change (joint, then uniform configuration) may take.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Marks a call forwarded by a follower: it is never forwarded again.
@@ -79,6 +85,25 @@ impl ReplicasService {
         .await;
     }
 
+    /// Waits (at most [`CATCH_UP_TIMEOUT`]) until learner `id` has acknowledged the entry at
+    /// `added_at` that made it a learner and is within [`CATCH_UP_LAG_ENTRIES`] of the
+    /// leader's log. False if it does not, or this replica stops leading.
+    async fn caught_up(&self, id: NodeId, added_at: u64) -> bool {
+        let mut rx = self.ctx.replica.raft_metrics();
+        let waited = tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            rx.wait_for(|m| {
+                let Some(replication) = &m.replication else { return true };
+                replication.get(&id).and_then(|matched| matched.as_ref()).is_some_and(|matched| {
+                    matched.index >= added_at && m.last_log_index.unwrap_or(0).saturating_sub(matched.index) <= CATCH_UP_LAG_ENTRIES
+                })
+            }),
+        )
+        .await;
+        // A leader's metrics carry `replication`; without it this replica stopped leading.
+        matches!(waited, Ok(Ok(m)) if m.replication.is_some())
+    }
+
     async fn add_on_leader(&self, id: NodeId, url: String) -> Result<(), Status> {
         let _change = self.changes.lock().await;
         let (voters, learners, nodes) = {
@@ -103,14 +128,36 @@ impl ReplicasService {
             tracing::info!(id, url, "replica is already a learner: resuming its addition");
         }
         tracing::info!(id, url, ?voters, ?learners, "adding a replica as a learner");
-        match tokio::time::timeout(CATCH_UP_TIMEOUT, self.ctx.replica.add_learner(id, url.clone())).await {
+        let added_at = match tokio::time::timeout(CHANGE_TIMEOUT, self.ctx.replica.add_learner(id, url.clone())).await {
             Ok(result) => result.map_err(|e| change_error(&format!("adding replica {id} as a learner"), e))?,
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "replica {id} was added as a learner but has not caught up within {CATCH_UP_TIMEOUT:?} (is it running at {url}?); \
-                     it stays a learner: run the add again to resume, or remove it"
+                    "adding replica {id} as a learner did not commit within {CHANGE_TIMEOUT:?}: a majority of the voters may be unreachable"
                 )))
             }
+        };
+        if !self.caught_up(id, added_at).await {
+            if !self.ctx.replica.is_leader() {
+                return Err(Status::unavailable(format!(
+                    "replica {id} is a learner, but leadership moved before it caught up; run the add again to resume"
+                )));
+            }
+            tracing::warn!(id, url, "the new learner did not catch up: removing it");
+            let raft = self.ctx.replica.raft();
+            let removed =
+                tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)).await;
+            let removed = match removed {
+                Ok(Ok(_)) => "it was removed again and the voters are unchanged".to_string(),
+                Ok(Err(e)) => format!("removing it again failed ({e}): remove replica {id}; the voters are unchanged"),
+                Err(_) => {
+                    format!("removing it again did not commit within {CHANGE_TIMEOUT:?}: remove replica {id}; the voters are unchanged")
+                }
+            };
+            self.settle(|v, l| !v.contains(&id) && !l.contains(&id)).await;
+            return Err(Status::unavailable(format!(
+                "url: replica {id} at {url} did not catch up as a learner within {CATCH_UP_TIMEOUT:?} (is it running and reachable \
+                 there?); {removed}"
+            )));
         }
         if !self.ctx.replica.is_leader() {
             return Err(Status::unavailable(format!(
@@ -196,13 +243,13 @@ fn validate_id(id: u64) -> Result<(), Status> {
 
 fn validate_url(url: &str) -> Result<(), Status> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(Status::invalid_argument(format!("url: {url:?} must start with http:// or https://")));
+        return Err(Status::invalid_argument(format!("url: {} must start with http:// or https://", quote(url))));
     }
     let parsed: Result<tonic::codegen::http::Uri, _> = url.parse();
     match parsed {
         Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
-        Ok(_) => Err(Status::invalid_argument(format!("url: {url:?} has no host"))),
-        Err(e) => Err(Status::invalid_argument(format!("url: {url:?} is not a URL: {e}"))),
+        Ok(_) => Err(Status::invalid_argument(format!("url: {} has no host", quote(url)))),
+        Err(e) => Err(Status::invalid_argument(format!("url: {} is not a URL: {e}", quote(url)))),
     }
 }
 

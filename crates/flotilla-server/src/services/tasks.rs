@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use flotilla_api::{template_from_proto, v1, v1::tasks_server::Tasks};
-use flotilla_model::{expand, FieldError, TaskId, TaskState, TaskTemplate};
-use flotilla_store::{CancelTarget, Command, CommandResult};
+use flotilla_model::{expand, quote, truncate, FieldError, TaskId, TaskState, TaskTemplate, MAX_REASON_BYTES};
+use flotilla_store::{CancelTarget, Command, CommandResult, RejectKind};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,6 +66,21 @@ impl TasksService {
     }
 }
 
+/// A stable hash of a submission's body (queue, task set, templates; not the request id),
+/// kept beside the request id so that a retry with another body is refused rather than
+/// answered with the first call's ids. FNV-1a (64 bit) over the JSON of the parsed templates,
+/// whose maps are ordered: the protobuf encoding is not stable (its maps are hash maps). Not a
+/// defence against a caller forging collisions with their own earlier submission: the id is
+/// theirs to reuse.
+fn submission_digest(queue: &str, task_set: &str, templates: &[TaskTemplate]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let body = serde_json::to_vec(&(queue, task_set, templates)).expect("task templates serialize to JSON");
+    let digest = body.iter().fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    // 0 means "unknown" in the store.
+    digest.max(1)
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::TaskEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -107,12 +122,17 @@ impl Tasks for TasksService {
             r.client_request_id
         };
         let n = specs.len();
-        let result =
-            self.0.propose(Command::Submit { client_request_id, queue: r.queue.clone(), task_set: r.task_set.clone(), specs }).await?;
+        let body_digest = submission_digest(&r.queue, &r.task_set, &templates);
+        let command = Command::Submit { client_request_id, queue: r.queue.clone(), task_set: r.task_set.clone(), specs, body_digest };
+        let result = self.0.propose(command).await?;
         let task_ids = match result {
             CommandResult::Submitted { task_ids } => task_ids,
             // Every refusal of a validated submission is about its input (e.g. the queue was
             // deleted meanwhile): bad input for the caller.
+            CommandResult::Rejected { kind: RejectKind::AlreadyExists, message } => {
+                self.0.metrics.rejected_requests_total.with_label_values(&["request_id_reused"]).inc();
+                return Err(Status::already_exists(message));
+            }
             CommandResult::Rejected { message, .. } => {
                 self.0.metrics.rejected_requests_total.with_label_values(&["rejected"]).inc();
                 return Err(Status::invalid_argument(message));
@@ -137,7 +157,8 @@ impl Tasks for TasksService {
             (true, false) => CancelTarget::TaskSet { queue: r.queue, task_set: r.task_set },
             _ => return Err(Status::invalid_argument("give either task ids or both queue and task set")),
         };
-        let reason = if r.reason.is_empty() { "cancelled by user".to_string() } else { r.reason };
+        // Copied into every task it cancels and every event: bounded before it is logged.
+        let reason = if r.reason.is_empty() { "cancelled by user".to_string() } else { truncate(&r.reason, MAX_REASON_BYTES) };
         match self.0.propose_ok(Command::Cancel { target, reason }).await? {
             CommandResult::Count(n) => Ok(Response::new(v1::CancelTasksResponse { cancelled: n as u32 })),
             other => Err(Status::internal(format!("unexpected result of cancel: {other:?}"))),
@@ -176,7 +197,7 @@ impl Tasks for TasksService {
             Some(TaskState::parse(&r.state).ok_or_else(|| {
                 invalid(&[FieldError::new(
                     "state",
-                    format!("{:?} is not one of queued, leased, pending, running, succeeded, failed, cancelled", r.state),
+                    format!("{} is not one of queued, leased, pending, running, succeeded, failed, cancelled", quote(&r.state)),
                 )])
             })?)
         };
@@ -228,7 +249,7 @@ impl Tasks for TasksService {
     async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<EventStream>, Status> {
         let r = req.into_inner();
         if !self.0.read(|s| s.task_set(&r.queue, &r.task_set).is_some()) {
-            return Err(Status::not_found(format!("task set {}/{} does not exist", r.queue, r.task_set)));
+            return Err(Status::not_found(format!("task set {}/{} does not exist", quote(&r.queue), quote(&r.task_set))));
         }
         let (tx, rx) = mpsc::channel(WATCH_BATCH);
         let ctx = self.0.clone();

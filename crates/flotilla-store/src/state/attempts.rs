@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_model::{AttemptStatus, FailureKind, TaskId, TaskState};
+use flotilla_model::{quote, truncate, AttemptStatus, FailureKind, TaskId, TaskState, MAX_REASON_BYTES};
 
 use super::records::{task_set_key, ClusterRecord, ClusterState, EventKind, TaskRecord, TaskSetKey};
 use super::State;
@@ -15,10 +15,17 @@ impl State {
             CancelTarget::Tasks(ids) => ids.clone(),
             CancelTarget::TaskSet { queue, task_set } => match self.task_sets.get(&task_set_key(queue, task_set)) {
                 Some(s) => s.tasks.clone(),
-                None => return CommandResult::rejected(RejectKind::NotFound, format!("task set {queue}/{task_set} does not exist")),
+                None => {
+                    return CommandResult::rejected(
+                        RejectKind::NotFound,
+                        format!("task set {}/{} does not exist", quote(queue), quote(task_set)),
+                    )
+                }
             },
         };
-        let reason = if reason.is_empty() { "cancelled by user".to_string() } else { reason.to_string() };
+        // The services cut it already; a proposal that did not is cut here, before it is
+        // copied into every task and event.
+        let reason = if reason.is_empty() { "cancelled by user".to_string() } else { truncate(reason, MAX_REASON_BYTES) };
         let mut n = 0;
         for id in ids {
             n += self.cancel_task(now, id, &reason);
@@ -320,7 +327,7 @@ impl State {
 
     pub(super) fn cluster_lost(&mut self, now: u64, cluster: &str) -> CommandResult {
         let Some(c) = self.clusters.get_mut(cluster) else {
-            return CommandResult::rejected(RejectKind::NotFound, format!("cluster {cluster:?} is not known"));
+            return CommandResult::rejected(RejectKind::NotFound, format!("cluster {} is not known", quote(cluster)));
         };
         c.state = ClusterState::Lost;
         c.changed_ms = now;

@@ -1,6 +1,6 @@
 //! Queue commands and resuming a paused task set.
 
-use flotilla_model::{Queue, TaskState};
+use flotilla_model::{quote, Queue, TaskState};
 
 use super::records::{state_index, task_set_key, EventKind};
 use super::State;
@@ -24,7 +24,7 @@ impl State {
 
     pub(super) fn delete_queue(&mut self, name: &str) -> CommandResult {
         if !self.queues.contains_key(name) {
-            return CommandResult::rejected(RejectKind::NotFound, format!("queue {name:?} does not exist"));
+            return CommandResult::rejected(RejectKind::NotFound, format!("queue {} does not exist", quote(name)));
         }
         let c = self.counts(name);
         let unfinished: u64 = TaskState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| c[state_index(*s)]).sum();
@@ -41,8 +41,10 @@ impl State {
     pub(super) fn resume(&mut self, now: u64, queue: &str, task_set: &str) -> CommandResult {
         let key = task_set_key(queue, task_set);
         match self.task_sets.get_mut(&key) {
-            None => CommandResult::rejected(RejectKind::NotFound, format!("task set {queue}/{task_set} does not exist")),
-            Some(s) if !s.paused => CommandResult::rejected(RejectKind::Conflict, format!("task set {queue}/{task_set} is not paused")),
+            None => CommandResult::rejected(RejectKind::NotFound, format!("task set {}/{} does not exist", quote(queue), quote(task_set))),
+            Some(s) if !s.paused => {
+                CommandResult::rejected(RejectKind::Conflict, format!("task set {}/{} is not paused", quote(queue), quote(task_set)))
+            }
             Some(s) => {
                 s.paused = false;
                 s.recent_failures_ms.clear();

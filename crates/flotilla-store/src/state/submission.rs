@@ -2,17 +2,39 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use flotilla_model::{TaskId, TaskSpec, TaskState};
+use flotilla_model::{quote, TaskId, TaskSpec, TaskState};
 use serde::{Deserialize, Serialize};
 
 use super::records::{state_index, EventKind, TaskRecord, TaskSetRecord};
 use super::State;
 use crate::command::{CommandResult, RejectKind};
 
+/// What identifies a submission for deduplicating retries: the caller's request id and a
+/// digest of the body it was sent with.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RequestKey<'a> {
+    pub id: &'a str,
+    /// 0: unknown, matches any body.
+    pub body_digest: u64,
+}
+
 impl State {
-    pub(super) fn submit(&mut self, now: u64, request_id: &str, queue: &str, task_set: &str, specs: &[TaskSpec]) -> CommandResult {
-        if let Some(task_ids) = self.submitted_before(request_id) {
-            return CommandResult::Submitted { task_ids };
+    pub(super) fn submit(&mut self, now: u64, request: RequestKey<'_>, queue: &str, task_set: &str, specs: &[TaskSpec]) -> CommandResult {
+        if let Some(before) = self.submitted_before(request.id) {
+            if before.digest != 0 && request.body_digest != 0 && before.digest != request.body_digest {
+                // The first submission stands; the caller must learn this one was not taken.
+                return CommandResult::rejected(
+                    RejectKind::AlreadyExists,
+                    format!(
+                        "clientRequestId: client_request_id {} was used for a different submission (tasks {}..={}); \
+                         use a new id for a new submission",
+                        quote(request.id),
+                        before.first,
+                        TaskId(before.first.0 + before.count.saturating_sub(1))
+                    ),
+                );
+            }
+            return CommandResult::Submitted { task_ids: before.ids() };
         }
         if !self.queues.contains_key(queue) {
             return CommandResult::rejected(RejectKind::NotFound, format!("queue: {queue:?} does not exist"));
@@ -52,25 +74,28 @@ impl State {
                 }
             }
         }
-        self.remember_request(request_id, &ids);
+        self.remember_request(request, &ids);
         CommandResult::Submitted { task_ids: ids }
     }
 
-    /// The ids a retried submission got the first time, if its request id is remembered.
-    fn submitted_before(&self, request_id: &str) -> Option<Vec<TaskId>> {
+    /// What a retried submission got the first time, if its request id is remembered.
+    fn submitted_before(&self, request_id: &str) -> Option<SubmittedIds> {
         if request_id.is_empty() {
             return None;
         }
-        self.request_ids.get(request_id).map(SubmittedIds::ids)
+        self.request_ids.get(request_id).copied()
     }
 
-    /// Remembers a submission's ids for retries, forgetting the oldest beyond the bound.
-    fn remember_request(&mut self, request_id: &str, ids: &[TaskId]) {
+    /// Remembers a submission's ids and body digest for retries, forgetting the oldest
+    /// beyond the bound.
+    fn remember_request(&mut self, request: RequestKey<'_>, ids: &[TaskId]) {
+        let request_id = request.id;
         if request_id.is_empty() {
             return;
         }
         // `submit` allocates one contiguous run of ids; anything else is a bug here.
-        let submitted = SubmittedIds::of(ids).expect("a submission's task ids are contiguous");
+        let mut submitted = SubmittedIds::of(ids).expect("a submission's task ids are contiguous");
+        submitted.digest = request.body_digest;
         self.request_ids.insert(request_id.to_string(), submitted);
         self.request_order.push_back(request_id.to_string());
         while self.request_order.len() > self.limits.max_request_ids {
@@ -119,12 +144,19 @@ fn new_record(now: u64, id: TaskId, spec: TaskSpec, blocked_on: Vec<TaskId>) -> 
 
 /// The ids one submission got, remembered for deduplicating retries. They are contiguous,
 /// so they are stored as the first and a count: a few bytes per remembered submission
-/// whatever its size, where a list cost about 8 bytes per task.
+/// whatever its size, where a list cost about 8 bytes per task. Beside them, the digest of
+/// the body they were submitted with (0: unknown, remembered before digests were kept).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SubmittedIdsEncoding")]
 pub(super) struct SubmittedIds {
     first: TaskId,
     count: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    digest: u64,
+}
+
+fn is_zero(d: &u64) -> bool {
+    *d == 0
 }
 
 impl SubmittedIds {
@@ -132,7 +164,7 @@ impl SubmittedIds {
     fn of(ids: &[TaskId]) -> Option<SubmittedIds> {
         let first = ids.first().copied().unwrap_or(TaskId(0));
         let contiguous = ids.iter().enumerate().all(|(i, id)| first.0.checked_add(i as u64) == Some(id.0));
-        contiguous.then_some(SubmittedIds { first, count: ids.len() as u64 })
+        contiguous.then_some(SubmittedIds { first, count: ids.len() as u64, digest: 0 })
     }
 
     fn ids(&self) -> Vec<TaskId> {
@@ -144,7 +176,12 @@ impl SubmittedIds {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum SubmittedIdsEncoding {
-    Range { first: TaskId, count: u64 },
+    Range {
+        first: TaskId,
+        count: u64,
+        #[serde(default)]
+        digest: u64,
+    },
     List(Vec<TaskId>),
 }
 
@@ -153,8 +190,10 @@ impl TryFrom<SubmittedIdsEncoding> for SubmittedIds {
 
     fn try_from(e: SubmittedIdsEncoding) -> Result<SubmittedIds, String> {
         match e {
-            SubmittedIdsEncoding::Range { first, count } if first.0.checked_add(count).is_some() => Ok(SubmittedIds { first, count }),
-            SubmittedIdsEncoding::Range { first, count } => Err(format!("request ids: {count} ids from {first} overflow")),
+            SubmittedIdsEncoding::Range { first, count, digest } if first.0.checked_add(count).is_some() => {
+                Ok(SubmittedIds { first, count, digest })
+            }
+            SubmittedIdsEncoding::Range { first, count, .. } => Err(format!("request ids: {count} ids from {first} overflow")),
             SubmittedIdsEncoding::List(ids) => {
                 SubmittedIds::of(&ids).ok_or_else(|| format!("request ids: a remembered submission's ids {ids:?} are not contiguous"))
             }

@@ -32,7 +32,11 @@ fn setup() -> State {
 }
 
 fn submit(s: &mut State, id: &str, templates: &[TaskTemplate]) -> Vec<TaskId> {
-    match apply(s, 1, Command::Submit { client_request_id: id.into(), queue: "q".into(), task_set: "s".into(), specs: specs(templates) }) {
+    match apply(
+        s,
+        1,
+        Command::Submit { client_request_id: id.into(), queue: "q".into(), task_set: "s".into(), specs: specs(templates), body_digest: 0 },
+    ) {
         CommandResult::Submitted { task_ids } => task_ids,
         other => panic!("submit failed: {other:?}"),
     }
@@ -80,7 +84,13 @@ fn submit_to_a_missing_queue_changes_nothing() {
     let r = apply(
         &mut s,
         1,
-        Command::Submit { client_request_id: "x".into(), queue: "nope".into(), task_set: "s".into(), specs: specs(&[template("a")]) },
+        Command::Submit {
+            client_request_id: "x".into(),
+            queue: "nope".into(),
+            task_set: "s".into(),
+            specs: specs(&[template("a")]),
+            body_digest: 0,
+        },
     );
     assert!(matches!(r, CommandResult::Rejected { .. }));
     assert_eq!(s.task_count(), 0);
@@ -365,7 +375,8 @@ fn submissions_are_written_compactly_and_read_back_exactly() {
     let mut b = template("b");
     b.after = vec!["a".into()];
     let specs = specs(&[a, gang(4), b]);
-    let cmd = Command::Submit { client_request_id: "r".into(), queue: "q".into(), task_set: "s".into(), specs: specs.clone() };
+    let cmd =
+        Command::Submit { client_request_id: "r".into(), queue: "q".into(), task_set: "s".into(), specs: specs.clone(), body_digest: 0 };
     let bytes = serde_json::to_vec(&cmd).unwrap();
     assert!(bytes.len() < 4_000, "505 tasks in {} bytes", bytes.len());
     let back: Command = serde_json::from_slice(&bytes).unwrap();
@@ -481,7 +492,7 @@ fn check_invariants_holds_after_ordinary_applies_and_names_each_kind_of_corrupti
 fn submit_many(s: &mut State, task_set: &str, count: usize) -> Vec<TaskId> {
     let one = specs(&[template("many")]).remove(0);
     let specs = (0..count as u32).map(|i| TaskSpec { index: i, ..one.clone() }).collect();
-    let c = Command::Submit { client_request_id: String::new(), queue: "q".into(), task_set: task_set.into(), specs };
+    let c = Command::Submit { client_request_id: String::new(), queue: "q".into(), task_set: task_set.into(), specs, body_digest: 0 };
     match apply(s, 1, c) {
         CommandResult::Submitted { task_ids } => task_ids,
         other => panic!("submit failed: {other:?}"),
@@ -577,6 +588,43 @@ fn a_snapshot_with_request_ids_as_lists_reads_back_and_still_deduplicates() {
     assert!(err.contains("not contiguous"), "{err}");
 }
 
+fn submit_with_digest(s: &mut State, id: &str, templates: &[TaskTemplate], body_digest: u64) -> CommandResult {
+    apply(
+        s,
+        1,
+        Command::Submit { client_request_id: id.into(), queue: "q".into(), task_set: "s".into(), specs: specs(templates), body_digest },
+    )
+}
+
+#[test]
+fn a_request_id_reused_with_another_body_is_refused_and_changes_nothing() {
+    let mut s = setup();
+    let CommandResult::Submitted { task_ids: ids } = submit_with_digest(&mut s, "req-1", &[template("a")], 7) else {
+        panic!("submit failed")
+    };
+    assert_eq!(submit_with_digest(&mut s, "req-1", &[template("a")], 7), CommandResult::Submitted { task_ids: ids.clone() });
+    match submit_with_digest(&mut s, "req-1", &[template("b"), template("c")], 8) {
+        CommandResult::Rejected { kind: RejectKind::AlreadyExists, message } => {
+            assert!(message.contains("client_request_id \"req-1\" was used for a different submission"), "{message}");
+        }
+        other => panic!("a different body under a used id was not refused: {other:?}"),
+    }
+    assert_eq!(s.task_count(), 1, "the refused submission added no task");
+    // Digests survive a snapshot.
+    let mut restored: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert!(matches!(submit_with_digest(&mut restored, "req-1", &[template("b")], 8), CommandResult::Rejected { .. }));
+}
+
+#[test]
+fn a_request_id_remembered_without_a_digest_still_deduplicates_any_body() {
+    let mut s = setup();
+    let ids = submit(&mut s, "req-old", &[template("a")]);
+    let json = serde_json::to_value(&s.request_ids).unwrap();
+    assert_eq!(json["req-old"].get("digest"), None, "an unknown digest is not written: {json}");
+    assert_eq!(submit_with_digest(&mut s, "req-old", &[template("b")], 9), CommandResult::Submitted { task_ids: ids });
+    assert_eq!(s.task_count(), 1);
+}
+
 #[test]
 fn a_dependency_defined_later_in_the_submission_knows_its_dependent() {
     let mut s = setup();
@@ -606,7 +654,7 @@ tasks:
     .unwrap();
     let mut s = setup();
     let specs = expand("q", "s", &file.tasks, &SubmitLimits::default()).unwrap();
-    let c = Command::Submit { client_request_id: "r".into(), queue: "q".into(), task_set: "s".into(), specs };
+    let c = Command::Submit { client_request_id: "r".into(), queue: "q".into(), task_set: "s".into(), specs, body_digest: 0 };
     let CommandResult::Submitted { task_ids: ids } = apply(&mut s, 1, c) else { panic!("submit failed") };
     let (report_task, train) = (ids[0], ids[1]);
     assert!(!s.is_schedulable(s.task(report_task).unwrap(), 2), "report waits for train");

@@ -56,7 +56,7 @@ fn random_submit(rng: &mut Rng) -> Command {
     }
     let task_set = format!("s{}", rng.below(3));
     let specs = expand("q", &task_set, &templates, &SubmitLimits::default()).expect("generated templates are valid");
-    Command::Submit { client_request_id: format!("req-{}", rng.below(40)), queue: "q".into(), task_set, specs }
+    Command::Submit { client_request_id: format!("req-{}", rng.below(40)), queue: "q".into(), task_set, specs, body_digest: 0 }
 }
 
 /// Mostly what a scheduler would decide, sometimes stale attempts, split gangs, gangs
