@@ -154,7 +154,7 @@ impl ServerConfig {
         }
         if lease < self.sync_interval * 2 {
             return Err(format!(
-                "executor lease ({lease:?}) must be at least two sync intervals ({:?}) so one missed Sync does not stop a healthy cluster: raise --executor-lease or lower --sync-interval",
+                "executor lease ({lease:?}) must be at least two sync intervals ({:?}) so one missed Sync does not stop a healthy cluster: raise --executor-lease (or --cluster-lost-after, whose third it defaults to)",
                 self.sync_interval
             ));
         }
