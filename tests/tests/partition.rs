@@ -47,37 +47,14 @@ const TASK_DURATION: &str = "60s";
 const QUEUE: &str = "agents";
 const TASK_SET: &str = "partition";
 
-const CLUSTERS: &str = r#"
-[[cluster]]
-name = "a"
-region = "ra"
-pending = "1s"
-seed = 1
-
-[[cluster.pool]]
-name = "cpu"
-instance_type = "test.10cpu"
-count = 2
-cpu = "10"
-memory = "40Gi"
-price_per_hour_usd = 1.0
-zones = ["ra-1"]
-
-[[cluster]]
-name = "b"
-region = "rb"
-pending = "1s"
-seed = 2
-
-[[cluster.pool]]
-name = "cpu"
-instance_type = "test.10cpu"
-count = 2
-cpu = "10"
-memory = "40Gi"
-price_per_hour_usd = 1.0
-zones = ["rb-1"]
-"#;
+/// One simulated cluster of two 10-CPU nodes; `a` and `b` differ only in name and seed.
+fn cluster_toml(name: &str, seed: u64) -> String {
+    format!(
+        "[[cluster]]\nname = \"{name}\"\nregion = \"r{name}\"\npending = \"1s\"\nseed = {seed}\n\n\
+         [[cluster.pool]]\nname = \"cpu\"\ninstance_type = \"test.10cpu\"\ncount = 2\ncpu = \"10\"\nmemory = \"40Gi\"\n\
+         price_per_hour_usd = 1.0\nzones = [\"r{name}-1\"]\n"
+    )
+}
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -412,7 +389,7 @@ async fn leader_partitioned_with_its_cluster_never_runs_a_task_twice_and_the_hea
     let dir = tempfile::Builder::new().prefix("flotilla-partition-").tempdir().expect("a work directory");
     let mut h = Harness { procs: Default::default(), net, dir: Some(dir), bin: flotilla_bin() };
     let clusters_file = h.dir().join("clusters.toml");
-    std::fs::write(&clusters_file, CLUSTERS).expect("the clusters file");
+    std::fs::write(&clusters_file, cluster_toml("a", 1) + "\n" + &cluster_toml("b", 2)).expect("the clusters file");
     let mut timeline: Vec<(u64, String)> = Vec::new();
 
     let peers = ids.iter().map(|id| format!("{id}={}", h.net.peer_url(*id))).collect::<Vec<_>>().join(",");

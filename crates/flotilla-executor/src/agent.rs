@@ -358,23 +358,11 @@ impl Servers {
 async fn report_events(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &mut Servers, lost: &mut Vec<AttemptEvent>) {
     while !lost.is_empty() {
         let n = lost.len().min(config.max_events_per_report);
-        let request = ReportEventsRequest { cluster: config.cluster.clone(), events: lost[..n].iter().map(event_to_proto).collect() };
-        let result = servers.call("ReportEvents", |mut c| {
-            let request = request.clone();
-            async move { c.report_events(request).await }
-        });
-        match result.await {
-            Ok(_) => {
-                tracing::info!(reported = n, "reported attempts lost to an expired lease");
-                config.status.reported(n);
-                lost.drain(..n);
-            }
-            Err(status) => {
-                config.status.report_failed();
-                tracing::warn!(pending = lost.len(), code = ?status.code(), message = status.message(), "reporting lost attempts failed; they will be sent again");
-                return;
-            }
+        if !send_events(config, servers, &lost[..n]).await {
+            return;
         }
+        tracing::info!(reported = n, "reported attempts lost to an expired lease");
+        lost.drain(..n);
     }
     for _ in 0..config.max_reports_per_sync {
         let events = match backend.pending_events(config.max_events_per_report).await {
@@ -387,25 +375,33 @@ async fn report_events(config: &ExecutorConfig, backend: &dyn ClusterBackend, se
         if events.is_empty() {
             return;
         }
-        let request = ReportEventsRequest { cluster: config.cluster.clone(), events: events.iter().map(event_to_proto).collect() };
-        let result = servers.call("ReportEvents", |mut c| {
-            let request = request.clone();
-            async move { c.report_events(request).await }
-        });
-        match result.await {
-            Ok(response) => {
-                tracing::debug!(sent = events.len(), accepted = response.accepted, "reported events");
-                backend.ack_events(&events);
-                config.status.reported(events.len());
-            }
-            Err(status) => {
-                config.status.report_failed();
-                tracing::warn!(pending = events.len(), code = ?status.code(), message = status.message(), "reporting events failed; they will be sent again");
-                return;
-            }
+        if !send_events(config, servers, &events).await {
+            return;
         }
+        backend.ack_events(&events);
         if events.len() < config.max_events_per_report {
             return;
+        }
+    }
+}
+
+/// One `ReportEvents` call; true when the scheduler accepted the batch.
+async fn send_events(config: &ExecutorConfig, servers: &mut Servers, events: &[AttemptEvent]) -> bool {
+    let request = ReportEventsRequest { cluster: config.cluster.clone(), events: events.iter().map(event_to_proto).collect() };
+    let result = servers.call("ReportEvents", |mut c| {
+        let request = request.clone();
+        async move { c.report_events(request).await }
+    });
+    match result.await {
+        Ok(response) => {
+            tracing::debug!(sent = events.len(), accepted = response.accepted, "reported events");
+            config.status.reported(events.len());
+            true
+        }
+        Err(status) => {
+            config.status.report_failed();
+            tracing::warn!(pending = events.len(), code = ?status.code(), message = status.message(), "reporting events failed; they will be sent again");
+            false
         }
     }
 }

@@ -207,9 +207,7 @@ impl World {
                 let d = hold(rng, 2_000, 12_000);
                 self.note(format!("isolate leader {host} from replicas for {d:?}"));
                 self.net.isolate(&host, &replicas);
-                tokio::time::sleep(d).await;
-                self.net.heal();
-                self.note("heal".into());
+                self.heal_after(d).await;
             }
             // The scenario: one executor reaches only the cut-off leader.
             2 => {
@@ -226,9 +224,7 @@ impl World {
                         self.net.cut(r, &exec);
                     }
                 }
-                tokio::time::sleep(d).await;
-                self.net.heal();
-                self.note("heal".into());
+                self.heal_after(d).await;
             }
             // Asymmetric: the leader's messages are lost, it still hears the others.
             3 => {
@@ -241,9 +237,7 @@ impl World {
                         self.net.cut(&host, r);
                     }
                 }
-                tokio::time::sleep(d).await;
-                self.net.heal();
-                self.note("heal".into());
+                self.heal_after(d).await;
             }
             // Flapping partitions of random replicas.
             4 => {
@@ -298,12 +292,17 @@ impl World {
                     let d = hold(rng, 1_000, 12_000);
                     self.note(format!("cut {exec} off from every replica for {d:?}"));
                     self.net.isolate(&exec, &replicas);
-                    tokio::time::sleep(d).await;
-                    self.net.heal();
-                    self.note("heal".into());
+                    self.heal_after(d).await;
                 }
             }
         }
+    }
+
+    /// Leaves the fault in place for `d`, then restores every link.
+    async fn heal_after(&mut self, d: Duration) {
+        tokio::time::sleep(d).await;
+        self.net.heal();
+        self.note("heal".into());
     }
 
     pub async fn heal_all(&mut self) {

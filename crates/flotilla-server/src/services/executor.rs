@@ -124,14 +124,18 @@ impl Executor for ExecutorService {
         let (start, stop, running_stopped, gone) = ctx.read(|s| {
             let desired: HashMap<TaskId, u32> = s.active_in(&cluster).map(|t| (t.id, t.attempt)).collect();
             let reported: HashSet<(TaskId, u32)> = attempts.iter().map(|(t, a, _)| (*t, *a)).collect();
-            let unfinished: HashSet<(TaskId, u32)> = attempts
-                .iter()
-                .filter(|(_, _, phase)| !matches!(phase.as_str(), "succeeded" | "failed"))
-                .map(|(t, a, _)| (*t, *a))
-                .collect();
             // Attempts a decision ended that this cluster no longer runs: their tasks may be
-            // leased again (the report lists every attempt the cluster has).
-            let gone: Vec<(TaskId, u32)> = s.stopping_in(&cluster).map(|t| (t.id, t.attempt)).filter(|k| !unfinished.contains(k)).collect();
+            // leased again (the report lists every attempt the cluster has). Usually none wait.
+            let gone: Vec<(TaskId, u32)> = if s.stopping_in(&cluster).next().is_none() {
+                Vec::new()
+            } else {
+                let unfinished: HashSet<(TaskId, u32)> = attempts
+                    .iter()
+                    .filter(|(_, _, phase)| !matches!(phase.as_str(), "succeeded" | "failed"))
+                    .map(|(t, a, _)| (*t, *a))
+                    .collect();
+                s.stopping_in(&cluster).map(|t| (t.id, t.attempt)).filter(|k| !unfinished.contains(k)).collect()
+            };
             let mut running_stopped = 0;
             let mut stop = Vec::new();
             for (t, a, phase) in &attempts {
