@@ -14,6 +14,7 @@
 //! assert_eq!(parse_bytes("2Gi").unwrap(), 2 * 1024 * 1024 * 1024);
 //! ```
 
+mod access;
 mod node;
 mod queue;
 mod resources;
@@ -21,6 +22,7 @@ mod task;
 mod taskfile;
 mod text;
 
+pub use access::{check_permits, Permit, Subject, Verb, MAX_PERMITS_PER_QUEUE, MAX_SUBJECT_NAME_BYTES};
 pub use node::{normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology};
 pub use queue::{PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET};
 pub use resources::{

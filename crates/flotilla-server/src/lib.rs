@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod capacity;
 pub mod clock;
 mod convert;
@@ -86,6 +87,13 @@ pub struct ServerConfig {
     pub clock: WallClock,
     /// Raft timing; `None`: [`ReplicaConfig::new`]'s defaults.
     pub raft_timing: Option<RaftTiming>,
+    /// Users, executors' credentials, roles and the OIDC provider; `None`: authentication is
+    /// off and every caller may do anything.
+    pub auth_file: Option<PathBuf>,
+    /// Serve without authentication on an address other hosts can reach.
+    pub insecure: bool,
+    /// `/metrics` needs a token too when authentication is on (health probes never do).
+    pub protect_metrics: bool,
 }
 
 /// How fast replicas notice each other: heartbeat and election timeout range.
@@ -123,6 +131,9 @@ impl ServerConfig {
             dial: flotilla_api::dial::Dial::tcp(),
             clock: WallClock::system(),
             raft_timing: None,
+            auth_file: None,
+            insecure: false,
+            protect_metrics: false,
         }
     }
 }
@@ -157,6 +168,16 @@ impl ServerConfig {
                 "executor lease ({lease:?}) must be at least two sync intervals ({:?}) so one missed Sync does not stop a healthy cluster: raise --executor-lease (or --cluster-lost-after, whose third it defaults to)",
                 self.sync_interval
             ));
+        }
+        if self.auth_file.is_none() && !self.insecure {
+            let exposed: Vec<String> =
+                [Some(self.listen), self.http].into_iter().flatten().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
+            if !exposed.is_empty() {
+                return Err(format!(
+                    "refusing to serve {} without authentication: give --auth-file (see docs/auth.md), listen on loopback, or pass --insecure to accept that anyone who reaches the port may do anything",
+                    exposed.join(", ")
+                ));
+            }
         }
         if self.schedule_interval.is_zero() || self.sync_interval.is_zero() {
             return Err("schedule_interval and sync_interval must be positive".into());
@@ -200,6 +221,8 @@ pub struct Context {
     /// Last cycle's fair and actual shares, for metrics, ListQueues and the web view.
     pub shares: Mutex<Vec<flotilla_sched::QueueShare>>,
     pub started: Instant,
+    /// Credentials and roles.
+    pub auth: Arc<auth::Authenticator>,
     /// A channel to the current leader's gRPC port, for calls only the leader can answer.
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
 }
@@ -259,6 +282,22 @@ impl Context {
 
     pub fn is_leader(&self) -> bool {
         self.replica.is_leader()
+    }
+
+    /// Answers "may this caller …" against the current auth file.
+    pub fn authorizer(&self) -> auth::Authorizer {
+        self.auth.authorizer()
+    }
+
+    /// PERMISSION_DENIED unless `caller` may do `verb` on queue `name` (its permits as this
+    /// replica has applied them).
+    pub fn require_on_queue(&self, caller: &auth::Caller, name: &str, verb: flotilla_model::Verb) -> Result<(), Status> {
+        let z = self.authorizer();
+        if z.is_admin(caller) {
+            return Ok(());
+        }
+        let permits = self.read(|s| s.queue(name).map(|q| q.permits.clone())).unwrap_or_default();
+        z.require(caller, name, &permits, verb)
     }
 
     /// A (cached, lazily connected) channel to the leader, when another replica leads.
@@ -378,6 +417,9 @@ where
         anyhow::bail!("--id {} is not in --peers ({:?})", config.id, config.peers.keys().collect::<Vec<_>>());
     }
     config.validate().map_err(anyhow::Error::msg)?;
+    if config.insecure && config.auth_file.is_none() {
+        tracing::warn!(listen = %config.listen, "serving without authentication (--insecure): anyone who reaches the port may do anything");
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let mut config = config;
     if config.listen.port() == 0 {
@@ -399,8 +441,13 @@ where
         replica_config.election_timeout_min = t.election_timeout_min;
         replica_config.election_timeout_max = t.election_timeout_max;
     }
+    let auth = match &config.auth_file {
+        Some(path) => Arc::new(auth::Authenticator::load(path).await.map_err(anyhow::Error::msg)?),
+        None => Arc::new(auth::Authenticator::open()),
+    };
     let replica = Replica::open(replica_config).await.context("opening the replica")?;
     let ctx = Arc::new(Context {
+        auth: auth.clone(),
         config: config.clone(),
         replica,
         capacity: Mutex::new(Capacity::default()),
@@ -439,6 +486,7 @@ where
 
     ctx.replica.bootstrap();
     tasks.push(tokio::spawn(leader::run(ctx.clone())));
+    tasks.push(tokio::spawn(auth.keep_fresh()));
     tracing::info!(id = config.id, grpc = %local_addr, http = ?http_addr, "replica started");
     Ok(ServerHandle { ctx, local_addr, http_addr, shutdown, tasks })
 }

@@ -4,7 +4,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use flotilla_api::auth::{AuthChannel, BearerToken};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 /// Largest message the CLI accepts (a full task listing page).
@@ -14,10 +15,11 @@ pub struct Client {
     servers: Vec<String>,
     /// The replica that answered last: tried first next time.
     current: AtomicUsize,
+    token: BearerToken,
 }
 
 impl Client {
-    pub fn new(servers: &str) -> Result<Client, String> {
+    pub fn new(servers: &str, token: BearerToken) -> Result<Client, String> {
         let servers: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         if servers.is_empty() {
             return Err("--server: at least one URL is required".into());
@@ -27,7 +29,7 @@ impl Client {
                 return Err(format!("--server: {s:?} must start with http:// or https://"));
             }
         }
-        Ok(Client { servers, current: AtomicUsize::new(0) })
+        Ok(Client { servers, current: AtomicUsize::new(0), token })
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, Status> {
@@ -40,7 +42,7 @@ impl Client {
     /// "unavailable". Writes are safe to repeat: submissions carry a request id.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let n = self.servers.len();
@@ -58,7 +60,7 @@ impl Client {
                         continue;
                     }
                 };
-                match f(channel).await {
+                match f(self.token.channel(channel)).await {
                     Err(s) if s.code() == Code::Unavailable || s.code() == Code::Unknown && s.message().contains("transport") => {
                         last = Status::new(s.code(), format!("{url}: {}", s.message()));
                     }

@@ -27,11 +27,42 @@ pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
     config.cluster_lost_after = a.cluster_lost_after;
     config.executor_lease = a.executor_lease;
     config.lease_expiry_grace = a.lease_expiry_grace;
+    config.auth_file = a.auth_file;
+    config.insecure = a.insecure;
+    config.protect_metrics = a.protect_metrics;
     flotilla_server::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn executor(servers: &str, a: ExecutorArgs) -> Result<ExitCode, Failure> {
+/// `flotilla auth hash-token`: prints the digest the auth file stores for a token.
+pub fn auth(a: crate::AuthCommand) -> Result<ExitCode, Failure> {
+    match a {
+        crate::AuthCommand::HashToken { token, generate } => {
+            let token = match (token, generate) {
+                (Some(_), true) => return Err(Failure::Input("give a TOKEN or --generate, not both".into())),
+                (Some(t), false) => t,
+                (None, true) => {
+                    let t = flotilla_server::auth::generate_token().map_err(Failure::Op)?;
+                    println!("token: {t}");
+                    t
+                }
+                (None, false) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map_err(|e| Failure::Input(format!("reading the token from stdin: {e}")))?;
+                    line
+                }
+            };
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(Failure::Input("the token is empty".into()));
+            }
+            println!("{}", flotilla_server::auth::hash_token(token));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn executor(servers: &str, token: flotilla_api::auth::BearerToken, a: ExecutorArgs) -> Result<ExitCode, Failure> {
     let servers: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if servers.is_empty() {
         return Err(Failure::Input("--server: at least one URL is required".into()));
@@ -58,6 +89,7 @@ pub async fn executor(servers: &str, a: ExecutorArgs) -> Result<ExitCode, Failur
     }
     let mut config = ExecutorConfig::new(servers, a.cluster.clone());
     config.sync_interval = a.sync_interval;
+    config.token = token;
     if let Some(addr) = a.http {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure::Op(format!("--http {addr}: {e}")))?;
         tokio::spawn(executor_http(listener, config.status.clone(), a.cluster.clone(), a.unhealthy_after));

@@ -21,6 +21,12 @@ pub struct Cli {
     /// Scheduler replicas to talk to; the next one is tried when one does not answer.
     #[arg(long, global = true, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// The caller's token, for servers with authentication on (an API token or an OIDC ID token).
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token (its first line), e.g. a mounted Kubernetes Secret.
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -69,6 +75,21 @@ pub enum Command {
     /// List, add and remove scheduler replicas (Raft membership).
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Helpers for the auth file.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Print the `token_hash` the auth file stores for a token (read from stdin when not
+    /// given, so that it stays out of the shell history).
+    HashToken {
+        token: Option<String>,
+        /// Make a new random token (printed first) and hash it.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +141,16 @@ pub struct ServerArgs {
     /// below --cluster-lost-after; the server refuses to start otherwise.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lease_expiry_grace: Option<Duration>,
+    /// Users, executor credentials, roles and the OIDC provider (docs/auth.md). Without it
+    /// every caller may do anything, and only loopback addresses are served.
+    #[arg(long, env = "FLOTILLA_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve without --auth-file on addresses other hosts can reach.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Require a token for /metrics too (health probes stay open).
+    #[arg(long)]
+    pub protect_metrics: bool,
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +241,10 @@ pub struct QueueArgs {
     /// Most tasks preempted per scheduling cycle (0: the default).
     #[arg(long, default_value_t = 0)]
     pub disruption_budget: u32,
+    /// Grants verbs on the queue, e.g. `group:research=submit,cancel,watch` or
+    /// `user:alice=admin`; repeat for more subjects. Update replaces the whole list.
+    #[arg(long = "permit", value_name = "SUBJECT=VERBS")]
+    pub permits: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -14,6 +14,7 @@ use flotilla_model::{AttemptStatus, FailureKind, FieldError, TaskId};
 use flotilla_store::{AttemptEvent, ClusterState, Command};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit, Caller};
 use crate::capacity::ClusterReport;
 use crate::convert::{invalid, leased_task};
 use crate::Context;
@@ -72,6 +73,9 @@ fn attempt_event(e: &v1::AttemptEvent) -> Result<AttemptEvent, String> {
 impl Executor for ExecutorService {
     async fn sync(&self, req: Request<v1::SyncRequest>) -> Result<Response<v1::SyncResponse>, Status> {
         let ctx = &self.ctx;
+        // Checked here, where the credential arrived; a forwarded call comes from a replica.
+        let caller = Caller::of(&req);
+        ctx.authorizer().require_cluster(&caller, &req.get_ref().cluster)?;
         if !ctx.is_leader() {
             // Capacity reports are the leader's soft state: hand the call to the leader.
             let channel = ctx.leader_channel().ok_or_else(|| Status::unavailable("no leader elected yet"))?;
@@ -113,6 +117,7 @@ impl Executor for ExecutorService {
                 flotilla_store::CommandResult::Rejected { message, .. } => Err(Status::unavailable(message)),
                 other => Ok(other),
             })?;
+            tracing::info!(target: "audit", subject = %caller, action = "RegisterCluster", target = %format!("cluster/{cluster}"), result = "ok");
             tracing::info!(cluster = %cluster, "cluster ready");
         }
         if first_report {
@@ -175,6 +180,8 @@ impl Executor for ExecutorService {
     }
 
     async fn report_events(&self, req: Request<v1::ReportEventsRequest>) -> Result<Response<v1::ReportEventsResponse>, Status> {
+        let caller = Caller::of(&req);
+        self.ctx.authorizer().require_cluster(&caller, &req.get_ref().cluster)?;
         let r = req.into_inner();
         let max = self.ctx.config.max_events_per_report;
         if r.events.len() > max {
@@ -198,7 +205,10 @@ impl Executor for ExecutorService {
             self.ctx.fenced_term().await?;
         }
         if n > 0 {
-            self.ctx.propose_ok(Command::ReportEvents { cluster: r.cluster, events }).await?;
+            let target = format!("cluster/{}", r.cluster);
+            let result = self.ctx.propose_ok(Command::ReportEvents { cluster: r.cluster, events }).await;
+            audit(&caller, "ReportEvents", &target, &result);
+            result?;
             self.ctx.schedule_now.notify_one();
         }
         Ok(Response::new(v1::ReportEventsResponse { accepted: n }))

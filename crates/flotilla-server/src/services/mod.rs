@@ -18,17 +18,19 @@ use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 use tower::util::MapResponseLayer;
 
+use crate::auth::{AuthLayer, Port};
 use crate::Context;
 
 /// Largest gRPC message accepted: a full submission (10,000 tasks) fits.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The response mapping every service goes through: see [`decode_errors_are_invalid_argument`].
-type Layers = Stack<MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>, Identity>;
+type Layers = Stack<AuthLayer, Stack<MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>, Identity>>;
 
 pub fn router(ctx: Arc<Context>) -> Router<Layers> {
     tonic::transport::Server::builder()
         .layer(MapResponseLayer::new(decode_errors_are_invalid_argument as fn(_) -> _))
+        .layer(AuthLayer::new(ctx.auth.clone(), Port::Client))
         .add_service(QueuesServer::new(queues::QueuesService(ctx.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
             TasksServer::new(tasks::TasksService(ctx.clone()))
@@ -65,4 +67,35 @@ fn decode_errors_are_invalid_argument(mut res: http::Response<Body>) -> http::Re
         tracing::warn!(error = %e, "could not rewrite a decode error as INVALID_ARGUMENT");
     }
     res
+}
+
+/// Decides per queue whether one caller may do one verb there, remembering each answer: for
+/// filtering listings and batches of tasks by what the caller may see or do.
+pub(crate) struct QueueCheck<'a> {
+    authorizer: crate::auth::Authorizer,
+    caller: &'a crate::auth::Caller,
+    verb: flotilla_model::Verb,
+    everything: bool,
+    seen: std::collections::HashMap<String, bool>,
+}
+
+impl<'a> QueueCheck<'a> {
+    pub(crate) fn new(ctx: &Context, caller: &'a crate::auth::Caller, verb: flotilla_model::Verb) -> QueueCheck<'a> {
+        let authorizer = ctx.authorizer();
+        let everything = authorizer.is_admin(caller) || (verb == flotilla_model::Verb::Watch && authorizer.is_viewer(caller));
+        QueueCheck { authorizer, caller, verb, everything, seen: std::collections::HashMap::new() }
+    }
+
+    pub(crate) fn allows(&mut self, state: &flotilla_store::State, queue: &str) -> bool {
+        if self.everything {
+            return true;
+        }
+        if let Some(known) = self.seen.get(queue) {
+            return *known;
+        }
+        let permits = state.queue(queue).map(|q| q.permits.as_slice()).unwrap_or_default();
+        let ok = self.authorizer.allows(self.caller, queue, permits, self.verb);
+        self.seen.insert(queue.to_string(), ok);
+        ok
+    }
 }
