@@ -321,6 +321,8 @@ impl From<tonic::Status> for Failure {
         match s.code() {
             tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => Failure::Input(s.message().to_string()),
             tonic::Code::Unavailable => Failure::Op(format!("no scheduler replica answered: {}", s.message())),
+            tonic::Code::Unauthenticated => Failure::Op(format!("not authenticated: {}", s.message())),
+            tonic::Code::PermissionDenied => Failure::Op(format!("permission denied: {}", s.message())),
             _ => Failure::Op(s.message().to_string()),
         }
     }
