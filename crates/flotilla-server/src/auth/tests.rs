@@ -208,3 +208,27 @@ async fn a_rotated_provider_key_is_picked_up_on_first_use() {
     let token = format!("{input}.{}", b64(new_key.sign(input.as_bytes()).as_ref()));
     assert_eq!(p.auth.authenticate(&headers(Some(&token))).await.unwrap(), Caller::User { name: "erin".into(), groups: vec![] });
 }
+
+#[tokio::test]
+async fn the_key_set_is_fetched_from_a_url_and_an_unreachable_one_fails_only_id_tokens() {
+    let p = provider().await;
+    let set = std::fs::read_to_string(&p.jwks).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/keys", axum::routing::get(move || std::future::ready(set.clone())));
+    let served = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[oidc]\nissuer = \"https://issuer.test\"\naudience = \"flotilla\"\njwks_url = \"http://{addr}/keys\"\n");
+    let auth = Authenticator::load(&auth_file(dir.path(), &extra)).await.unwrap();
+    let claims = serde_json::json!({"sub": "fay", "iss": "https://issuer.test", "aud": "flotilla", "exp": now_s() + 600});
+    let token = p.token(claims);
+    assert_eq!(auth.authenticate(&headers(Some(&token))).await.unwrap(), Caller::User { name: "fay".into(), groups: vec![] });
+    served.abort();
+
+    // A provider that does not answer: the server starts, ID tokens fail, API tokens work.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let extra = format!("[oidc]\nissuer = \"https://issuer.test\"\naudience = \"flotilla\"\njwks_url = \"http://{closed}/keys\"\n");
+    let auth = Authenticator::load(&auth_file(dir.path(), &extra)).await.expect("starts without the provider");
+    assert_eq!(auth.authenticate(&headers(Some(&token))).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert!(auth.authenticate(&headers(Some("alice-token"))).await.is_ok());
+}
