@@ -79,6 +79,8 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         sim_duration_ms: sim.duration_ms,
         sim_exit_code: sim.exit_code,
         sim_memory_peak_bytes: sim.memory_peak_bytes.unwrap_or(0),
+        pod_security: s.pod_security.as_str().to_string(),
+        run_as_user: s.run_as_user,
     }
 }
 

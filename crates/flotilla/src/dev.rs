@@ -83,6 +83,9 @@ pub async fn executor(servers: &str, token: flotilla_api::auth::BearerToken, a: 
     if let Some(l) = &a.rack_label {
         kube.rack_label = l.clone();
     }
+    if let Some(level) = a.namespace_pod_security {
+        kube.namespace_pod_security = level;
+    }
     kube.validate().map_err(Failure::Input)?;
     if !(a.speed.is_finite() && a.speed > 0.0) {
         return Err(Failure::Input(format!("--speed: {} must be a number above 0", a.speed)));

@@ -181,6 +181,11 @@ pub struct ExecutorArgs {
     /// Kubernetes backend settings (prices per instance type, checkpoint volume...), TOML.
     #[arg(long)]
     pub kube_config: Option<PathBuf>,
+    /// Pod Security level enforced in the queue namespaces this executor creates (kube only):
+    /// restricted, baseline or privileged [default: baseline, or the settings file's
+    /// `namespace_pod_security`]. Tasks asking for more than it fail to start.
+    #[arg(long, value_parser = parse_pod_security)]
+    pub namespace_pod_security: Option<flotilla_model::PodSecurity>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub sync_interval: Duration,
     /// Serve `/healthz` and `/metrics` here (e.g. 0.0.0.0:8080); off when not given.
@@ -332,6 +337,11 @@ impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Op(format!("{e:#}"))
     }
+}
+
+fn parse_pod_security(s: &str) -> Result<flotilla_model::PodSecurity, String> {
+    flotilla_model::PodSecurity::parse(s)
+        .ok_or_else(|| format!("{} is not one of restricted, baseline, privileged", flotilla_model::quote(s)))
 }
 
 fn init_tracing(format: LogFormat) {

@@ -20,10 +20,48 @@ use crate::convert::{invalid, leased_task};
 use crate::Context;
 
 /// Longest node name kept in an event (Kubernetes allows 253 bytes).
-const MAX_NODE_NAME_BYTES: usize = 253;
+const MAX_NODE_NAME_BYTES: usize = flotilla_model::MAX_NODE_NAME_BYTES;
 
 /// Most nodes one cluster may report.
 const MAX_NODES_PER_CLUSTER: usize = 100_000;
+
+/// Most bytes of attempts one Sync may list (ids, node names and phases): about 250,000
+/// attempts with their node names, far more than a cluster runs, and a quarter of the
+/// gRPC message limit.
+const MAX_ATTEMPT_BYTES_PER_SYNC: usize = 16 << 20;
+
+/// Bytes one reported attempt counts for against [`MAX_ATTEMPT_BYTES_PER_SYNC`].
+fn attempt_bytes(a: &v1::RunningAttempt) -> usize {
+    std::mem::size_of::<u64>() + std::mem::size_of::<u32>() + a.node.len() + a.phase.len()
+}
+
+/// Checks a Sync before anything of it is used: the cluster name, the node count, every
+/// node's plausibility (`flotilla_model::check_nodes`: resources within per-node bounds,
+/// Kubernetes' name and label lengths, unique names) and the size of the attempts list.
+/// A forged or broken report is refused whole, so it never becomes capacity that work is
+/// leased onto, and never registers its cluster.
+fn check_sync(r: &v1::SyncRequest) -> Result<Vec<flotilla_model::Node>, Status> {
+    let mut errors = Vec::new();
+    flotilla_model::check_name("cluster", &r.cluster, &mut errors);
+    if r.nodes.len() > MAX_NODES_PER_CLUSTER {
+        errors.push(FieldError::new("nodes", format!("{} nodes exceed the limit of {MAX_NODES_PER_CLUSTER}", r.nodes.len())));
+        return Err(invalid(&errors));
+    }
+    let attempt_bytes: usize = r.attempts.iter().map(attempt_bytes).sum();
+    if attempt_bytes > MAX_ATTEMPT_BYTES_PER_SYNC {
+        errors.push(FieldError::new(
+            "attempts",
+            format!("{} attempts of {attempt_bytes} bytes exceed the limit of {MAX_ATTEMPT_BYTES_PER_SYNC} bytes", r.attempts.len()),
+        ));
+    }
+    let nodes: Vec<flotilla_model::Node> = r.nodes.iter().map(|n| node_from_report(&r.cluster, n)).collect();
+    errors.extend(flotilla_model::check_nodes(&nodes));
+    if errors.is_empty() {
+        Ok(nodes)
+    } else {
+        Err(invalid(&errors))
+    }
+}
 
 pub struct ExecutorService {
     ctx: Arc<Context>,
@@ -89,17 +127,11 @@ impl Executor for ExecutorService {
         // executor moves on to another replica.
         let term = ctx.fenced_term().await?;
         let r = req.into_inner();
-        let mut errors = Vec::new();
-        flotilla_model::check_name("cluster", &r.cluster, &mut errors);
-        if r.nodes.len() > MAX_NODES_PER_CLUSTER {
-            errors.push(FieldError::new("nodes", format!("{} nodes exceed the limit of {MAX_NODES_PER_CLUSTER}", r.nodes.len())));
-        }
-        if !errors.is_empty() {
-            return Err(invalid(&errors));
-        }
+        let nodes = check_sync(&r).inspect_err(|e| {
+            tracing::warn!(cluster = %flotilla_model::truncate(&r.cluster, 63), error = %e.message(), "refused an implausible sync");
+        })?;
         let cluster = r.cluster.clone();
         let _span = tracing::debug_span!("sync", cluster = %cluster).entered();
-        let nodes = r.nodes.iter().map(|n| node_from_report(&cluster, n)).collect();
         let attempts: Vec<(TaskId, u32, String)> = r.attempts.iter().map(|a| (TaskId(a.task_id), a.attempt, a.phase.clone())).collect();
         let first_report = {
             let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
