@@ -23,10 +23,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let format = cli.output;
     match cli.command {
         Command::Server(a) => crate::dev::server(a).await,
-        Command::Executor(a) => crate::dev::executor(&cli.server, a).await,
+        Command::Executor(a) => crate::dev::executor(&cli.server, cli.ca_cert.as_deref(), a).await,
         Command::Dev(a) => crate::dev::dev(a, format).await,
         other => {
-            let client = Client::new(&cli.server).map_err(Failure::Input)?;
+            let client = Client::new(&cli.server, crate::dev::dial(cli.ca_cert.as_deref())?).map_err(Failure::Input)?;
             client_command(&client, other, format).await
         }
     }
