@@ -68,6 +68,8 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, port: &'st
                 Ok(Ok(stream)) => {
                     let _ = tx.send(Ok(ServerIo(Box::new(stream)))).await;
                 }
+                // On the peer port a failed handshake is a misconfigured replica or an outsider.
+                Ok(Err(e)) if port == "peer" => tracing::info!(port, %remote, error = %e, "TLS handshake failed"),
                 Ok(Err(e)) => tracing::debug!(port, %remote, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(port, %remote, "TLS handshake timed out"),
             }
