@@ -32,3 +32,20 @@ pub fn peer_listen_of(url: &str) -> std::net::SocketAddr {
     let authority = url.split("://").nth(1).expect("a URL").trim_end_matches('/');
     authority.parse().unwrap_or_else(|e| panic!("{url}: not IP:port: {e}"))
 }
+
+/// A one-replica server on a loopback port with a leader, a client channel to it, and
+/// `queue` created (weight 1). Keep the directory as long as the server runs.
+pub async fn single_server_with_queue(queue: &str) -> (flotilla_server::ServerHandle, tonic::transport::Channel, tempfile::TempDir) {
+    use flotilla_api::v1;
+    let dir = tempfile::tempdir().unwrap();
+    let config = flotilla_server::ServerConfig::single("127.0.0.1:0".parse().unwrap(), dir.path().join("replica"));
+    let server = flotilla_server::start(config).await.expect("server starts");
+    server.wait_for_leader(std::time::Duration::from_secs(10)).await.expect("a leader");
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.local_addr)).unwrap().connect().await.expect("connect");
+    v1::queues_client::QueuesClient::new(channel.clone())
+        .create_queue(v1::CreateQueueRequest { queue: Some(v1::QueueSpec { name: queue.into(), weight: 1.0, ..Default::default() }) })
+        .await
+        .expect("create queue");
+    (server, channel, dir)
+}

@@ -3,11 +3,9 @@
 //! undecodable requests are the caller's error, and a reused request id with another body
 //! is refused.
 
-use std::time::Duration;
-
 use bytes::{Buf, BufMut, Bytes};
 use flotilla_api::v1::{self, queues_client::QueuesClient, tasks_client::TasksClient};
-use flotilla_server::{ServerConfig, ServerHandle};
+use flotilla_server::ServerHandle;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -17,16 +15,7 @@ const QUEUE: &str = "bounds";
 const METADATA_LIMIT_BYTES: usize = 8 * 1024;
 
 async fn server() -> (ServerHandle, Channel, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig::single("127.0.0.1:0".parse().unwrap(), dir.path().join("replica"));
-    let server = flotilla_server::start(config).await.expect("server starts");
-    server.wait_for_leader(Duration::from_secs(10)).await.expect("a leader");
-    let channel = Channel::from_shared(format!("http://{}", server.local_addr)).unwrap().connect().await.expect("connect");
-    QueuesClient::new(channel.clone())
-        .create_queue(v1::CreateQueueRequest { queue: Some(v1::QueueSpec { name: QUEUE.into(), weight: 1.0, ..Default::default() }) })
-        .await
-        .expect("create queue");
-    (server, channel, dir)
+    flotilla_tests::single_server_with_queue(QUEUE).await
 }
 
 fn submit_request(task_set: &str, count: u32, request_id: &str) -> v1::SubmitTasksRequest {

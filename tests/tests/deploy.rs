@@ -419,6 +419,8 @@ fn expected_executor_grants(create_namespaces: bool) -> BTreeMap<(String, String
         ((String::new(), "pods".to_string()), set(&["get", "list", "watch"])),
         // Reflector on Api::<Job>::all; create per lease, delete per stop.
         (("batch".to_string(), "jobs".to_string()), set(&["get", "list", "watch", "create", "delete"])),
+        // Reflector on Api::<Event>::all: the Job controller's FailedCreate events.
+        ((String::new(), "events".to_string()), set(&["list", "watch"])),
     ]);
     if create_namespaces {
         // Created on a 404 from Job creation; 409 tolerated, never read.

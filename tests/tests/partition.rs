@@ -404,6 +404,8 @@ async fn leader_partitioned_with_its_cluster_never_runs_a_task_twice_and_the_hea
             &format!("0.0.0.0:{PORT}"),
             "--peer-listen",
             &format!("0.0.0.0:{PEER_PORT}"),
+            // Namespaces of this test only: no authentication, no TLS.
+            "--insecure",
             "--http",
             "127.0.0.1:8080",
             "--data-dir",

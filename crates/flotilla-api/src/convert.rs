@@ -79,6 +79,8 @@ pub fn template_from_proto(t: &v1::TaskTemplate) -> m::TaskTemplate {
             exit_code: s.exit_code,
             memory_peak: opt(&s.memory_peak),
         }),
+        pod_security: opt(&t.pod_security),
+        run_as_user: t.run_as_user,
     }
 }
 
@@ -127,6 +129,8 @@ pub fn template_to_proto(t: &m::TaskTemplate) -> v1::TaskTemplate {
             exit_code: s.exit_code,
             memory_peak: s.memory_peak.clone().unwrap_or_default(),
         }),
+        pod_security: t.pod_security.clone().unwrap_or_default(),
+        run_as_user: t.run_as_user,
     }
 }
 
@@ -174,7 +178,7 @@ mod tests {
     #[test]
     fn templates_survive_a_round_trip_through_the_wire() {
         let file = m::TaskFile::from_yaml(
-            "tasks:\n  - name: train\n    image: i\n    gang: {size: 8, topology: rack}\n    resources: {cpu: 32, nvidia.com/gpu: 8}\n    placement: {gpuModel: H100, spot: never, tolerations: [{key: gpu, operator: Exists}]}\n    retry: {maxAttempts: 5, backoff: 30s, oomMemoryGrowth: 1.5}\n    sim: {duration: 20s, exitCode: 3}\n",
+            "tasks:\n  - name: train\n    image: i\n    gang: {size: 8, topology: rack}\n    resources: {cpu: 32, nvidia.com/gpu: 8}\n    placement: {gpuModel: H100, spot: never, tolerations: [{key: gpu, operator: Exists}]}\n    retry: {maxAttempts: 5, backoff: 30s, oomMemoryGrowth: 1.5}\n    sim: {duration: 20s, exitCode: 3}\n    podSecurity: baseline\n    runAsUser: 0\n",
         )
         .unwrap();
         let t = &file.tasks[0];

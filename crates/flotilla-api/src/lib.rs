@@ -22,6 +22,7 @@ pub mod raft {
     tonic::include_proto!("flotilla.raft.v1");
 }
 
+pub mod auth;
 mod convert;
 pub mod dial;
 pub mod tls;

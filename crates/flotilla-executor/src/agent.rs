@@ -34,13 +34,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+use flotilla_api::auth::AuthChannel;
 use flotilla_api::node_to_report;
 use flotilla_api::v1::executor_client::ExecutorClient;
 use flotilla_api::v1::{self, ReportEventsRequest, SyncRequest};
 use flotilla_model::{AttemptStatus, FailureKind, TaskId};
 use futures::StreamExt;
 use tokio::sync::oneshot;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -73,6 +74,8 @@ pub struct ExecutorConfig {
     pub status: Arc<crate::status::ExecutorStatus>,
     /// How to reach the scheduler (TCP, or the fault simulator's network).
     pub dial: flotilla_api::dial::Dial,
+    /// This cluster's executor credential, for schedulers with authentication on.
+    pub token: flotilla_api::auth::BearerToken,
 }
 
 impl ExecutorConfig {
@@ -94,6 +97,7 @@ impl ExecutorConfig {
             executor_id,
             status: Arc::default(),
             dial: flotilla_api::dial::Dial::tcp(),
+            token: flotilla_api::auth::BearerToken::none(),
         }
     }
 
@@ -290,10 +294,11 @@ impl ExecutorHandle {
 struct Servers {
     urls: Vec<String>,
     index: usize,
-    client: Option<ExecutorClient<Channel>>,
+    client: Option<ExecutorClient<AuthChannel>>,
     connect_timeout: Duration,
     rpc_timeout: Duration,
     dial: flotilla_api::dial::Dial,
+    token: flotilla_api::auth::BearerToken,
 }
 
 impl Servers {
@@ -305,10 +310,11 @@ impl Servers {
             connect_timeout: config.connect_timeout,
             rpc_timeout: config.rpc_timeout,
             dial: config.dial.clone(),
+            token: config.token.clone(),
         }
     }
 
-    async fn connect(&mut self) -> Result<ExecutorClient<Channel>, Status> {
+    async fn connect(&mut self) -> Result<ExecutorClient<AuthChannel>, Status> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -318,7 +324,7 @@ impl Servers {
             .connect_timeout(self.connect_timeout)
             .timeout(self.rpc_timeout);
         let channel = self.dial.connect(endpoint).await.map_err(|e| Status::unavailable(format!("connecting to {url}: {e}")))?;
-        let client = ExecutorClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let client = ExecutorClient::new(self.token.channel(channel)).max_decoding_message_size(MAX_RESPONSE_BYTES);
         tracing::info!(server = %url, "connected to scheduler");
         self.client = Some(client.clone());
         Ok(client)
@@ -328,7 +334,7 @@ impl Servers {
     /// unreachable; at most one try per server.
     async fn call<T, F, Fut>(&mut self, what: &str, mut rpc: F) -> Result<T, Status>
     where
-        F: FnMut(ExecutorClient<Channel>) -> Fut,
+        F: FnMut(ExecutorClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut last = Status::unavailable("no servers");

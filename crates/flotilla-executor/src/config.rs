@@ -45,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_model::{is_dns1123_label, normalize_gpu_model, parse_bytes, parse_cpu_millis, Node, Resources, Taint, Topology};
+use flotilla_model::{is_dns1123_label, normalize_gpu_model, parse_bytes, parse_cpu_millis, Node, PodSecurity, Resources, Taint, Topology};
 use serde::{Deserialize, Deserializer};
 
 /// Upper bound on simulated nodes in one file: the simulator is for dev mode and tests.
@@ -371,6 +371,7 @@ impl PoolConfig {
 /// checkpoint_claim = "flotilla-checkpoints"   # optional PVC per queue namespace; else emptyDir
 /// service_account = "flotilla-task"           # optional
 /// image_pull_secrets = ["registry"]           # optional
+/// namespace_pod_security = "baseline"     # enforce level of the namespaces it creates
 ///
 /// [prices]                                # on-demand USD per node-hour by instance type
 /// "p5.48xlarge" = 98.32
@@ -390,6 +391,11 @@ pub struct KubeBackendConfig {
     pub checkpoint_claim: Option<String>,
     pub service_account: Option<String>,
     pub image_pull_secrets: Vec<String>,
+    /// The Pod Security level a namespace this executor creates enforces
+    /// (`pod-security.kubernetes.io/enforce`); it warns and audits at `restricted`. The
+    /// default, `baseline`, admits tasks that ask for `restricted` or `baseline`; a task
+    /// asking for more is refused by the API server and its attempt fails with the reason.
+    pub namespace_pod_security: PodSecurity,
     pub prices: BTreeMap<String, f64>,
     pub spot_prices: BTreeMap<String, f64>,
 }
@@ -406,6 +412,7 @@ impl Default for KubeBackendConfig {
             checkpoint_claim: None,
             service_account: None,
             image_pull_secrets: Vec::new(),
+            namespace_pod_security: PodSecurity::Baseline,
             prices: BTreeMap::new(),
             spot_prices: BTreeMap::new(),
         }
@@ -536,5 +543,16 @@ nodes_per_rack = 2
         assert_eq!(c.price_per_hour_usd("g5.12xlarge", false), 5.67);
         assert_eq!(c.price_per_hour_usd("g5.12xlarge", true), 2.1);
         assert_eq!(c.price_per_hour_usd("m7i.large", true), 0.0);
+    }
+
+    #[test]
+    fn namespace_pod_security_defaults_to_baseline_reads_each_level_and_refuses_others() {
+        assert_eq!(KubeBackendConfig::default().namespace_pod_security, PodSecurity::Baseline);
+        for level in PodSecurity::ALL {
+            let c: KubeBackendConfig = toml::from_str(&format!("namespace_pod_security = \"{level}\"\n")).unwrap();
+            assert_eq!(c.namespace_pod_security, level);
+        }
+        let err = toml::from_str::<KubeBackendConfig>("namespace_pod_security = \"lenient\"\n").unwrap_err();
+        assert!(err.to_string().contains("namespace_pod_security") && err.to_string().contains("restricted"), "{err}");
     }
 }

@@ -14,6 +14,7 @@
 //! assert_eq!(parse_bytes("2Gi").unwrap(), 2 * 1024 * 1024 * 1024);
 //! ```
 
+mod access;
 mod node;
 mod queue;
 mod resources;
@@ -21,14 +22,19 @@ mod task;
 mod taskfile;
 mod text;
 
-pub use node::{normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology};
+pub use access::{check_permits, Permit, Subject, Verb, MAX_PERMITS_PER_QUEUE, MAX_SUBJECT_NAME_BYTES};
+pub use node::{
+    check_nodes, normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology, MAX_LABELS_PER_NODE, MAX_LABEL_KEY_BYTES,
+    MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_NODE_NAME_BYTES, MAX_TAINTS_PER_NODE,
+};
 pub use queue::{PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET};
 pub use resources::{
     format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, QuantityError, ResourceLimits, Resources, GPU_RESOURCE,
+    MAX_NODE_CPU_MILLIS, MAX_NODE_EXTENDED_AMOUNT, MAX_NODE_EXTENDED_RESOURCES, MAX_NODE_GPUS, MAX_NODE_MEMORY_BYTES,
 };
 pub use task::{
-    AttemptStatus, FailureKind, GangRef, Placement, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState,
-    TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
+    AttemptStatus, FailureKind, GangRef, Placement, PodSecurity, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState,
+    TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS, MAX_RUN_AS_USER,
 };
 pub use taskfile::{
     check_name, expand, is_dns1123_label, parse_duration_ms, FieldError, GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ResourceLimits, Resources};
+use crate::{Permit, ResourceLimits, Resources};
 
 /// Where tasks wait. Queues share the federation by weight (dominant-resource fairness).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct Queue {
     /// Most running tasks of this queue that may be preempted in one scheduling cycle.
     #[serde(default = "default_disruption_budget")]
     pub disruption_budget: u32,
+    /// Who may submit to, cancel in, watch or administer this queue, besides cluster admins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permits: Vec<Permit>,
 }
 
 pub const DEFAULT_DISRUPTION_BUDGET: u32 = 64;
@@ -39,6 +42,7 @@ impl Queue {
             limit: ResourceLimits::default(),
             owner: String::new(),
             disruption_budget: DEFAULT_DISRUPTION_BUDGET,
+            permits: Vec::new(),
         }
     }
 }

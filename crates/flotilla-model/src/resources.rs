@@ -12,6 +12,19 @@ use serde::{Deserialize, Serialize};
 /// The resource name Kubernetes uses for NVIDIA GPUs.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
+/// Most CPU one node may report: 65,536 cores. The largest machines today have a few
+/// thousand; more is a broken or forged report, and would skew fair shares and packing.
+pub const MAX_NODE_CPU_MILLIS: u64 = 65_536 * 1000;
+/// Most memory one node may report: 1 PiB (the largest machines have tens of TiB).
+pub const MAX_NODE_MEMORY_BYTES: u64 = 1 << 50;
+/// Most GPUs one node may report (8 to 72 on today's largest nodes and racks).
+pub const MAX_NODE_GPUS: u64 = 4_096;
+/// Most of any other resource one node may report (`example.com/fpga`, EFA interfaces, or
+/// byte-counted ones such as ephemeral storage and huge pages): 1 PiB as a count.
+pub const MAX_NODE_EXTENDED_AMOUNT: u64 = 1 << 50;
+/// Most distinct extended resources one node may report.
+pub const MAX_NODE_EXTENDED_RESOURCES: usize = 128;
+
 /// An amount of compute: what a task requests, what a node offers, what a queue may use.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Resources {

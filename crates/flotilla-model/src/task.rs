@@ -196,6 +196,58 @@ impl RetryPolicy {
     }
 }
 
+/// The Kubernetes Pod Security Standard a task's pod is built to meet.
+///
+/// `Restricted` is the default: the pod runs as non-root with the `RuntimeDefault` seccomp
+/// profile, and its container drops every capability and cannot escalate privileges.
+/// `Baseline` keeps the seccomp profile and no privilege escalation but lets the image run
+/// as root with the runtime's default capabilities; `Privileged` sets no restriction and
+/// runs the container privileged (device plugins, kernel tuning, some GPU tooling). A
+/// queue's namespace must admit the level (`pod-security.kubernetes.io/enforce`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurity {
+    #[default]
+    Restricted,
+    Baseline,
+    Privileged,
+}
+
+impl PodSecurity {
+    pub const ALL: [PodSecurity; 3] = [PodSecurity::Restricted, PodSecurity::Baseline, PodSecurity::Privileged];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurity::Restricted => "restricted",
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Privileged => "privileged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PodSecurity> {
+        PodSecurity::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == PodSecurity::default()
+    }
+
+    /// True when a namespace enforcing `self` admits a pod built for `pod` (levels are
+    /// ordered: restricted < baseline < privileged).
+    pub fn admits(self, pod: PodSecurity) -> bool {
+        pod <= self
+    }
+}
+
+impl fmt::Display for PodSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Largest `runAsUser` Kubernetes accepts (it validates the UID as a non-negative int32).
+pub const MAX_RUN_AS_USER: i64 = i32::MAX as i64;
+
 /// How the simulated backend runs a task (dev mode, tests, benchmarks).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SimSpec {
@@ -250,6 +302,14 @@ pub struct TaskSpec {
     pub after: Vec<String>,
     #[serde(default)]
     pub sim: Option<SimSpec>,
+    /// The Pod Security level the task's pod is built for. Left out of the JSON when it is
+    /// the default, so stored entries and snapshots written before it existed read the same
+    /// and are written back byte for byte the same.
+    #[serde(default, skip_serializing_if = "PodSecurity::is_default")]
+    pub pod_security: PodSecurity,
+    /// The UID the container runs as (`securityContext.runAsUser`); `None`: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
 }
 
 pub const DEFAULT_TERMINATION_GRACE_MS: u64 = 30_000;

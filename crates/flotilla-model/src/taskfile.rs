@@ -26,8 +26,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{
-    parse_bytes, GangRef, Placement, PriorityClass, QuantityError, Resources, RetryPolicy, SimSpec, SpotPolicy, TaskId, TaskSpec,
-    Toleration, TopologyLevel, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
+    parse_bytes, GangRef, Placement, PodSecurity, PriorityClass, QuantityError, Resources, RetryPolicy, SimSpec, SpotPolicy, TaskId,
+    TaskSpec, Toleration, TopologyLevel, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS, MAX_RUN_AS_USER,
 };
 use crate::{quote, truncate};
 
@@ -139,6 +139,13 @@ pub struct TaskTemplate {
     pub after: Vec<String>,
     #[serde(default)]
     pub sim: Option<SimTemplate>,
+    /// `restricted` (the default), `baseline` or `privileged`. Not written when absent: the
+    /// JSON of a template is what a submission's digest hashes, and templates written before
+    /// this field existed must keep their digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -518,6 +525,8 @@ fn validate_template(
         }),
     });
 
+    let (pod_security, run_as_user) = validate_pod_security(p, t, errors);
+
     Some(TaskSpec {
         name: t.name.clone(),
         queue: queue.to_string(),
@@ -538,7 +547,33 @@ fn validate_template(
         placement,
         after: t.after.clone(),
         sim,
+        pod_security,
+        run_as_user,
     })
+}
+
+/// `podSecurity` and `runAsUser`: a known level, and a UID Kubernetes accepts that the level
+/// allows (restricted forbids UID 0: its pods must run as non-root).
+fn validate_pod_security(p: &str, t: &TaskTemplate, errors: &mut Vec<FieldError>) -> (PodSecurity, Option<i64>) {
+    let level = match t.pod_security.as_deref() {
+        None => PodSecurity::default(),
+        Some(s) => PodSecurity::parse(s).unwrap_or_else(|| {
+            errors
+                .push(FieldError::new(format!("{p}.podSecurity"), format!("{} is not one of restricted, baseline, privileged", quote(s))));
+            PodSecurity::default()
+        }),
+    };
+    if let Some(uid) = t.run_as_user {
+        if !(0..=MAX_RUN_AS_USER).contains(&uid) {
+            errors.push(FieldError::new(format!("{p}.runAsUser"), format!("{uid} must be between 0 and {MAX_RUN_AS_USER}")));
+        } else if uid == 0 && level == PodSecurity::Restricted {
+            errors.push(FieldError::new(
+                format!("{p}.runAsUser"),
+                "0 is root, which podSecurity restricted forbids (use a non-zero UID, or podSecurity: baseline)",
+            ));
+        }
+    }
+    (level, t.run_as_user)
 }
 
 fn serde_json_len(t: &TaskTemplate) -> usize {
@@ -552,6 +587,7 @@ fn serde_json_len(t: &TaskTemplate) -> usize {
         + maps(&t.resources)
         + maps(&t.limits)
         + t.after.iter().map(String::len).sum::<usize>()
+        + t.pod_security.as_ref().map_or(0, String::len)
 }
 
 /// Rejects `after` cycles, naming the tasks on the cycle.
@@ -719,6 +755,64 @@ tasks:
         let mut t = template("a");
         t.count = Some(10_001);
         assert_eq!(errors_of(&[t]), vec!["tasks: 10001 tasks exceed the limit of 10000 per submission"]);
+    }
+
+    #[test]
+    fn pod_security_defaults_to_restricted_and_reads_baseline_privileged_and_a_uid() {
+        let f = TaskFile::from_yaml(
+            "tasks:\n  - {name: a, image: i, resources: {cpu: 1}}\n  - {name: b, image: i, resources: {cpu: 1}, podSecurity: baseline, runAsUser: 0}\n  - {name: c, image: i, resources: {cpu: 1}, podSecurity: privileged}\n  - {name: d, image: i, resources: {cpu: 1}, runAsUser: 65532}\n",
+        )
+        .unwrap();
+        let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
+        let got: Vec<_> = specs.iter().map(|s| (s.pod_security, s.run_as_user)).collect();
+        assert_eq!(
+            got,
+            [
+                (PodSecurity::Restricted, None),
+                (PodSecurity::Baseline, Some(0)),
+                (PodSecurity::Privileged, None),
+                (PodSecurity::Restricted, Some(65532))
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_pod_security_values_name_the_field_and_quote_only_a_prefix() {
+        let mut level = template("a");
+        level.pod_security = Some("root".repeat(1000));
+        let mut negative = template("b");
+        negative.run_as_user = Some(-1);
+        let mut too_large = template("c");
+        too_large.run_as_user = Some(i64::from(i32::MAX) + 1);
+        let mut root = template("d");
+        root.run_as_user = Some(0);
+        let errs = errors_of(&[level, negative, too_large, root]);
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(
+            errs[0].starts_with("tasks[0].podSecurity: \"rootroot") && errs[0].contains("(4000 bytes) is not one of restricted"),
+            "{errs:?}"
+        );
+        assert!(errs[0].len() < 200, "the error quotes a short prefix: {}", errs[0]);
+        assert_eq!(errs[1], "tasks[1].runAsUser: -1 must be between 0 and 2147483647");
+        assert_eq!(errs[2], "tasks[2].runAsUser: 2147483648 must be between 0 and 2147483647");
+        assert!(errs[3].starts_with("tasks[3].runAsUser: 0 is root, which podSecurity restricted forbids"), "{errs:?}");
+    }
+
+    #[test]
+    fn specs_and_templates_without_pod_security_serialize_as_before_it_existed() {
+        // Stored entries, snapshots and request digests were written without these fields.
+        let spec = expand("q", "s", &[template("a")], &SubmitLimits::default()).unwrap().remove(0);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert!(json.get("pod_security").is_none() && json.get("run_as_user").is_none(), "{json}");
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("pod_security");
+        assert_eq!(serde_json::from_value::<TaskSpec>(old).unwrap(), spec, "an old spec reads as restricted");
+        let template_json = serde_json::to_value(template("a")).unwrap();
+        assert!(template_json.get("podSecurity").is_none() && template_json.get("runAsUser").is_none(), "{template_json}");
+        let mut baseline = spec.clone();
+        baseline.pod_security = PodSecurity::Baseline;
+        let round: TaskSpec = serde_json::from_str(&serde_json::to_string(&baseline).unwrap()).unwrap();
+        assert_eq!(round.pod_security, PodSecurity::Baseline);
     }
 
     #[test]

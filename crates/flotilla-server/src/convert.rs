@@ -2,8 +2,8 @@
 
 use flotilla_api::v1;
 use flotilla_model::{
-    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, PriorityClass, Queue, ResourceLimits,
-    Resources, SchedTask, DEFAULT_DISRUPTION_BUDGET,
+    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, Permit, PriorityClass, Queue, ResourceLimits,
+    Resources, SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_PERMITS_PER_QUEUE,
 };
 use flotilla_store::{State, TaskEvent, TaskRecord};
 
@@ -79,6 +79,8 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         sim_duration_ms: sim.duration_ms,
         sim_exit_code: sim.exit_code,
         sim_memory_peak_bytes: sim.memory_peak_bytes.unwrap_or(0),
+        pod_security: s.pod_security.as_str().to_string(),
+        run_as_user: s.run_as_user,
     }
 }
 
@@ -126,6 +128,11 @@ pub fn queue_to_spec(q: &Queue) -> v1::QueueSpec {
         limit: limit_quantities(&q.limit),
         owner: q.owner.clone(),
         disruption_budget: q.disruption_budget,
+        permits: q
+            .permits
+            .iter()
+            .map(|p| v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
+            .collect(),
     }
 }
 
@@ -184,6 +191,7 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
             }
         }
     }
+    let permits = permits_from_proto(&spec.permits, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -194,7 +202,30 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
         limit,
         owner: spec.owner.clone(),
         disruption_budget: if spec.disruption_budget == 0 { DEFAULT_DISRUPTION_BUDGET } else { spec.disruption_budget },
+        permits,
     })
+}
+
+fn permits_from_proto(permits: &[v1::QueuePermit], errors: &mut Vec<FieldError>) -> Vec<Permit> {
+    if permits.len() > MAX_PERMITS_PER_QUEUE {
+        errors.push(FieldError::new("permits", format!("{} permits exceed the limit of {MAX_PERMITS_PER_QUEUE}", permits.len())));
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(permits.len());
+    for (i, p) in permits.iter().enumerate() {
+        let subject = Subject::parse(&p.subject).map_err(|e| errors.push(FieldError::new(format!("permits[{i}].subject"), e)));
+        if p.verbs.len() > Verb::ALL.len() {
+            errors.push(FieldError::new(format!("permits[{i}].verbs"), "lists more verbs than there are"));
+            continue;
+        }
+        let verbs = p.verbs.iter().map(|v| Verb::parse(v)).collect::<Result<_, _>>();
+        let verbs = verbs.map_err(|e| errors.push(FieldError::new(format!("permits[{i}].verbs"), e)));
+        if let (Ok(subject), Ok(verbs)) = (subject, verbs) {
+            out.push(Permit { subject, verbs });
+        }
+    }
+    flotilla_model::check_permits("permits", &out, errors);
+    out
 }
 
 /// Most bad fields one error lists, and its longest message: the status travels back in

@@ -1,6 +1,11 @@
 //! The HTTP port: `/metrics`, `/healthz`, `/readyz`, a read-only web view at `/` and its
 //! JSON at `/api/queues`, `/api/clusters` and `/api/tasks`; over TLS with `--tls-cert`.
 //!
+//! With authentication on, the web view and `/api/*` (and `/metrics` with
+//! `--protect-metrics`) need a token: `Authorization: Bearer <token>`, or HTTP Basic with the
+//! token as the password, which a browser asks for. They show only the queues and tasks the
+//! caller may watch. Health probes stay open.
+//!
 //! `axum::serve` takes only a plain TCP listener, so connections come from
 //! [`listen::incoming`](crate::listen::incoming) (TLS handshakes included) and each is
 //! served by hyper's HTTP/1.1-or-HTTP/2 connection builder.
@@ -8,8 +13,9 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Extension, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,6 +23,8 @@ use flotilla_model::TaskState;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use crate::auth::Caller;
+use crate::services::QueueCheck;
 use crate::Context;
 
 /// Serves the connections of `incoming` until `shutdown`; open connections are then dropped.
@@ -49,15 +57,52 @@ pub async fn serve(ctx: Arc<Context>, mut incoming: crate::Incoming, mut shutdow
 }
 
 pub fn router(ctx: Arc<Context>) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/", get(index))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .route("/api/queues", get(api_queues))
         .route("/api/clusters", get(api_clusters))
-        .route("/api/tasks", get(api_tasks))
-        .with_state(ctx)
+        .route("/api/tasks", get(api_tasks));
+    let open = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz));
+    let (guarded, open) = if ctx.config.protect_metrics {
+        (guarded.route("/metrics", get(metrics)), open)
+    } else {
+        (guarded, open.route("/metrics", get(metrics)))
+    };
+    let guarded = guarded.layer(axum::middleware::from_fn_with_state(ctx.clone(), authenticate));
+    guarded.merge(open).with_state(ctx)
+}
+
+/// Puts the caller in the request, or answers 401 (with a Basic challenge, so that a browser
+/// asks for the token) or 403 for an executor credential.
+async fn authenticate(State(ctx): State<Arc<Context>>, mut req: Request, next: Next) -> Response {
+    let headers = bearer_from_basic(req.headers());
+    match ctx.auth.authenticate(headers.as_ref().unwrap_or(req.headers())).await {
+        Ok(Caller::Executor { .. }) => (StatusCode::FORBIDDEN, "an executor credential may only Sync and ReportEvents\n").into_response(),
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(status) => {
+            let mut r = (StatusCode::UNAUTHORIZED, format!("{}\n", status.message())).into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"flotilla\", charset=\"UTF-8\""));
+            r
+        }
+    }
+}
+
+/// HTTP Basic credentials (any user name, the token as password) as a bearer header.
+fn bearer_from_basic(headers: &HeaderMap) -> Option<HeaderMap> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    if encoded.len() > 16 * 1024 {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let (_, token) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    let mut out = HeaderMap::new();
+    out.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).ok()?);
+    Some(out)
 }
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
@@ -83,10 +128,12 @@ struct QueueView {
     tasks: std::collections::BTreeMap<String, u64>,
 }
 
-fn queue_views(ctx: &Context) -> Vec<QueueView> {
+fn queue_views(ctx: &Context, caller: &Caller) -> Vec<QueueView> {
     let shares = ctx.shares.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut may_see = QueueCheck::new(ctx, caller, flotilla_model::Verb::Watch);
     ctx.read(|s| {
         s.queues()
+            .filter(|q| may_see.allows(s, &q.name))
             .map(|q| {
                 let share = shares.iter().find(|x| x.queue == q.name);
                 QueueView {
@@ -101,8 +148,8 @@ fn queue_views(ctx: &Context) -> Vec<QueueView> {
     })
 }
 
-async fn api_queues(State(ctx): State<Arc<Context>>) -> Json<Vec<QueueView>> {
-    Json(queue_views(&ctx))
+async fn api_queues(State(ctx): State<Arc<Context>>, Extension(caller): Extension<Caller>) -> Json<Vec<QueueView>> {
+    Json(queue_views(&ctx, &caller))
 }
 
 #[derive(serde::Serialize)]
@@ -164,14 +211,19 @@ struct TaskView {
     reason: String,
 }
 
-fn task_views(ctx: &Context, q: &TaskQuery) -> Vec<TaskView> {
+fn task_views(ctx: &Context, caller: &Caller, q: &TaskQuery) -> Vec<TaskView> {
     let limit = q.limit.unwrap_or(100).min(1000);
     let state = q.state.as_deref().and_then(TaskState::parse);
+    let mut may_see = QueueCheck::new(ctx, caller, flotilla_model::Verb::Watch);
     ctx.read(|s| {
         // Newest first: what people look at in a web view.
         s.tasks()
             .rev()
-            .filter(|t| q.queue.as_ref().is_none_or(|x| *x == t.spec.queue) && state.is_none_or(|st| st == t.state))
+            .filter(|t| {
+                q.queue.as_ref().is_none_or(|x| *x == t.spec.queue)
+                    && state.is_none_or(|st| st == t.state)
+                    && may_see.allows(s, &t.spec.queue)
+            })
             .take(limit)
             .map(|t| {
                 let (cluster, node) = t.placement();
@@ -192,15 +244,19 @@ fn task_views(ctx: &Context, q: &TaskQuery) -> Vec<TaskView> {
     })
 }
 
-async fn api_tasks(State(ctx): State<Arc<Context>>, Query(q): Query<TaskQuery>) -> Json<Vec<TaskView>> {
-    Json(task_views(&ctx, &q))
+async fn api_tasks(
+    State(ctx): State<Arc<Context>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<TaskQuery>,
+) -> Json<Vec<TaskView>> {
+    Json(task_views(&ctx, &caller, &q))
 }
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-async fn index(State(ctx): State<Arc<Context>>) -> Html<String> {
+async fn index(State(ctx): State<Arc<Context>>, Extension(caller): Extension<Caller>) -> Html<String> {
     let mut h = String::new();
     let leader = ctx.replica.leader_id().map_or("none".to_string(), |l| l.to_string());
     let _ = write!(
@@ -218,7 +274,7 @@ async fn index(State(ctx): State<Arc<Context>>) -> Html<String> {
         let _ = write!(h, "<th>{st}</th>");
     }
     h.push_str("</tr>");
-    for q in queue_views(&ctx) {
+    for q in queue_views(&ctx, &caller) {
         let _ = write!(
             h,
             "<tr><td>{}</td><td class=r>{}</td><td class=r>{:.1}%</td><td class=r>{:.1}%</td>",
@@ -249,7 +305,7 @@ async fn index(State(ctx): State<Arc<Context>>) -> Html<String> {
         );
     }
     h.push_str("</table><h2>Latest tasks</h2><table><tr><th>id</th><th>queue</th><th>task set</th><th>name</th><th>state</th><th>attempt</th><th>cluster/node</th><th>reason</th></tr>");
-    for t in task_views(&ctx, &TaskQuery { queue: None, state: None, limit: Some(50) }) {
+    for t in task_views(&ctx, &caller, &TaskQuery { queue: None, state: None, limit: Some(50) }) {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}[{}]</td><td>{}</td><td class=r>{}</td><td>{}/{}</td><td>{}</td></tr>",

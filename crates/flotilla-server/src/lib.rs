@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod capacity;
 pub mod clock;
 mod convert;
@@ -99,6 +100,13 @@ pub struct ServerConfig {
     pub clock: WallClock,
     /// Raft timing; `None`: [`ReplicaConfig::new`]'s defaults.
     pub raft_timing: Option<RaftTiming>,
+    /// Users, executors' credentials, roles and the OIDC provider; `None`: authentication is
+    /// off and every caller may do anything.
+    pub auth_file: Option<PathBuf>,
+    /// Serve without authentication on an address other hosts can reach.
+    pub insecure: bool,
+    /// `/metrics` needs a token too when authentication is on (health probes never do).
+    pub protect_metrics: bool,
 }
 
 /// The replicas' mutual TLS: this replica's certificate (presented as server and client) and
@@ -178,6 +186,9 @@ impl ServerConfig {
             dial: flotilla_api::dial::Dial::tcp(),
             clock: WallClock::system(),
             raft_timing: None,
+            auth_file: None,
+            insecure: false,
+            protect_metrics: false,
         }
     }
 }
@@ -211,6 +222,22 @@ impl ServerConfig {
             return Err(format!(
                 "executor lease ({lease:?}) must be at least two sync intervals ({:?}) so one missed Sync does not stop a healthy cluster: raise --executor-lease (or --cluster-lost-after, whose third it defaults to)",
                 self.sync_interval
+            ));
+        }
+        if self.auth_file.is_none() && !self.insecure {
+            let exposed: Vec<String> =
+                [Some(self.listen), self.http].into_iter().flatten().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
+            if !exposed.is_empty() {
+                return Err(format!(
+                    "refusing to serve {} without authentication: give --auth-file (see docs/auth.md), listen on loopback, or pass --insecure to accept that anyone who reaches the port may do anything",
+                    exposed.join(", ")
+                ));
+            }
+        }
+        if self.peer_tls.is_none() && !self.insecure && !self.peer_listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve the peer port {} without mutual TLS: give --peer-tls-cert, --peer-tls-key and --peer-ca-cert, listen on loopback, or pass --insecure to accept that anyone who reaches it may speak Raft",
+                self.peer_listen
             ));
         }
         if self.schedule_interval.is_zero() || self.sync_interval.is_zero() {
@@ -265,6 +292,8 @@ pub struct Context {
     /// Last cycle's fair and actual shares, for metrics, ListQueues and the web view.
     pub shares: Mutex<Vec<flotilla_sched::QueueShare>>,
     pub started: Instant,
+    /// Credentials and roles.
+    pub auth: Arc<auth::Authenticator>,
     /// A channel to the current leader's peer port, for calls only the leader can answer.
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
     /// One membership change at a time on this replica (check, then change), whichever
@@ -327,6 +356,22 @@ impl Context {
 
     pub fn is_leader(&self) -> bool {
         self.replica.is_leader()
+    }
+
+    /// Answers "may this caller …" against the current auth file.
+    pub fn authorizer(&self) -> auth::Authorizer {
+        self.auth.authorizer()
+    }
+
+    /// PERMISSION_DENIED unless `caller` may do `verb` on queue `name` (its permits as this
+    /// replica has applied them).
+    pub fn require_on_queue(&self, caller: &auth::Caller, name: &str, verb: flotilla_model::Verb) -> Result<(), Status> {
+        let z = self.authorizer();
+        if z.is_admin(caller) {
+            return Ok(());
+        }
+        let permits = self.read(|s| s.queue(name).map(|q| q.permits.clone())).unwrap_or_default();
+        z.require(caller, name, &permits, verb)
     }
 
     /// A (cached, lazily connected) channel to the leader's peer port (its membership URL,
@@ -493,6 +538,9 @@ async fn start_serving(
         anyhow::bail!("--id {} is not in --peers ({:?})", config.id, config.peers.keys().collect::<Vec<_>>());
     }
     config.validate().map_err(anyhow::Error::msg)?;
+    if config.insecure && config.auth_file.is_none() {
+        tracing::warn!(listen = %config.listen, "serving without authentication (--insecure): anyone who reaches the port may do anything");
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let mut config = config;
     if let Some(url) = config.peers.get_mut(&config.id) {
@@ -510,8 +558,13 @@ async fn start_serving(
         replica_config.election_timeout_min = t.election_timeout_min;
         replica_config.election_timeout_max = t.election_timeout_max;
     }
+    let auth = match &config.auth_file {
+        Some(path) => Arc::new(auth::Authenticator::load(path).await.map_err(anyhow::Error::msg)?),
+        None => Arc::new(auth::Authenticator::open()),
+    };
     let replica = Replica::open(replica_config).await.context("opening the replica")?;
     let ctx = Arc::new(Context {
+        auth: auth.clone(),
         config: config.clone(),
         replica,
         capacity: Mutex::new(Capacity::default()),
@@ -554,6 +607,7 @@ async fn start_serving(
 
     ctx.replica.bootstrap();
     tasks.push(tokio::spawn(leader::run(ctx.clone())));
+    tasks.push(tokio::spawn(auth.keep_fresh()));
     tracing::info!(
         id = config.id,
         grpc = %local_addr,
@@ -631,6 +685,20 @@ mod tests {
             "--peer-tls-cert, --peer-tls-key and --peer-ca-cert go together: --peer-tls-key and --peer-ca-cert missing"
         );
         assert!(peer_tls_flags(None, p("k.pem"), p("ca.pem")).unwrap_err().ends_with(": --peer-tls-cert missing"));
+    }
+
+    #[test]
+    fn a_non_loopback_peer_port_without_mutual_tls_is_refused_unless_insecure() {
+        let mut c = ServerConfig::single("127.0.0.1:0".parse().unwrap(), "/tmp/unused".into());
+        c.peer_listen = "0.0.0.0:50052".parse().unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("peer port 0.0.0.0:50052 without mutual TLS") && e.contains("--peer-ca-cert"), "{e}");
+        c.insecure = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.insecure = false;
+        c.peer_tls = peer_tls_flags(Some("c".into()), Some("k".into()), Some("ca".into())).unwrap();
+        c.peers.insert(1, "https://127.0.0.1:0".into());
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -4,8 +4,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use flotilla_api::auth::{AuthChannel, BearerToken};
 use flotilla_api::dial::Dial;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 /// Largest message the CLI accepts (a full task listing page).
@@ -17,10 +18,11 @@ pub struct Client {
     current: AtomicUsize,
     /// TCP, with TLS for https:// servers (`--ca-cert`).
     dial: Dial,
+    token: BearerToken,
 }
 
 impl Client {
-    pub fn new(servers: &str, dial: Dial) -> Result<Client, String> {
+    pub fn new(servers: &str, dial: Dial, token: BearerToken) -> Result<Client, String> {
         let servers: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         if servers.is_empty() {
             return Err("--server: at least one URL is required".into());
@@ -30,7 +32,7 @@ impl Client {
                 return Err(format!("--server: {s:?} must start with http:// or https://"));
             }
         }
-        Ok(Client { servers, current: AtomicUsize::new(0), dial })
+        Ok(Client { servers, current: AtomicUsize::new(0), dial, token })
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, Status> {
@@ -43,7 +45,7 @@ impl Client {
     /// "unavailable". Writes are safe to repeat: submissions carry a request id.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let n = self.servers.len();
@@ -61,7 +63,7 @@ impl Client {
                         continue;
                     }
                 };
-                match f(channel).await {
+                match f(self.token.channel(channel)).await {
                     Err(s) if s.code() == Code::Unavailable || s.code() == Code::Unknown && s.message().contains("transport") => {
                         last = Status::new(s.code(), format!("{url}: {}", s.message()));
                     }

@@ -3,15 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 
+use flotilla_api::auth::AuthChannel;
 use flotilla_api::v1::{self, clusters_client::ClustersClient, queues_client::QueuesClient, tasks_client::TasksClient};
 use flotilla_model::{TaskFile, TaskState};
-use tonic::transport::Channel;
 
 use crate::client::{Client, MAX_MESSAGE_BYTES};
 use crate::output::{self, table};
 use crate::{Cli, Command, Failure, Format, QueueArgs, QueueCommand};
 
-fn tasks(c: Channel) -> TasksClient<Channel> {
+fn tasks(c: AuthChannel) -> TasksClient<AuthChannel> {
     TasksClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
@@ -23,10 +23,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let format = cli.output;
     match cli.command {
         Command::Server(a) => crate::dev::server(a).await,
-        Command::Executor(a) => crate::dev::executor(&cli.server, cli.ca_cert.as_deref(), a).await,
+        Command::Executor(a) => {
+            let token =
+                flotilla_api::auth::BearerToken::from_flags(cli.token.as_deref(), cli.token_file.as_deref()).map_err(Failure::Input)?;
+            crate::dev::executor(&cli.server, cli.ca_cert.as_deref(), token, a).await
+        }
         Command::Dev(a) => crate::dev::dev(a, format).await,
+        Command::Auth(a) => crate::dev::auth(a),
         other => {
-            let client = Client::new(&cli.server, crate::dev::dial(cli.ca_cert.as_deref())?).map_err(Failure::Input)?;
+            let token =
+                flotilla_api::auth::BearerToken::from_flags(cli.token.as_deref(), cli.token_file.as_deref()).map_err(Failure::Input)?;
+            let client = Client::new(&cli.server, crate::dev::dial(cli.ca_cert.as_deref())?, token).map_err(Failure::Input)?;
             client_command(&client, other, format).await
         }
     }
@@ -154,7 +161,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
             Ok(ExitCode::SUCCESS)
         }
         Command::Replica(r) => crate::replicas::run(client, r, format).await,
-        Command::Server(_) | Command::Executor(_) | Command::Dev(_) => unreachable!("handled in run"),
+        Command::Server(_) | Command::Executor(_) | Command::Dev(_) | Command::Auth(_) => unreachable!("handled in run"),
     }
 }
 
@@ -204,11 +211,19 @@ fn queue_spec(a: &QueueArgs) -> Result<v1::QueueSpec, Failure> {
         limit: resource_map("limit", &a.limit)?,
         owner: a.owner.clone(),
         disruption_budget: a.disruption_budget,
+        permits: a
+            .permits
+            .iter()
+            .map(|p| {
+                let p = flotilla_model::Permit::parse(p).map_err(|e| Failure::Input(format!("--permit: {e}")))?;
+                Ok(v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
+            })
+            .collect::<Result<_, Failure>>()?,
     })
 }
 
 async fn queue(client: &Client, q: QueueCommand, format: Format) -> Result<ExitCode, Failure> {
-    let queues = |c: Channel| QueuesClient::new(c);
+    let queues = |c: AuthChannel| QueuesClient::new(c);
     let shown = match q {
         QueueCommand::Create(a) => {
             let req = v1::CreateQueueRequest { queue: Some(queue_spec(&a)?) };

@@ -34,6 +34,9 @@ pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
     config.cluster_lost_after = a.cluster_lost_after;
     config.executor_lease = a.executor_lease;
     config.lease_expiry_grace = a.lease_expiry_grace;
+    config.auth_file = a.auth_file;
+    config.insecure = a.insecure;
+    config.protect_metrics = a.protect_metrics;
     config.validate().map_err(Failure::Input)?;
     flotilla_server::run(config).await?;
     Ok(ExitCode::SUCCESS)
@@ -47,7 +50,40 @@ pub fn dial(ca_cert: Option<&Path>) -> Result<Dial, Failure> {
     Ok(Dial::tcp().with_tls(tls))
 }
 
-pub async fn executor(servers: &str, ca_cert: Option<&Path>, a: ExecutorArgs) -> Result<ExitCode, Failure> {
+/// `flotilla auth hash-token`: prints the digest the auth file stores for a token.
+pub fn auth(a: crate::AuthCommand) -> Result<ExitCode, Failure> {
+    match a {
+        crate::AuthCommand::HashToken { token, generate } => {
+            let token = match (token, generate) {
+                (Some(_), true) => return Err(Failure::Input("give a TOKEN or --generate, not both".into())),
+                (Some(t), false) => t,
+                (None, true) => {
+                    let t = flotilla_server::auth::generate_token().map_err(Failure::Op)?;
+                    println!("token: {t}");
+                    t
+                }
+                (None, false) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map_err(|e| Failure::Input(format!("reading the token from stdin: {e}")))?;
+                    line
+                }
+            };
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(Failure::Input("the token is empty".into()));
+            }
+            println!("{}", flotilla_server::auth::hash_token(token));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn executor(
+    servers: &str,
+    ca_cert: Option<&Path>,
+    token: flotilla_api::auth::BearerToken,
+    a: ExecutorArgs,
+) -> Result<ExitCode, Failure> {
     let servers: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if servers.is_empty() {
         return Err(Failure::Input("--server: at least one URL is required".into()));
@@ -68,6 +104,9 @@ pub async fn executor(servers: &str, ca_cert: Option<&Path>, a: ExecutorArgs) ->
     if let Some(l) = &a.rack_label {
         kube.rack_label = l.clone();
     }
+    if let Some(level) = a.namespace_pod_security {
+        kube.namespace_pod_security = level;
+    }
     kube.validate().map_err(Failure::Input)?;
     if !(a.speed.is_finite() && a.speed > 0.0) {
         return Err(Failure::Input(format!("--speed: {} must be a number above 0", a.speed)));
@@ -75,6 +114,7 @@ pub async fn executor(servers: &str, ca_cert: Option<&Path>, a: ExecutorArgs) ->
     let mut config = ExecutorConfig::new(servers, a.cluster.clone());
     config.sync_interval = a.sync_interval;
     config.dial = dial(ca_cert)?;
+    config.token = token;
     if let Some(addr) = a.http {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure::Op(format!("--http {addr}: {e}")))?;
         tokio::spawn(executor_http(listener, config.status.clone(), a.cluster.clone(), a.unhealthy_after));

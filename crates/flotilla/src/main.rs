@@ -25,6 +25,12 @@ pub struct Cli {
     /// (default: the system's root certificates).
     #[arg(long, global = true, env = "FLOTILLA_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// The caller's token, for servers with authentication on (an API token or an OIDC ID token).
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token (its first line), e.g. a mounted Kubernetes Secret.
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -73,6 +79,21 @@ pub enum Command {
     /// List, add and remove scheduler replicas (Raft membership).
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Helpers for the auth file.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Print the `token_hash` the auth file stores for a token (read from stdin when not
+    /// given, so that it stays out of the shell history).
+    HashToken {
+        token: Option<String>,
+        /// Make a new random token (printed first) and hash it.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +168,16 @@ pub struct ServerArgs {
     /// below --cluster-lost-after; the server refuses to start otherwise.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lease_expiry_grace: Option<Duration>,
+    /// Users, executor credentials, roles and the OIDC provider (docs/auth.md). Without it
+    /// every caller may do anything, and only loopback addresses are served.
+    #[arg(long, env = "FLOTILLA_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve without --auth-file on addresses other hosts can reach.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Require a token for /metrics too (health probes stay open).
+    #[arg(long)]
+    pub protect_metrics: bool,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +208,11 @@ pub struct ExecutorArgs {
     /// Kubernetes backend settings (prices per instance type, checkpoint volume...), TOML.
     #[arg(long)]
     pub kube_config: Option<PathBuf>,
+    /// Pod Security level enforced in the queue namespaces this executor creates (kube only):
+    /// restricted, baseline or privileged [default: baseline, or the settings file's
+    /// `namespace_pod_security`]. Tasks asking for more than it fail to start.
+    #[arg(long, value_parser = parse_pod_security)]
+    pub namespace_pod_security: Option<flotilla_model::PodSecurity>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub sync_interval: Duration,
     /// Serve `/healthz` and `/metrics` here (e.g. 0.0.0.0:8080); off when not given.
@@ -240,6 +276,10 @@ pub struct QueueArgs {
     /// Most tasks preempted per scheduling cycle (0: the default).
     #[arg(long, default_value_t = 0)]
     pub disruption_budget: u32,
+    /// Grants verbs on the queue, e.g. `group:research=submit,cancel,watch` or
+    /// `user:alice=admin`; repeat for more subjects. Update replaces the whole list.
+    #[arg(long = "permit", value_name = "SUBJECT=VERBS")]
+    pub permits: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +356,8 @@ impl From<tonic::Status> for Failure {
         match s.code() {
             tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => Failure::Input(s.message().to_string()),
             tonic::Code::Unavailable => Failure::Op(format!("no scheduler replica answered: {}", s.message())),
+            tonic::Code::Unauthenticated => Failure::Op(format!("not authenticated: {}", s.message())),
+            tonic::Code::PermissionDenied => Failure::Op(format!("permission denied: {}", s.message())),
             _ => Failure::Op(s.message().to_string()),
         }
     }
@@ -325,6 +367,11 @@ impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Op(format!("{e:#}"))
     }
+}
+
+fn parse_pod_security(s: &str) -> Result<flotilla_model::PodSecurity, String> {
+    flotilla_model::PodSecurity::parse(s)
+        .ok_or_else(|| format!("{} is not one of restricted, baseline, privileged", flotilla_model::quote(s)))
 }
 
 fn init_tracing(format: LogFormat) {

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use flotilla_api::auth::AuthChannel;
 use flotilla_api::v1::{self, replicas_client::ReplicasClient};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::output::table;
@@ -12,7 +12,7 @@ use crate::{Failure, Format, ReplicaCommand};
 
 const HEADERS: [&str; 4] = ["id", "url", "role", "leader"];
 
-fn replicas(c: Channel) -> ReplicasClient<Channel> {
+fn replicas(c: AuthChannel) -> ReplicasClient<AuthChannel> {
     ReplicasClient::new(c)
 }
 

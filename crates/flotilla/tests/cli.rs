@@ -244,3 +244,61 @@ async fn cli_end_to_end_and_bad_inputs_change_nothing() {
     executor.abort();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_examples_auth_toml_the_cli_and_executor_use_their_tokens_and_are_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::single("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    config.schedule_interval = Duration::from_millis(100);
+    config.sync_interval = Duration::from_millis(200);
+    config.auth_file = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/auth.toml"));
+    let server = flotilla_server::start(config).await.unwrap();
+    server.wait_for_leader(Duration::from_secs(20)).await.unwrap();
+    let url = format!("http://{}", server.local_addr);
+    let env = Env { dir: dir.path().to_path_buf(), _dir: dir, url: url.clone() };
+
+    let out = env.run(&["queue", "create", "research"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not authenticated: credentials required"), "{out:?}");
+    let out = env.run(&["--token", "alice-example-token", "queue", "create", "research"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied: CreateQueue needs the cluster admin role"), "{out:?}");
+    let q = env
+        .json(&["--token", "admin-example-token", "queue", "create", "research", "--permit", "group:research=submit,cancel,watch"])
+        .await;
+    assert_eq!(q[0]["permits"], serde_json::json!(["group:research=submit,cancel,watch"]), "{q}");
+    let out = env.run(&["--token", "admin-example-token", "queue", "create", "x", "--permit", "everyone=submit"]).await;
+    assert_eq!(out.status.code(), Some(2), "a bad permit is bad input");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--permit: \"everyone\" is not user:NAME or group:NAME"), "{out:?}");
+
+    // The lab's executor, with its credential, runs what alice submits.
+    let clusters = flotilla_executor::parse_clusters(&CLUSTERS.replace("sim-a", "onprem-lab"), Path::new("test.toml")).unwrap();
+    let sim =
+        SimCluster::from_file(&clusters, "onprem-lab", SimOptions { seed: Some(7), speed: Some(10.0), ..Default::default() }).unwrap();
+    let mut ec = ExecutorConfig::new(vec![url], "onprem-lab");
+    ec.sync_interval = Duration::from_millis(200);
+    ec.token = flotilla_api::auth::BearerToken::new("onprem-lab-example-token").unwrap();
+    let executor = flotilla_executor::spawn(ec, Arc::new(sim));
+    let file = env.file("agents.yaml", "queue: research\ntaskSet: a\ntasks:\n  - name: agent\n    count: 2\n    image: busybox\n    resources: {cpu: 1}\n    sim: {duration: 1s}\n");
+    let token_file = env.file("alice.token", "alice-example-token\n");
+    let out = env.run(&["--token-file", token_file.to_str().unwrap(), "submit", file.to_str().unwrap()]).await;
+    assert!(out.status.success(), "alice submits with a token file: {}", String::from_utf8_lossy(&out.stderr));
+    let out = env.run(&["--token", "bob-example-token", "get", "--queue", "research"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`watch` permission on queue \"research\""), "{out:?}");
+    let mut done = false;
+    for _ in 0..100 {
+        let tasks = env.json(&["--token", "alice-example-token", "get", "--queue", "research"]).await;
+        if tasks.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|t| t["state"] == "succeeded")) {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(done, "alice's tasks ran on the lab cluster through its authenticated executor");
+
+    let out = env.run(&["auth", "hash-token", "alice-example-token"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sha256:62743fdd6bbb8413deedd0657c152fbae2ccb3675ee686ec872974ee5d1ff547"));
+    executor.abort();
+    server.shutdown().await;
+}

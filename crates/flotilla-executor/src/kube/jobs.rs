@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::v1::LeasedTask;
-use flotilla_model::{Resources, Taint, TaskId, GPU_RESOURCE};
+use flotilla_model::{PodSecurity, Resources, Taint, TaskId, GPU_RESOURCE};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration,
-    Volume, VolumeMount,
+    Capabilities, Container, EnvVar, LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -126,6 +126,7 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
         }
     }
 
+    let (pod_security_context, security_context) = security_contexts(task);
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(task.image.clone()),
@@ -134,6 +135,7 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
         env: Some(env),
         resources: Some(ResourceRequirements { requests: quantities(&requests), limits: quantities(&limits), ..Default::default() }),
         volume_mounts,
+        security_context,
         ..Default::default()
     };
     let pod_spec = PodSpec {
@@ -142,6 +144,7 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
         node_selector: Some(BTreeMap::from([(super::nodes::LABEL_HOSTNAME.to_string(), hostname.to_string())])),
         termination_grace_period_seconds: Some(ceil_seconds(task.termination_grace_ms)),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        security_context: pod_security_context,
         volumes,
         service_account_name: config.service_account.clone(),
         image_pull_secrets: (!config.image_pull_secrets.is_empty())
@@ -166,6 +169,48 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The level a lease asks for; empty (a server older than the field) or unknown (a newer
+/// one) is `restricted`, the strictest: never weaker than what the scheduler meant.
+pub fn pod_security_of(task: &LeasedTask) -> PodSecurity {
+    PodSecurity::parse(&task.pod_security).unwrap_or_default()
+}
+
+/// The pod's and the task container's security contexts for the task's Pod Security level.
+///
+/// - `restricted` meets the Kubernetes "restricted" standard: the pod runs as non-root with
+///   the `RuntimeDefault` seccomp profile; the container cannot escalate privileges and
+///   drops every capability. An image whose user is root (or a name, not a UID) does not
+///   start under it: give `runAsUser`, or choose `baseline`.
+/// - `baseline` keeps `RuntimeDefault` seccomp and no privilege escalation, but may run as
+///   root with the runtime's default capabilities.
+/// - `privileged` sets no restriction and runs the container privileged.
+pub fn security_contexts(task: &LeasedTask) -> (Option<PodSecurityContext>, Option<SecurityContext>) {
+    let runtime_default = || Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None });
+    match pod_security_of(task) {
+        PodSecurity::Restricted => (
+            Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: task.run_as_user,
+                seccomp_profile: runtime_default(),
+                ..Default::default()
+            }),
+            Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+                ..Default::default()
+            }),
+        ),
+        PodSecurity::Baseline => (
+            Some(PodSecurityContext { run_as_user: task.run_as_user, seccomp_profile: runtime_default(), ..Default::default() }),
+            Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
+        ),
+        PodSecurity::Privileged => (
+            task.run_as_user.map(|uid| PodSecurityContext { run_as_user: Some(uid), ..Default::default() }),
+            Some(SecurityContext { privileged: Some(true), ..Default::default() }),
+        ),
     }
 }
 

@@ -13,9 +13,19 @@
 //! Between two reads an attempt may pass through a state unseen (pending straight to
 //! succeeded): events are the latest status, not a complete history.
 //!
+//! **Pod Security.** Task pods meet the "restricted" standard unless the task asks for
+//! `baseline` or `privileged` (see [`jobs::security_contexts`]). Namespaces the executor
+//! creates carry `pod-security.kubernetes.io/enforce=<namespace_pod_security>` and warn and
+//! audit at `restricted`. Admission enforces a level on pods, not on Jobs: a Job whose pod
+//! the namespace forbids is created, and the Job controller's pod creation is refused with
+//! a `FailedCreate` event on the Job ("violates PodSecurity ..."), retried by the controller
+//! for ever. A fifth watch follows those events; a Job without a pod that has one is a
+//! failed attempt (`StartFailed`) with the API server's message, reported once, so the
+//! scheduler's retry policy decides and the Job is stopped like any ended attempt.
+//!
 //! RBAC the executor needs: `get/list/watch` on nodes and pods (cluster-wide),
-//! `get/list/watch/create/delete` on `batch/jobs`, and `create` on namespaces when
-//! `create_namespaces = true`.
+//! `get/list/watch/create/delete` on `batch/jobs`, `list/watch` on events, and `create` on
+//! namespaces when `create_namespaces = true`.
 
 pub mod jobs;
 pub mod nodes;
@@ -33,7 +43,7 @@ use flotilla_model::{AttemptStatus, FailureKind, Node, Resources, TaskId};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node as K8sNode, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -82,6 +92,8 @@ pub struct KubeBackend {
     jobs: Store<Job>,
     pods: Store<Pod>,
     other_pods: Option<Store<Pod>>,
+    /// Jobs' `FailedCreate` events: why the Job controller could not create a pod.
+    pod_refusals: Store<Event>,
     state: Mutex<State>,
     watches: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -130,7 +142,12 @@ impl KubeBackend {
             watches.push(w);
             store
         });
-        KubeBackend { cluster, client, config, nodes, jobs, pods, other_pods, state: Mutex::new(State::default()), watches }
+        // Not waited for by `check_ready`: without it (say, RBAC not yet updated for events)
+        // the backend works as before, and a refused pod's attempt stays pending.
+        let cfg = watcher::Config::default().fields(POD_REFUSAL_SELECTOR);
+        let (pod_refusals, w) = spawn_reflector(Api::<Event>::all(client.clone()), cfg, strip_event, &cluster, "job events");
+        watches.push(w);
+        KubeBackend { cluster, client, config, nodes, jobs, pods, other_pods, pod_refusals, state: Mutex::new(State::default()), watches }
     }
 
     /// Connects to `source` and starts the watches.
@@ -209,6 +226,7 @@ impl KubeBackend {
                 newest_pod.insert(key, pod);
             }
         }
+        let refusals = self.pod_refusals();
         let mut out: Vec<Observed> = self
             .jobs
             .state()
@@ -217,15 +235,31 @@ impl KubeBackend {
                 let key = attempt_of(&job.metadata)?;
                 let pod = newest_pod.get(&key).map(|p| p.as_ref());
                 let node = pod.and_then(|p| p.spec.as_ref()?.node_name.clone()).or_else(|| job_node(job)).unwrap_or_default();
-                Some(Observed {
-                    key,
-                    node,
-                    status: pods::attempt_status(job, pod, now_ms, pull_ms),
-                    deleting: job.metadata.deletion_timestamp.is_some(),
-                })
+                let mut status = pods::attempt_status(job, pod, now_ms, pull_ms);
+                if pod.is_none() && status == AttemptStatus::Pending {
+                    if let Some(message) = refusal_of(job, &refusals) {
+                        status = AttemptStatus::Failed { kind: FailureKind::StartFailed, exit_code: None, message };
+                    }
+                }
+                Some(Observed { key, node, status, deleting: job.metadata.deletion_timestamp.is_some() })
             })
             .collect();
         out.sort_by_key(|o| o.key);
+        out
+    }
+
+    /// Pod Security refusals of Flotilla's Jobs by (namespace, Job name): the Job's uid as
+    /// the event names it, and the API server's message.
+    fn pod_refusals(&self) -> HashMap<(String, String), (Option<String>, String)> {
+        let mut out = HashMap::new();
+        for e in self.pod_refusals.state() {
+            let o = &e.involved_object;
+            let message = e.message.as_deref().unwrap_or_default();
+            let (Some(namespace), Some(name)) = (o.namespace.clone(), o.name.clone()) else { continue };
+            if name.starts_with("flotilla-") && message.contains(POD_SECURITY_REFUSAL) {
+                out.insert((namespace, name), (o.uid.clone(), message.to_string()));
+            }
+        }
         out
     }
 
@@ -245,11 +279,7 @@ impl KubeBackend {
             return Ok(());
         }
         let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.to_string()),
-                labels: Some([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())].into()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(namespace.to_string()), labels: Some(self.namespace_labels()), ..Default::default() },
             ..Default::default()
         };
         match Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await {
@@ -259,6 +289,23 @@ impl KubeBackend {
         }
         self.lock().namespaces_created.insert(namespace.to_string());
         Ok(())
+    }
+
+    /// The labels of a namespace this executor creates: Flotilla's, and the Pod Security
+    /// admission levels (enforce the configured one; warn and audit at `restricted`, so a
+    /// namespace's owners see which tasks ask for more).
+    fn namespace_labels(&self) -> std::collections::BTreeMap<String, String> {
+        let enforce = self.config.namespace_pod_security.as_str();
+        [
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            ("pod-security.kubernetes.io/enforce", enforce),
+            ("pod-security.kubernetes.io/enforce-version", "latest"),
+            ("pod-security.kubernetes.io/warn", "restricted"),
+            ("pod-security.kubernetes.io/audit", "restricted"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     async fn start_task(&self, task: LeasedTask) -> Result<(), BackendError> {
@@ -424,6 +471,35 @@ impl Drop for KubeBackend {
             w.abort();
         }
     }
+}
+
+/// The events the Job controller records when the API server refuses a Job's pod.
+const POD_REFUSAL_SELECTOR: &str = "involvedObject.kind=Job,reason=FailedCreate";
+/// What Pod Security admission says when it refuses a pod. Other `FailedCreate` causes
+/// (a full ResourceQuota, a missing service account) can clear up, so they stay pending.
+const POD_SECURITY_REFUSAL: &str = "violates PodSecurity";
+
+/// Keeps what [`KubeBackend::pod_refusals`] reads, with the message bounded.
+fn strip_event(e: &mut Event) {
+    e.metadata.managed_fields = None;
+    e.metadata.annotations = None;
+    e.metadata.labels = None;
+    e.related = None;
+    e.series = None;
+    if let Some(m) = e.message.as_mut() {
+        *m = flotilla_model::truncate(m, flotilla_model::MAX_REASON_BYTES);
+    }
+}
+
+/// The failure message for `job` if Pod Security refused its pod. An event of an earlier Job
+/// of the same name (another uid) does not count.
+fn refusal_of(job: &Job, refusals: &HashMap<(String, String), (Option<String>, String)>) -> Option<String> {
+    let (namespace, name) = (job.metadata.namespace.clone()?, job.metadata.name.clone()?);
+    let (uid, message) = refusals.get(&(namespace.clone(), name.clone()))?;
+    if uid.is_some() && job.metadata.uid.is_some() && *uid != job.metadata.uid {
+        return None;
+    }
+    Some(format!("the API server refused the pod of Job {namespace}/{name}: {message}"))
 }
 
 fn phase_and_kind(status: &AttemptStatus) -> (AttemptPhase, Option<FailureKind>) {

@@ -1,7 +1,10 @@
 //! The Kubernetes backend against a fake API server (axum on 127.0.0.1:0): lists, watches
-//! (driven by the test), creates and deletes, recorded for assertions.
+//! (driven by the test), creates and deletes, recorded for assertions. Like the real one,
+//! it admits a Job whatever its pod template, and its "Job controller" runs Pod Security
+//! admission on the Job's pod against the namespace's `enforce` label: a refused pod
+//! becomes a `FailedCreate` event on the Job with the API server's message.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +28,8 @@ struct Recorded {
 #[derive(Default)]
 struct FakeState {
     collections: BTreeMap<&'static str, Vec<Value>>,
-    namespaces: HashSet<String>,
+    /// Namespaces by name, with their `pod-security.kubernetes.io/enforce` level ("" if none).
+    namespaces: BTreeMap<String, String>,
     requests: Vec<Recorded>,
     refuse_creates: Option<(u16, &'static str)>,
     resource_version: u64,
@@ -40,11 +44,14 @@ const NODES: &str = "nodes";
 const JOBS: &str = "jobs";
 const MANAGED_PODS: &str = "managed pods";
 const OTHER_PODS: &str = "other pods";
+const EVENTS: &str = "events";
 
 impl Fake {
     async fn start(collections: [(&'static str, Vec<Value>); 4]) -> (Arc<Fake>, Client) {
         let (watch, _) = broadcast::channel(1024);
-        let fake = Arc::new(Fake { state: Mutex::new(FakeState { collections: collections.into(), ..Default::default() }), watch });
+        let mut collections: BTreeMap<_, _> = collections.into();
+        collections.insert(EVENTS, Vec::new());
+        let fake = Arc::new(Fake { state: Mutex::new(FakeState { collections, ..Default::default() }), watch });
         let app = axum::Router::new().fallback(handle).with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -58,8 +65,12 @@ impl Fake {
     }
 
     /// Adds or replaces an object and tells the watches.
-    fn apply(&self, collection: &'static str, mut object: Value) {
+    fn apply(&self, collection: &'static str, object: Value) {
         let mut state = self.state.lock().unwrap();
+        self.apply_locked(&mut state, collection, object);
+    }
+
+    fn apply_locked(&self, state: &mut FakeState, collection: &'static str, mut object: Value) {
         state.resource_version += 1;
         object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
         let items = state.collections.entry(collection).or_default();
@@ -121,6 +132,7 @@ async fn handle(axum::extract::State(fake): axum::extract::State<Arc<Fake>>, met
         "/apis/batch/v1/jobs" => Some(JOBS),
         "/api/v1/pods" if query.contains("managed-by!=flotilla") => Some(OTHER_PODS),
         "/api/v1/pods" => Some(MANAGED_PODS),
+        "/api/v1/events" => Some(EVENTS),
         _ => None,
     };
     if method == Method::GET {
@@ -151,17 +163,40 @@ async fn handle(axum::extract::State(fake): axum::extract::State<Arc<Fake>>, met
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         (Method::POST, ["api", "v1", "namespaces"]) => {
-            state.namespaces.insert(body["metadata"]["name"].as_str().unwrap().to_string());
+            let enforce = body["metadata"]["labels"][POD_SECURITY_ENFORCE].as_str().unwrap_or_default().to_string();
+            state.namespaces.insert(body["metadata"]["name"].as_str().unwrap().to_string(), enforce);
             json_response(StatusCode::CREATED, body)
         }
         (Method::POST, ["apis", "batch", "v1", "namespaces", ns, "jobs"]) => {
             if let Some((code, reason)) = state.refuse_creates {
                 return status_response(code, reason, "spec.template.spec.containers[0].image: Required value");
             }
-            if !state.namespaces.contains(*ns) {
+            let Some(enforce) = state.namespaces.get(*ns).cloned() else {
                 return status_response(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+            };
+            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if state.collections.get(JOBS).is_some_and(|jobs| jobs.iter().any(|j| j["metadata"]["name"] == name.as_str())) {
+                return status_response(409, "AlreadyExists", &format!("jobs.batch \"{name}\" already exists"));
             }
-            json_response(StatusCode::CREATED, body)
+            let mut job = body.clone();
+            let uid = format!("uid-{name}-{}", state.resource_version);
+            job["metadata"]["uid"] = json!(uid);
+            fake.apply_locked(&mut state, JOBS, job.clone());
+            // The Job controller creates the pod; Pod Security admission may refuse it.
+            let violations = pod_security_violations(&body["spec"]["template"]["spec"], &enforce);
+            if !violations.is_empty() {
+                let message = format!(
+                    "Error creating: pods \"{name}-x7k2p\" is forbidden: violates PodSecurity \"{enforce}:latest\": {}",
+                    violations.join(", ")
+                );
+                let event = json!({
+                    "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": "FailedCreate", "message": message, "count": 1,
+                    "metadata": {"name": format!("{name}.17a2b3c4d5e6f708"), "namespace": ns},
+                    "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "namespace": ns, "name": name, "uid": uid}
+                });
+                fake.apply_locked(&mut state, EVENTS, event);
+            }
+            json_response(StatusCode::CREATED, job)
         }
         (Method::DELETE, ["apis", "batch", "v1", "namespaces", _, "jobs", name]) => json_response(
             StatusCode::OK,
@@ -169,6 +204,56 @@ async fn handle(axum::extract::State(fake): axum::extract::State<Arc<Fake>>, met
         ),
         _ => status_response(405, "MethodNotAllowed", "not faked"),
     }
+}
+
+const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// Pod Security admission of a pod spec at `level`, as the API server words its findings
+/// (the checks of the standards that Flotilla's pods touch): empty when admitted. No label
+/// (or `privileged`) admits everything.
+fn pod_security_violations(pod: &Value, level: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let containers = pod["containers"].as_array().cloned().unwrap_or_default();
+    if !matches!(level, "baseline" | "restricted") {
+        return found;
+    }
+    for c in &containers {
+        if c["securityContext"]["privileged"] == json!(true) {
+            found.push(format!("privileged (container {} must not set securityContext.privileged=true)", c["name"]));
+        }
+        if c["securityContext"]["capabilities"]["add"].as_array().is_some_and(|a| !a.is_empty()) {
+            found.push(format!(
+                "non-default capabilities (container {} must not include capabilities in securityContext.capabilities.add)",
+                c["name"]
+            ));
+        }
+    }
+    if level != "restricted" {
+        return found;
+    }
+    let pod_sc = &pod["securityContext"];
+    let seccomp = |sc: &Value| matches!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault" | "Localhost"));
+    for c in &containers {
+        let (name, sc) = (&c["name"], &c["securityContext"]);
+        if sc["allowPrivilegeEscalation"] != json!(false) {
+            found.push(format!(
+                "allowPrivilegeEscalation != false (container {name} must set securityContext.allowPrivilegeEscalation=false)"
+            ));
+        }
+        if !sc["capabilities"]["drop"].as_array().is_some_and(|d| d.contains(&json!("ALL"))) {
+            found.push(format!("unrestricted capabilities (container {name} must set securityContext.capabilities.drop=[\"ALL\"])"));
+        }
+        if pod_sc["runAsNonRoot"] != json!(true) && sc["runAsNonRoot"] != json!(true) {
+            found.push(format!("runAsNonRoot != true (pod or container {name} must set securityContext.runAsNonRoot=true)"));
+        }
+        if pod_sc["runAsUser"] == json!(0) || sc["runAsUser"] == json!(0) {
+            found.push("runAsUser=0 (pod must not set runAsUser=0)".to_string());
+        }
+        if !seccomp(pod_sc) && !seccomp(sc) {
+            found.push(format!("seccompProfile (pod or container {name} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"));
+        }
+    }
+    found
 }
 
 fn settings() -> KubeBackendConfig {
@@ -181,12 +266,16 @@ fn settings() -> KubeBackendConfig {
 }
 
 async fn backend(collections: [(&'static str, Vec<Value>); 4]) -> (Arc<Fake>, KubeBackend) {
+    backend_with(collections, settings()).await
+}
+
+async fn backend_with(collections: [(&'static str, Vec<Value>); 4], config: KubeBackendConfig) -> (Arc<Fake>, KubeBackend) {
     let (fake, client) = Fake::start(collections).await;
-    let backend = KubeBackend::new(client, "eks-us-east", settings());
+    let backend = KubeBackend::new(client, "eks-us-east", config);
     backend.wait_ready(Duration::from_secs(10)).await.unwrap();
-    // The fake replays nothing: wait until all four watches listen before changing objects.
+    // The fake replays nothing: wait until all five watches listen before changing objects.
     for _ in 0..500 {
-        if fake.watch.receiver_count() >= 4 {
+        if fake.watch.receiver_count() >= 5 {
             return (fake, backend);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -313,7 +402,14 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
             "POST /apis/batch/v1/namespaces/flotilla-research/jobs"
         ]
     );
-    assert_eq!(requests[1].body["metadata"], json!({"name": "flotilla-research", "labels": {"app.kubernetes.io/managed-by": "flotilla"}}));
+    let namespace_labels = json!({
+        "app.kubernetes.io/managed-by": "flotilla",
+        "pod-security.kubernetes.io/enforce": "baseline",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted"
+    });
+    assert_eq!(requests[1].body["metadata"], json!({"name": "flotilla-research", "labels": namespace_labels}));
     let labels = json!({
         "flotilla.io/task-id": "42", "flotilla.io/attempt": "3", "flotilla.io/queue": "research",
         "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla"
@@ -343,6 +439,7 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
                         {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
                     ],
                     "volumes": [{"name": "flotilla-checkpoint", "emptyDir": {}}],
+                    "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "task",
                         "image": "ghcr.io/acme/train:1.4",
@@ -365,7 +462,8 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
                             "requests": {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": "8"},
                             "limits": {"memory": "160Gi", "nvidia.com/gpu": "8"}
                         },
-                        "volumeMounts": [{"name": "flotilla-checkpoint", "mountPath": "/flotilla/checkpoint"}]
+                        "volumeMounts": [{"name": "flotilla-checkpoint", "mountPath": "/flotilla/checkpoint"}],
+                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
                     }]
                 }
             }
@@ -587,4 +685,87 @@ async fn eventually(backend: &KubeBackend, done: impl Fn(&[AttemptEvent]) -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached in 5 s");
+}
+
+fn lease_at(pod_security: &str, run_as_user: Option<i64>) -> LeasedTask {
+    LeasedTask { pod_security: pod_security.into(), run_as_user, ..lease() }
+}
+
+fn pod_spec_of(task: &LeasedTask) -> Value {
+    let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], &KubeBackendConfig::default())).unwrap();
+    job["spec"]["template"]["spec"].clone()
+}
+
+#[test]
+fn a_task_pod_meets_the_restricted_standard_unless_its_task_asks_for_baseline_or_privileged() {
+    // A lease from a server older than the field (empty) and an unknown level both mean
+    // restricted: never weaker than what the scheduler meant.
+    for level in ["", "restricted", "lenient"] {
+        let pod = pod_spec_of(&lease_at(level, None));
+        assert_eq!(pod["securityContext"], json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}), "{level:?}");
+        assert_eq!(pod["containers"][0]["securityContext"], json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}));
+        assert_eq!(pod_security_violations(&pod, "restricted"), Vec::<String>::new(), "{level:?} meets the restricted standard");
+    }
+    let restricted_uid = pod_spec_of(&lease_at("restricted", Some(65532)));
+    assert_eq!(restricted_uid["securityContext"]["runAsUser"], json!(65532));
+    assert_eq!(pod_security_violations(&restricted_uid, "restricted"), Vec::<String>::new());
+
+    let baseline = pod_spec_of(&lease_at("baseline", Some(0)));
+    assert_eq!(baseline["securityContext"], json!({"runAsUser": 0, "seccompProfile": {"type": "RuntimeDefault"}}));
+    assert_eq!(baseline["containers"][0]["securityContext"], json!({"allowPrivilegeEscalation": false}));
+    assert_eq!(pod_security_violations(&baseline, "baseline"), Vec::<String>::new());
+    assert!(!pod_security_violations(&baseline, "restricted").is_empty(), "baseline is more than restricted admits");
+
+    let privileged = pod_spec_of(&lease_at("privileged", None));
+    assert_eq!(privileged.get("securityContext"), None);
+    assert_eq!(privileged["containers"][0]["securityContext"], json!({"privileged": true}));
+    assert_eq!(pod_security_violations(&privileged, "privileged"), Vec::<String>::new());
+    assert!(pod_security_violations(&privileged, "baseline")[0].starts_with("privileged (container \"task\""));
+}
+
+#[tokio::test]
+async fn namespaces_enforce_the_configured_level_and_a_default_task_is_admitted_under_restricted() {
+    let config = KubeBackendConfig { namespace_pod_security: flotilla_model::PodSecurity::Restricted, ..settings() };
+    let (fake, backend) = backend_with(empty(), config).await;
+    backend.start(lease()).await.unwrap();
+    let requests = fake.requests();
+    let labels = &requests[1].body["metadata"]["labels"];
+    assert_eq!(labels[POD_SECURITY_ENFORCE], "restricted");
+    assert_eq!(
+        (&labels["pod-security.kubernetes.io/warn"], &labels["pod-security.kubernetes.io/audit"]),
+        (&json!("restricted"), &json!("restricted"))
+    );
+    // The Job is seen; its pod was admitted, so the attempt is pending, not failed.
+    let events = eventually(&backend, |e| !e.is_empty()).await;
+    assert_eq!(events.iter().map(|e| (e.task_id.0, e.status.clone())).collect::<Vec<_>>(), [(42, AttemptStatus::Pending)]);
+    assert!(fake.state.lock().unwrap().collections[EVENTS].is_empty(), "no pod was refused");
+}
+
+#[tokio::test]
+async fn a_task_pod_the_namespace_level_forbids_fails_its_attempt_once_with_the_api_servers_message() {
+    // Namespaces enforce baseline (the default): a privileged task's Job is created, but
+    // admission refuses its pod, and the Job controller would retry that for ever.
+    let (fake, backend) = backend(empty()).await;
+    backend.start(lease_at("privileged", None)).await.unwrap();
+    let events = eventually(&backend, |e| e.iter().any(|e| e.status.is_terminal())).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let AttemptStatus::Failed { kind, message, .. } = &events[0].status else { panic!("{events:?}") };
+    assert_eq!(*kind, FailureKind::StartFailed);
+    assert!(
+        message.starts_with("the API server refused the pod of Job flotilla-research/flotilla-42-3: Error creating: pods")
+            && message.contains("violates PodSecurity \"baseline:latest\": privileged (container \"task\""),
+        "{message}"
+    );
+    assert_eq!((events[0].task_id, events[0].attempt), (TaskId(42), 3));
+    backend.ack_events(&events);
+    assert!(backend.pending_events(10).await.unwrap().is_empty(), "reported once");
+    let attempts = backend.attempts().await.unwrap();
+    assert_eq!(attempts.iter().map(|a| a.phase.as_str()).collect::<Vec<_>>(), ["failed"], "the scheduler will have it stopped");
+    let creates = fake.requests().iter().filter(|r| r.method == Method::POST && r.path.ends_with("/jobs")).count();
+    assert_eq!(creates, 2, "one Job create before and one after creating the namespace, none retried");
+
+    // A baseline task in the same namespace is admitted.
+    backend.start(LeasedTask { task_id: 43, ..lease_at("baseline", None) }).await.unwrap();
+    let events = eventually(&backend, |e| e.iter().any(|e| e.task_id == TaskId(43))).await;
+    assert_eq!(events.iter().map(|e| (e.task_id.0, e.status.clone())).collect::<Vec<_>>(), [(43, AttemptStatus::Pending)]);
 }

@@ -46,6 +46,7 @@ pub fn list(ctx: &Context) -> Vec<v1::Cluster> {
 
 #[tonic::async_trait]
 impl Clusters for ClustersService {
+    /// Every user may see the clusters and their capacity: submitters size work by them.
     async fn list_clusters(&self, _req: Request<v1::ListClustersRequest>) -> Result<Response<v1::ListClustersResponse>, Status> {
         if !self.0.is_leader() {
             if let Some(channel) = self.0.leader_channel() {

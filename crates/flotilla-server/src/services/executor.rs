@@ -14,15 +14,54 @@ use flotilla_model::{AttemptStatus, FailureKind, FieldError, TaskId};
 use flotilla_store::{AttemptEvent, ClusterState, Command};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit, Caller};
 use crate::capacity::ClusterReport;
 use crate::convert::{invalid, leased_task};
 use crate::Context;
 
 /// Longest node name kept in an event (Kubernetes allows 253 bytes).
-const MAX_NODE_NAME_BYTES: usize = 253;
+const MAX_NODE_NAME_BYTES: usize = flotilla_model::MAX_NODE_NAME_BYTES;
 
 /// Most nodes one cluster may report.
 const MAX_NODES_PER_CLUSTER: usize = 100_000;
+
+/// Most bytes of attempts one Sync may list (ids, node names and phases): about 250,000
+/// attempts with their node names, far more than a cluster runs, and a quarter of the
+/// gRPC message limit.
+const MAX_ATTEMPT_BYTES_PER_SYNC: usize = 16 << 20;
+
+/// Bytes one reported attempt counts for against [`MAX_ATTEMPT_BYTES_PER_SYNC`].
+fn attempt_bytes(a: &v1::RunningAttempt) -> usize {
+    std::mem::size_of::<u64>() + std::mem::size_of::<u32>() + a.node.len() + a.phase.len()
+}
+
+/// Checks a Sync before anything of it is used: the cluster name, the node count, every
+/// node's plausibility (`flotilla_model::check_nodes`: resources within per-node bounds,
+/// Kubernetes' name and label lengths, unique names) and the size of the attempts list.
+/// A forged or broken report is refused whole, so it never becomes capacity that work is
+/// leased onto, and never registers its cluster.
+fn check_sync(r: &v1::SyncRequest) -> Result<Vec<flotilla_model::Node>, Status> {
+    let mut errors = Vec::new();
+    flotilla_model::check_name("cluster", &r.cluster, &mut errors);
+    if r.nodes.len() > MAX_NODES_PER_CLUSTER {
+        errors.push(FieldError::new("nodes", format!("{} nodes exceed the limit of {MAX_NODES_PER_CLUSTER}", r.nodes.len())));
+        return Err(invalid(&errors));
+    }
+    let attempt_bytes: usize = r.attempts.iter().map(attempt_bytes).sum();
+    if attempt_bytes > MAX_ATTEMPT_BYTES_PER_SYNC {
+        errors.push(FieldError::new(
+            "attempts",
+            format!("{} attempts of {attempt_bytes} bytes exceed the limit of {MAX_ATTEMPT_BYTES_PER_SYNC} bytes", r.attempts.len()),
+        ));
+    }
+    let nodes: Vec<flotilla_model::Node> = r.nodes.iter().map(|n| node_from_report(&r.cluster, n)).collect();
+    errors.extend(flotilla_model::check_nodes(&nodes));
+    if errors.is_empty() {
+        Ok(nodes)
+    } else {
+        Err(invalid(&errors))
+    }
+}
 
 pub struct ExecutorService {
     ctx: Arc<Context>,
@@ -72,6 +111,9 @@ fn attempt_event(e: &v1::AttemptEvent) -> Result<AttemptEvent, String> {
 impl Executor for ExecutorService {
     async fn sync(&self, req: Request<v1::SyncRequest>) -> Result<Response<v1::SyncResponse>, Status> {
         let ctx = &self.ctx;
+        // Checked here, where the credential arrived; a forwarded call comes from a replica.
+        let caller = Caller::of(&req);
+        ctx.authorizer().require_cluster(&caller, &req.get_ref().cluster)?;
         if !ctx.is_leader() {
             // Capacity reports are the leader's soft state: hand the call to the leader.
             let channel = ctx.leader_channel().ok_or_else(|| Status::unavailable("no leader elected yet"))?;
@@ -85,17 +127,11 @@ impl Executor for ExecutorService {
         // executor moves on to another replica.
         let term = ctx.fenced_term().await?;
         let r = req.into_inner();
-        let mut errors = Vec::new();
-        flotilla_model::check_name("cluster", &r.cluster, &mut errors);
-        if r.nodes.len() > MAX_NODES_PER_CLUSTER {
-            errors.push(FieldError::new("nodes", format!("{} nodes exceed the limit of {MAX_NODES_PER_CLUSTER}", r.nodes.len())));
-        }
-        if !errors.is_empty() {
-            return Err(invalid(&errors));
-        }
+        let nodes = check_sync(&r).inspect_err(|e| {
+            tracing::warn!(cluster = %flotilla_model::truncate(&r.cluster, 63), error = %e.message(), "refused an implausible sync");
+        })?;
         let cluster = r.cluster.clone();
         let _span = tracing::debug_span!("sync", cluster = %cluster).entered();
-        let nodes = r.nodes.iter().map(|n| node_from_report(&cluster, n)).collect();
         let attempts: Vec<(TaskId, u32, String)> = r.attempts.iter().map(|a| (TaskId(a.task_id), a.attempt, a.phase.clone())).collect();
         let first_report = {
             let mut cap = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner());
@@ -113,6 +149,7 @@ impl Executor for ExecutorService {
                 flotilla_store::CommandResult::Rejected { message, .. } => Err(Status::unavailable(message)),
                 other => Ok(other),
             })?;
+            tracing::info!(target: "audit", subject = %caller, action = "RegisterCluster", target = %format!("cluster/{cluster}"), result = "ok");
             tracing::info!(cluster = %cluster, "cluster ready");
         }
         if first_report {
@@ -175,6 +212,8 @@ impl Executor for ExecutorService {
     }
 
     async fn report_events(&self, req: Request<v1::ReportEventsRequest>) -> Result<Response<v1::ReportEventsResponse>, Status> {
+        let caller = Caller::of(&req);
+        self.ctx.authorizer().require_cluster(&caller, &req.get_ref().cluster)?;
         let r = req.into_inner();
         let max = self.ctx.config.max_events_per_report;
         if r.events.len() > max {
@@ -198,7 +237,10 @@ impl Executor for ExecutorService {
             self.ctx.fenced_term().await?;
         }
         if n > 0 {
-            self.ctx.propose_ok(Command::ReportEvents { cluster: r.cluster, events }).await?;
+            let target = format!("cluster/{}", r.cluster);
+            let result = self.ctx.propose_ok(Command::ReportEvents { cluster: r.cluster, events }).await;
+            audit(&caller, "ReportEvents", &target, &result);
+            result?;
             self.ctx.schedule_now.notify_one();
         }
         Ok(Response::new(v1::ReportEventsResponse { accepted: n }))

@@ -27,17 +27,18 @@ use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 use tower::util::MapResponseLayer;
 
+use crate::auth::{AuthLayer, Port};
 use crate::Context;
 
 /// Largest gRPC message accepted: a full submission (10,000 tasks) fits.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The response mapping every service goes through: see [`decode_errors_are_invalid_argument`].
-type Layers = Stack<MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>, Identity>;
+type Layers = Stack<AuthLayer, Stack<MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>, Identity>>;
 
-/// The services of the client port.
+/// The services of the client port: callers are authenticated (`Port::Client`).
 pub fn client_router(ctx: Arc<Context>) -> Router<Layers> {
-    builder()
+    builder(&ctx, Port::Client)
         .add_service(QueuesServer::new(queues::QueuesService(ctx.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
             TasksServer::new(tasks::TasksService(ctx.clone()))
@@ -49,17 +50,20 @@ pub fn client_router(ctx: Arc<Context>) -> Router<Layers> {
         .add_service(replicas_server(&ctx))
 }
 
-/// The services of the peer port: Raft, and what followers forward to the leader.
+/// The services of the peer port: Raft, and what followers forward to the leader. Every
+/// caller is a replica (`Port::Peer`): mutual TLS decides who may connect.
 pub fn peer_router(ctx: Arc<Context>) -> Router<Layers> {
-    builder()
+    builder(&ctx, Port::Peer)
         .add_service(ctx.replica.raft_service())
         .add_service(clusters_server(&ctx))
         .add_service(executor_server(&ctx))
         .add_service(replicas_server(&ctx))
 }
 
-fn builder() -> tonic::transport::Server<Layers> {
-    tonic::transport::Server::builder().layer(MapResponseLayer::new(decode_errors_are_invalid_argument as fn(_) -> _))
+fn builder(ctx: &Arc<Context>, port: Port) -> tonic::transport::Server<Layers> {
+    tonic::transport::Server::builder()
+        .layer(MapResponseLayer::new(decode_errors_are_invalid_argument as fn(_) -> _))
+        .layer(AuthLayer::new(ctx.auth.clone(), port))
 }
 
 fn clusters_server(ctx: &Arc<Context>) -> ClustersServer<clusters::ClustersService> {
@@ -96,4 +100,35 @@ fn decode_errors_are_invalid_argument(mut res: http::Response<Body>) -> http::Re
         tracing::warn!(error = %e, "could not rewrite a decode error as INVALID_ARGUMENT");
     }
     res
+}
+
+/// Decides per queue whether one caller may do one verb there, remembering each answer: for
+/// filtering listings and batches of tasks by what the caller may see or do.
+pub(crate) struct QueueCheck<'a> {
+    authorizer: crate::auth::Authorizer,
+    caller: &'a crate::auth::Caller,
+    verb: flotilla_model::Verb,
+    everything: bool,
+    seen: std::collections::HashMap<String, bool>,
+}
+
+impl<'a> QueueCheck<'a> {
+    pub(crate) fn new(ctx: &Context, caller: &'a crate::auth::Caller, verb: flotilla_model::Verb) -> QueueCheck<'a> {
+        let authorizer = ctx.authorizer();
+        let everything = authorizer.is_admin(caller) || (verb == flotilla_model::Verb::Watch && authorizer.is_viewer(caller));
+        QueueCheck { authorizer, caller, verb, everything, seen: std::collections::HashMap::new() }
+    }
+
+    pub(crate) fn allows(&mut self, state: &flotilla_store::State, queue: &str) -> bool {
+        if self.everything {
+            return true;
+        }
+        if let Some(known) = self.seen.get(queue) {
+            return *known;
+        }
+        let permits = state.queue(queue).map(|q| q.permits.as_slice()).unwrap_or_default();
+        let ok = self.authorizer.allows(self.caller, queue, permits, self.verb);
+        self.seen.insert(queue.to_string(), ok);
+        ok
+    }
 }

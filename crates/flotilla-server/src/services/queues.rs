@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use flotilla_api::v1::{self, queues_server::Queues};
-use flotilla_model::TaskState;
+use flotilla_model::{TaskState, Verb};
 use flotilla_store::Command;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit, denied, Caller};
 use crate::convert::{invalid, queue_from_spec, queue_to_spec};
 use crate::Context;
 
@@ -31,8 +32,36 @@ impl QueuesService {
         })
     }
 
-    async fn put(&self, spec: Option<v1::QueueSpec>, create: bool) -> Result<Response<v1::Queue>, Status> {
+    /// Whether `caller` may see queue `name`: any verb on it, or a cluster role.
+    fn visible(&self, caller: &Caller, name: &str) -> bool {
+        let z = self.0.authorizer();
+        if z.is_viewer(caller) {
+            return true;
+        }
+        let permits = self.0.read(|s| s.queue(name).map(|q| q.permits.clone())).unwrap_or_default();
+        Verb::ALL.iter().any(|v| z.allows(caller, name, &permits, *v))
+    }
+
+    /// Updating or deleting a queue: a cluster admin, or `admin` on the queue.
+    fn require_queue_admin(&self, caller: &Caller, name: &str, action: &str) -> Result<(), Status> {
+        if self.0.authorizer().is_admin(caller) {
+            return Ok(());
+        }
+        self.0.require_on_queue(caller, name, Verb::Admin).map_err(|_| {
+            Status::permission_denied(format!(
+                "{action} needs the `admin` permission on queue {} or the cluster admin role; {caller} has neither",
+                flotilla_model::quote(name)
+            ))
+        })
+    }
+
+    async fn put(&self, caller: &Caller, spec: Option<v1::QueueSpec>, create: bool) -> Result<Response<v1::Queue>, Status> {
         let spec = spec.ok_or_else(|| Status::invalid_argument("queue: is required"))?;
+        if create {
+            self.0.authorizer().require_admin(caller, "CreateQueue")?;
+        } else {
+            self.require_queue_admin(caller, &spec.name, "UpdateQueue")?;
+        }
         let queue = queue_from_spec(&spec).map_err(|e| invalid(&e))?;
         let name = queue.name.clone();
         self.0.propose_ok(Command::PutQueue { queue, create }).await?;
@@ -43,28 +72,52 @@ impl QueuesService {
 #[tonic::async_trait]
 impl Queues for QueuesService {
     async fn create_queue(&self, req: Request<v1::CreateQueueRequest>) -> Result<Response<v1::Queue>, Status> {
-        self.put(req.into_inner().queue, true).await
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let name = r.queue.as_ref().map(|q| q.name.clone()).unwrap_or_default();
+        let result = self.put(&caller, r.queue, true).await;
+        audit(&caller, "CreateQueue", &format!("queue/{}", flotilla_model::truncate(&name, 64)), &result);
+        result
     }
 
     async fn update_queue(&self, req: Request<v1::UpdateQueueRequest>) -> Result<Response<v1::Queue>, Status> {
-        self.put(req.into_inner().queue, false).await
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let name = r.queue.as_ref().map(|q| q.name.clone()).unwrap_or_default();
+        let result = self.put(&caller, r.queue, false).await;
+        audit(&caller, "UpdateQueue", &format!("queue/{}", flotilla_model::truncate(&name, 64)), &result);
+        result
     }
 
     async fn delete_queue(&self, req: Request<v1::DeleteQueueRequest>) -> Result<Response<v1::DeleteQueueResponse>, Status> {
+        let caller = Caller::of(&req);
         let name = req.into_inner().name;
-        self.0.propose_ok(Command::DeleteQueue { name }).await?;
-        Ok(Response::new(v1::DeleteQueueResponse {}))
+        let result = async {
+            self.require_queue_admin(&caller, &name, "DeleteQueue")?;
+            self.0.propose_ok(Command::DeleteQueue { name: name.clone() }).await?;
+            Ok(Response::new(v1::DeleteQueueResponse {}))
+        }
+        .await;
+        audit(&caller, "DeleteQueue", &format!("queue/{}", flotilla_model::truncate(&name, 64)), &result);
+        result
     }
 
     async fn get_queue(&self, req: Request<v1::GetQueueRequest>) -> Result<Response<v1::Queue>, Status> {
+        let caller = Caller::of(&req);
         let name = req.into_inner().name;
+        // Whether a queue the caller may not see exists is not revealed either.
+        if !self.visible(&caller, &name) {
+            return Err(denied(&caller, &name, Verb::Watch));
+        }
         self.queue_message(&name)
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("queue {} does not exist", flotilla_model::quote(&name))))
     }
 
-    async fn list_queues(&self, _req: Request<v1::ListQueuesRequest>) -> Result<Response<v1::ListQueuesResponse>, Status> {
+    async fn list_queues(&self, req: Request<v1::ListQueuesRequest>) -> Result<Response<v1::ListQueuesResponse>, Status> {
+        let caller = Caller::of(&req);
         let names: Vec<String> = self.0.read(|s| s.queues().map(|q| q.name.clone()).collect());
+        let names: Vec<String> = names.into_iter().filter(|n| self.visible(&caller, n)).collect();
         let queues = names.iter().filter_map(|n| self.queue_message(n)).collect();
         Ok(Response::new(v1::ListQueuesResponse { queues }))
     }

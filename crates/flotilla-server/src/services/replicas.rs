@@ -20,6 +20,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tonic::{Code, Request, Response, Status};
 
+use crate::auth::{audit, Caller};
 use crate::Context;
 
 /// How long the leader waits for a new learner to catch up. Below the 30 s limit of a
@@ -267,7 +268,8 @@ fn forwarded<T>(req: T) -> Request<T> {
 
 #[tonic::async_trait]
 impl Replicas for ReplicasService {
-    async fn list_replicas(&self, _req: Request<v1::ListReplicasRequest>) -> Result<Response<v1::ListReplicasResponse>, Status> {
+    async fn list_replicas(&self, req: Request<v1::ListReplicasRequest>) -> Result<Response<v1::ListReplicasResponse>, Status> {
+        self.ctx.authorizer().require_viewer(&Caller::of(&req), "ListReplicas")?;
         let m = self.ctx.replica.metrics();
         Ok(Response::new(v1::ListReplicasResponse {
             replicas: self.members(),
@@ -280,6 +282,25 @@ impl Replicas for ReplicasService {
     }
 
     async fn add_replica(&self, req: Request<v1::AddReplicaRequest>) -> Result<Response<v1::AddReplicaResponse>, Status> {
+        let caller = Caller::of(&req);
+        let target = format!("replica/{}", req.get_ref().id);
+        let result = self.add(&caller, req).await;
+        audit(&caller, "AddReplica", &target, &result);
+        result
+    }
+
+    async fn remove_replica(&self, req: Request<v1::RemoveReplicaRequest>) -> Result<Response<v1::RemoveReplicaResponse>, Status> {
+        let caller = Caller::of(&req);
+        let target = format!("replica/{}", req.get_ref().id);
+        let result = self.remove(&caller, req).await;
+        audit(&caller, "RemoveReplica", &target, &result);
+        result
+    }
+}
+
+impl ReplicasService {
+    async fn add(&self, caller: &Caller, req: Request<v1::AddReplicaRequest>) -> Result<Response<v1::AddReplicaResponse>, Status> {
+        self.ctx.authorizer().require_admin(caller, "AddReplica")?;
         let url = req.get_ref().url.trim().to_string();
         let id = req.get_ref().id;
         validate_id(id)?;
@@ -293,7 +314,8 @@ impl Replicas for ReplicasService {
         Ok(Response::new(v1::AddReplicaResponse { replicas: self.members() }))
     }
 
-    async fn remove_replica(&self, req: Request<v1::RemoveReplicaRequest>) -> Result<Response<v1::RemoveReplicaResponse>, Status> {
+    async fn remove(&self, caller: &Caller, req: Request<v1::RemoveReplicaRequest>) -> Result<Response<v1::RemoveReplicaResponse>, Status> {
+        self.ctx.authorizer().require_admin(caller, "RemoveReplica")?;
         let id = req.get_ref().id;
         validate_id(id)?;
         if !self.ctx.is_leader() {

@@ -7,13 +7,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use flotilla_api::{template_from_proto, v1, v1::tasks_server::Tasks};
-use flotilla_model::{expand, quote, truncate, FieldError, TaskId, TaskState, TaskTemplate, MAX_REASON_BYTES};
+use flotilla_model::{expand, quote, truncate, FieldError, TaskId, TaskState, TaskTemplate, Verb, MAX_REASON_BYTES};
 use flotilla_store::{CancelTarget, Command, CommandResult, RejectKind};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::QueueCheck;
+use crate::auth::{audit, Caller};
 use crate::convert::{event_to_proto, invalid, task_to_proto};
 use crate::{now_ms, Context};
 
@@ -86,7 +88,174 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<v1::TaskEvent, Status>> + Se
 #[tonic::async_trait]
 impl Tasks for TasksService {
     async fn submit_tasks(&self, req: Request<v1::SubmitTasksRequest>) -> Result<Response<v1::SubmitTasksResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
+        let target = format!("queue/{}/{}", truncate(&r.queue, 64), truncate(&r.task_set, 64));
+        let result = self.submit(&caller, r).await;
+        audit(&caller, "SubmitTasks", &target, &result);
+        result
+    }
+
+    async fn cancel_tasks(&self, req: Request<v1::CancelTasksRequest>) -> Result<Response<v1::CancelTasksResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let target = if r.task_ids.is_empty() {
+            format!("queue/{}/{}", truncate(&r.queue, 64), truncate(&r.task_set, 64))
+        } else {
+            format!("tasks/{} ids from {}", r.task_ids.len(), r.task_ids[0])
+        };
+        let result = self.cancel(&caller, r).await;
+        audit(&caller, "CancelTasks", &target, &result);
+        result
+    }
+
+    async fn resume_task_set(&self, req: Request<v1::ResumeTaskSetRequest>) -> Result<Response<v1::ResumeTaskSetResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let target = format!("queue/{}/{}", truncate(&r.queue, 64), truncate(&r.task_set, 64));
+        let result = async {
+            self.0.require_on_queue(&caller, &r.queue, Verb::Submit)?;
+            self.0.propose_ok(Command::Resume { queue: r.queue, task_set: r.task_set }).await?;
+            self.0.schedule_now.notify_one();
+            Ok(Response::new(v1::ResumeTaskSetResponse {}))
+        }
+        .await;
+        audit(&caller, "ResumeTaskSet", &target, &result);
+        result
+    }
+
+    async fn get_tasks(&self, req: Request<v1::GetTasksRequest>) -> Result<Response<v1::GetTasksResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        if r.task_ids.len() > MAX_IDS_PER_GET {
+            return Err(invalid(&[FieldError::new("taskIds", format!("at most {MAX_IDS_PER_GET} per call"))]));
+        }
+        self.linearize(r.linearizable).await?;
+        // A task in a queue the caller may not watch is answered as if it did not exist.
+        let mut may_see = QueueCheck::new(&self.0, &caller, Verb::Watch);
+        let (tasks, missing): (Vec<_>, Vec<_>) = self.0.read(|s| {
+            let found: Vec<_> = r
+                .task_ids
+                .iter()
+                .map(|id| (id, s.task(TaskId(*id)).filter(|t| may_see.allows(s, &t.spec.queue)).map(task_to_proto)))
+                .collect();
+            found.into_iter().partition(|(_, t)| t.is_some())
+        });
+        if !missing.is_empty() {
+            let ids: Vec<String> = missing.iter().take(20).map(|(id, _)| id.to_string()).collect();
+            let more = if missing.len() > 20 { format!(" and {} more", missing.len() - 20) } else { String::new() };
+            return Err(Status::not_found(format!("no task with id {}{more}", ids.join(", "))));
+        }
+        Ok(Response::new(v1::GetTasksResponse { tasks: tasks.into_iter().filter_map(|(_, t)| t).collect() }))
+    }
+
+    async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let state = if r.state.is_empty() {
+            None
+        } else {
+            Some(TaskState::parse(&r.state).ok_or_else(|| {
+                invalid(&[FieldError::new(
+                    "state",
+                    format!("{} is not one of queued, leased, pending, running, succeeded, failed, cancelled", quote(&r.state)),
+                )])
+            })?)
+        };
+        if !r.task_set.is_empty() && r.queue.is_empty() {
+            return Err(invalid(&[FieldError::new("queue", "is required with taskSet")]));
+        }
+        if !r.queue.is_empty() {
+            self.0.require_on_queue(&caller, &r.queue, Verb::Watch)?;
+        }
+        self.linearize(r.linearizable).await?;
+        let page = if r.limit == 0 { DEFAULT_PAGE } else { (r.limit as usize).min(MAX_PAGE) };
+        // Without a queue, the listing holds only tasks of queues the caller may watch.
+        let mut may_see = QueueCheck::new(&self.0, &caller, Verb::Watch);
+        let (tasks, next) = self.0.read(|s| {
+            let mut matches = |t: &&flotilla_store::TaskRecord| {
+                may_see.allows(s, &t.spec.queue)
+                    && (r.queue.is_empty() || t.spec.queue == r.queue)
+                    && (r.task_set.is_empty() || t.spec.task_set == r.task_set)
+                    && state.is_none_or(|st| t.state == st)
+            };
+            let mut out = Vec::new();
+            let mut next = 0;
+            let mut push = |t: &flotilla_store::TaskRecord| {
+                if out.len() == page {
+                    next = out.last().map_or(0, |l: &v1::Task| l.id);
+                    return false;
+                }
+                out.push(task_to_proto(t));
+                true
+            };
+            if !r.task_set.is_empty() {
+                if let Some(set) = s.task_set(&r.queue, &r.task_set) {
+                    for id in set.tasks.iter().filter(|id| id.0 > r.after_id) {
+                        if let Some(t) = s.task(*id).filter(|t| matches(t)) {
+                            if !push(t) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            } else {
+                for t in s.tasks_after(TaskId(r.after_id)).filter(matches) {
+                    if !push(t) {
+                        break;
+                    }
+                }
+            }
+            (out, next)
+        });
+        Ok(Response::new(v1::ListTasksResponse { tasks, next_after_id: next }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        self.0.require_on_queue(&caller, &r.queue, Verb::Watch)?;
+        if !self.0.read(|s| s.task_set(&r.queue, &r.task_set).is_some()) {
+            return Err(Status::not_found(format!("task set {}/{} does not exist", quote(&r.queue), quote(&r.task_set))));
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BATCH);
+        let ctx = self.0.clone();
+        let mut applied = ctx.replica.applied();
+        tokio::spawn(async move {
+            let mut next = r.from_seq.max(1);
+            loop {
+                let batch: Vec<v1::TaskEvent> = ctx.read(|s| {
+                    s.task_set(&r.queue, &r.task_set)
+                        .map(|set| set.events_from(next.max(set.first_seq()), WATCH_BATCH).iter().map(|e| event_to_proto(e, s)).collect())
+                        .unwrap_or_default()
+                });
+                let full = batch.len() == WATCH_BATCH;
+                for e in batch {
+                    next = e.seq + 1;
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    // Also wake now and then, in case a change was missed between read and wait.
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl TasksService {
+    async fn submit(&self, caller: &Caller, r: v1::SubmitTasksRequest) -> Result<Response<v1::SubmitTasksResponse>, Status> {
+        self.0.require_on_queue(caller, &r.queue, Verb::Submit)?;
         let limits = &self.0.config.submit_limits;
         if r.tasks.len() > limits.max_templates_per_submit as usize {
             return Err(invalid(&[FieldError::new(
@@ -145,16 +314,19 @@ impl Tasks for TasksService {
         Ok(Response::new(v1::SubmitTasksResponse { task_ids: task_ids.iter().map(|t| t.0).collect(), warnings }))
     }
 
-    async fn cancel_tasks(&self, req: Request<v1::CancelTasksRequest>) -> Result<Response<v1::CancelTasksResponse>, Status> {
-        let r = req.into_inner();
+    async fn cancel(&self, caller: &Caller, r: v1::CancelTasksRequest) -> Result<Response<v1::CancelTasksResponse>, Status> {
         let target = match (r.task_ids.is_empty(), r.queue.is_empty() || r.task_set.is_empty()) {
             (false, true) => {
                 if r.task_ids.len() > MAX_IDS_PER_GET {
                     return Err(invalid(&[FieldError::new("taskIds", format!("at most {MAX_IDS_PER_GET} per call"))]));
                 }
+                self.require_cancel_ids(caller, &r.task_ids)?;
                 CancelTarget::Tasks(r.task_ids.iter().map(|i| TaskId(*i)).collect())
             }
-            (true, false) => CancelTarget::TaskSet { queue: r.queue, task_set: r.task_set },
+            (true, false) => {
+                self.0.require_on_queue(caller, &r.queue, Verb::Cancel)?;
+                CancelTarget::TaskSet { queue: r.queue, task_set: r.task_set }
+            }
             _ => return Err(Status::invalid_argument("give either task ids or both queue and task set")),
         };
         // Copied into every task it cancels and every event: bounded before it is logged.
@@ -165,121 +337,22 @@ impl Tasks for TasksService {
         }
     }
 
-    async fn resume_task_set(&self, req: Request<v1::ResumeTaskSetRequest>) -> Result<Response<v1::ResumeTaskSetResponse>, Status> {
-        let r = req.into_inner();
-        self.0.propose_ok(Command::Resume { queue: r.queue, task_set: r.task_set }).await?;
-        self.0.schedule_now.notify_one();
-        Ok(Response::new(v1::ResumeTaskSetResponse {}))
-    }
-
-    async fn get_tasks(&self, req: Request<v1::GetTasksRequest>) -> Result<Response<v1::GetTasksResponse>, Status> {
-        let r = req.into_inner();
-        if r.task_ids.len() > MAX_IDS_PER_GET {
-            return Err(invalid(&[FieldError::new("taskIds", format!("at most {MAX_IDS_PER_GET} per call"))]));
-        }
-        self.linearize(r.linearizable).await?;
-        let (tasks, missing): (Vec<_>, Vec<_>) = self.0.read(|s| {
-            let found: Vec<_> = r.task_ids.iter().map(|id| (id, s.task(TaskId(*id)).map(task_to_proto))).collect();
-            found.into_iter().partition(|(_, t)| t.is_some())
-        });
-        if !missing.is_empty() {
-            let ids: Vec<String> = missing.iter().map(|(id, _)| id.to_string()).collect();
-            return Err(Status::not_found(format!("no task with id {}", ids.join(", "))));
-        }
-        Ok(Response::new(v1::GetTasksResponse { tasks: tasks.into_iter().filter_map(|(_, t)| t).collect() }))
-    }
-
-    async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
-        let r = req.into_inner();
-        let state = if r.state.is_empty() {
-            None
-        } else {
-            Some(TaskState::parse(&r.state).ok_or_else(|| {
-                invalid(&[FieldError::new(
-                    "state",
-                    format!("{} is not one of queued, leased, pending, running, succeeded, failed, cancelled", quote(&r.state)),
-                )])
-            })?)
-        };
-        if !r.task_set.is_empty() && r.queue.is_empty() {
-            return Err(invalid(&[FieldError::new("queue", "is required with taskSet")]));
-        }
-        self.linearize(r.linearizable).await?;
-        let page = if r.limit == 0 { DEFAULT_PAGE } else { (r.limit as usize).min(MAX_PAGE) };
-        let (tasks, next) = self.0.read(|s| {
-            let matches = |t: &&flotilla_store::TaskRecord| {
-                (r.queue.is_empty() || t.spec.queue == r.queue)
-                    && (r.task_set.is_empty() || t.spec.task_set == r.task_set)
-                    && state.is_none_or(|st| t.state == st)
-            };
-            let mut out = Vec::new();
-            let mut next = 0;
-            let mut push = |t: &flotilla_store::TaskRecord| {
-                if out.len() == page {
-                    next = out.last().map_or(0, |l: &v1::Task| l.id);
-                    return false;
+    /// Every task must be in a queue the caller may cancel in; one it may not even see is
+    /// reported as missing, as GetTasks would.
+    fn require_cancel_ids(&self, caller: &Caller, ids: &[u64]) -> Result<(), Status> {
+        let mut may_see = QueueCheck::new(&self.0, caller, Verb::Watch);
+        let mut may_cancel = QueueCheck::new(&self.0, caller, Verb::Cancel);
+        self.0.read(|s| {
+            for id in ids {
+                let Some(t) = s.task(TaskId(*id)) else { continue };
+                if !may_see.allows(s, &t.spec.queue) {
+                    return Err(Status::not_found(format!("no task with id {id}")));
                 }
-                out.push(task_to_proto(t));
-                true
-            };
-            if !r.task_set.is_empty() {
-                if let Some(set) = s.task_set(&r.queue, &r.task_set) {
-                    for id in set.tasks.iter().filter(|id| id.0 > r.after_id) {
-                        if let Some(t) = s.task(*id).filter(|t| matches(t)) {
-                            if !push(t) {
-                                break;
-                            }
-                        }
-                    }
-                }
-            } else {
-                for t in s.tasks_after(TaskId(r.after_id)).filter(matches) {
-                    if !push(t) {
-                        break;
-                    }
+                if !may_cancel.allows(s, &t.spec.queue) {
+                    return Err(crate::auth::denied(caller, &t.spec.queue, Verb::Cancel));
                 }
             }
-            (out, next)
-        });
-        Ok(Response::new(v1::ListTasksResponse { tasks, next_after_id: next }))
-    }
-
-    type WatchStream = EventStream;
-
-    async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<EventStream>, Status> {
-        let r = req.into_inner();
-        if !self.0.read(|s| s.task_set(&r.queue, &r.task_set).is_some()) {
-            return Err(Status::not_found(format!("task set {}/{} does not exist", quote(&r.queue), quote(&r.task_set))));
-        }
-        let (tx, rx) = mpsc::channel(WATCH_BATCH);
-        let ctx = self.0.clone();
-        let mut applied = ctx.replica.applied();
-        tokio::spawn(async move {
-            let mut next = r.from_seq.max(1);
-            loop {
-                let batch: Vec<v1::TaskEvent> = ctx.read(|s| {
-                    s.task_set(&r.queue, &r.task_set)
-                        .map(|set| set.events_from(next.max(set.first_seq()), WATCH_BATCH).iter().map(|e| event_to_proto(e, s)).collect())
-                        .unwrap_or_default()
-                });
-                let full = batch.len() == WATCH_BATCH;
-                for e in batch {
-                    next = e.seq + 1;
-                    if tx.send(Ok(e)).await.is_err() {
-                        return;
-                    }
-                }
-                if full {
-                    continue;
-                }
-                tokio::select! {
-                    changed = applied.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    // Also wake now and then, in case a change was missed between read and wait.
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            Ok(())
+        })
     }
 }
