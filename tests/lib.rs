@@ -21,6 +21,18 @@ pub fn simple_specs(queue: &str, task_set: &str, count: u32) -> Vec<TaskSpec> {
     flotilla_model::expand(queue, task_set, &[simple_template(count)], &SubmitLimits::default()).expect("a valid template")
 }
 
+/// A free loopback address: bound, then released for a server to bind again.
+pub fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("its address")
+}
+
+/// The address of a peer URL (`http://127.0.0.1:7001`): what the replica it names listens on.
+pub fn peer_listen_of(url: &str) -> std::net::SocketAddr {
+    let authority = url.split("://").nth(1).expect("a URL").trim_end_matches('/');
+    authority.parse().unwrap_or_else(|e| panic!("{url}: not IP:port: {e}"))
+}
+
 /// A one-replica server on a loopback port with a leader, a client channel to it, and
 /// `queue` created (weight 1). Keep the directory as long as the server runs.
 pub async fn single_server_with_queue(queue: &str) -> (flotilla_server::ServerHandle, tonic::transport::Channel, tempfile::TempDir) {

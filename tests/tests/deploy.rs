@@ -324,13 +324,16 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
         "the claim {claim_name} is mounted at --data-dir {data_dir}"
     );
 
-    // Ports: --listen is the container's grpc port, --http its http port.
+    // Ports: --listen is the container's grpc port, --peer-listen its peer port, --http its
+    // http port.
     let port = |name: &str| c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port);
     let grpc = port("grpc").expect("a grpc container port");
+    let peer = port("peer").expect("a peer container port");
     let http = port("http").expect("an http container port");
     assert_eq!(flag(&args, "listen"), Some(format!("0.0.0.0:{grpc}").as_str()));
+    assert_eq!(flag(&args, "peer-listen"), Some(format!("0.0.0.0:{peer}").as_str()));
     assert_eq!(flag(&args, "http"), Some(format!("0.0.0.0:{http}").as_str()));
-    assert_eq!((grpc, http), (50051, 8080));
+    assert_eq!((grpc, peer, http), (50051, 50052, 8080));
     let probe_path = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
         let get = p.and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
         assert_eq!(get.port, IntOrString::String("http".into()), "probes use the http port");
@@ -350,6 +353,8 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
     assert_eq!(peers_spec.cluster_ip.as_deref(), Some("None"), "the peers Service is headless");
     assert_eq!(peers_spec.publish_not_ready_addresses, Some(true), "peers resolve before they are ready");
     assert!(selects(peers_spec.selector.as_ref().expect("selector"), &labels));
+    let peer_ports: BTreeSet<i32> = peers_spec.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(peer_ports, BTreeSet::from([peer]), "the headless Service names the peer port only");
     // The client Service: ClusterIP, both ports.
     let client = r.services.iter().find(|s| name(&s.metadata) == "flotilla-scheduler").expect("the client Service flotilla-scheduler");
     let client_spec = client.spec.as_ref().expect("Service spec");
@@ -357,7 +362,7 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
     assert_ne!(client_spec.cluster_ip.as_deref(), Some("None"));
     assert!(selects(client_spec.selector.as_ref().expect("selector"), &labels));
     let client_ports: BTreeSet<i32> = client_spec.ports.iter().flatten().map(|p| p.port).collect();
-    assert_eq!(client_ports, BTreeSet::from([grpc, http]));
+    assert_eq!(client_ports, BTreeSet::from([grpc, http]), "clients never see the peer port");
     assert_eq!(r.services.len(), 2);
 
     // Replica ids: --id is the pod-index label (the ordinal), and --peers lists exactly the
@@ -384,7 +389,7 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
         let ordinals: BTreeSet<u64> = (start..start + spec.replicas.unwrap()).map(|o| o as u64).collect();
         assert_eq!(ids, ordinals, "--peers lists exactly the replicas' ids");
         let sts_name = name(&sts.metadata);
-        assert_eq!(peers[&id], format!("http://{sts_name}-{ordinal}.{service_name}.{ns}.svc:{grpc}"), "replica {id}'s own address");
+        assert_eq!(peers[&id], format!("http://{sts_name}-{ordinal}.{service_name}.{ns}.svc:{peer}"), "replica {id}'s own peer port");
     }
 
     // At most one replica down.

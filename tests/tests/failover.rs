@@ -51,13 +51,12 @@ zones = ["r2-a"]
 
 const TASKS: usize = 160;
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
+use flotilla_tests::{free_addr, peer_listen_of};
 
 async fn start(id: u64, listen: SocketAddr, peers: &BTreeMap<u64, String>, root: &Path) -> ServerHandle {
     let mut config = ServerConfig::single(listen, root.join(format!("replica-{id}")));
     config.id = id;
+    config.peer_listen = peer_listen_of(&peers[&id]);
     config.peers = peers.clone();
     config.schedule_interval = Duration::from_millis(100);
     config.sync_interval = Duration::from_millis(200);
@@ -97,9 +96,10 @@ async fn leader_failover_while_tasks_run_loses_nothing_and_runs_nothing_twice() 
     let root = tempfile::tempdir().unwrap();
     let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
     let urls: BTreeMap<u64, String> = addrs.iter().map(|(id, a)| (*id, format!("http://{a}"))).collect();
+    let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("http://{}", free_addr()))).collect();
     let mut servers = BTreeMap::new();
     for id in 1..=3 {
-        servers.insert(id, start(id, addrs[&id], &urls, root.path()).await);
+        servers.insert(id, start(id, addrs[&id], &peers, root.path()).await);
     }
     let leader = leader_of(&servers).await;
 

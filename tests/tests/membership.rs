@@ -21,15 +21,13 @@ const QUEUE: &str = "members";
 /// election timeouts.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A free loopback address: bound, then released for the server to bind again.
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
+use flotilla_tests::{free_addr, peer_listen_of};
 
+/// Replica `id` with its client port at `listen` and its peer port where `peers` says.
 async fn start(id: u64, listen: SocketAddr, peers: &BTreeMap<u64, String>, root: &Path) -> ServerHandle {
     let mut config = ServerConfig::single(listen, root.join(format!("replica-{id}")));
     config.id = id;
+    config.peer_listen = peer_listen_of(&peers[&id]);
     config.peers = peers.clone();
     flotilla_server::start(config).await.unwrap_or_else(|e| panic!("replica {id} starts: {e:#}"))
 }
@@ -104,7 +102,9 @@ async fn add_through_a_follower_then_remove_the_leader() {
     let root = tempfile::tempdir().unwrap();
     let addrs: BTreeMap<u64, SocketAddr> = (1..=4).map(|id| (id, free_addr())).collect();
     let urls: BTreeMap<u64, String> = addrs.iter().map(|(id, a)| (*id, format!("http://{a}"))).collect();
-    let peers3: BTreeMap<u64, String> = urls.iter().filter(|(id, _)| **id <= 3).map(|(i, u)| (*i, u.clone())).collect();
+    // The membership names peer ports.
+    let peer_urls: BTreeMap<u64, String> = (1..=4).map(|id| (id, format!("http://{}", free_addr()))).collect();
+    let peers3: BTreeMap<u64, String> = peer_urls.iter().filter(|(id, _)| **id <= 3).map(|(i, u)| (*i, u.clone())).collect();
 
     let mut servers = BTreeMap::new();
     for id in 1..=3 {
@@ -129,7 +129,7 @@ async fn add_through_a_follower_then_remove_the_leader() {
     assert_eq!(total, 5);
 
     // Replica 4: empty data directory, --peers naming every member and itself.
-    servers.insert(4, start(4, addrs[&4], &urls, root.path()).await);
+    servers.insert(4, start(4, addrs[&4], &peer_urls, root.path()).await);
     let before = list(&urls[&follower]).await;
     assert_eq!(voters(&before), old);
     assert_eq!(before.answered_by, follower);
@@ -144,13 +144,13 @@ async fn add_through_a_follower_then_remove_the_leader() {
     let e = via_follower.add_replica(v1::AddReplicaRequest { id: 5, url: "127.0.0.1:1".into() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().starts_with("url:"), "{e:?}");
-    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 0, url: urls[&4].clone() }).await.unwrap_err();
+    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 0, url: peer_urls[&4].clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().starts_with("id:"), "{e:?}");
-    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 2, url: urls[&2].clone() }).await.unwrap_err();
+    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 2, url: peer_urls[&2].clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     assert!(e.message().starts_with("id:"), "{e:?}");
-    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 5, url: urls[&1].clone() }).await.unwrap_err();
+    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 5, url: peer_urls[&1].clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     assert!(e.message().starts_with("url:"), "{e:?}");
     let e = via_follower.remove_replica(v1::RemoveReplicaRequest { id: 9 }).await.unwrap_err();
@@ -161,7 +161,8 @@ async fn add_through_a_follower_then_remove_the_leader() {
     assert_eq!(voters(&list(&urls[&leader]).await), old, "refused requests changed nothing");
 
     // Add replica 4 through the follower: forwarded to the leader, learner, then voter.
-    let added = via_follower.add_replica(v1::AddReplicaRequest { id: 4, url: urls[&4].clone() }).await.expect("AddReplica").into_inner();
+    let added =
+        via_follower.add_replica(v1::AddReplicaRequest { id: 4, url: peer_urls[&4].clone() }).await.expect("AddReplica").into_inner();
     let all = BTreeSet::from([1, 2, 3, 4]);
     let ids: BTreeSet<u64> = added.replicas.iter().map(|m| m.id).collect();
     assert_eq!(ids, all, "{added:?}");
@@ -169,14 +170,14 @@ async fn add_through_a_follower_then_remove_the_leader() {
     let seen_by_new = wait_voters(&urls[&4], &all).await;
     assert_eq!(seen_by_new.answered_by, 4);
     assert_eq!(seen_by_new.leader_id, Some(leader));
-    assert_eq!(seen_by_new.replicas.iter().find(|m| m.id == 4).map(|m| m.url.as_str()), Some(urls[&4].as_str()));
+    assert_eq!(seen_by_new.replicas.iter().find(|m| m.id == 4).map(|m| m.url.as_str()), Some(peer_urls[&4].as_str()));
     wait_voters(&urls[&leader], &all).await;
     converged(&servers, &all, total).await;
 
     // The new voter takes writes (forwarded) and keeps up with the others.
     total += submit(&urls[&4], "after-join", 3).await;
     converged(&servers, &all, total).await;
-    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 4, url: urls[&4].clone() }).await.unwrap_err();
+    let e = via_follower.add_replica(v1::AddReplicaRequest { id: 4, url: peer_urls[&4].clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "adding a voter again: {e:?}");
 
     // Remove the leader, through replica 4. openraft commits the new membership with the old
@@ -237,8 +238,9 @@ async fn adding_an_unreachable_replica_fails_and_leaves_the_group_writable_and_c
     let _serial = SERIAL.lock().await;
     let root = tempfile::tempdir().unwrap();
     let (addr1, addr2) = (free_addr(), free_addr());
-    let (url1, url2) = (format!("http://{addr1}"), format!("http://{addr2}"));
-    let peers1 = BTreeMap::from([(1, url1.clone())]);
+    let url1 = format!("http://{addr1}");
+    let (peer1, peer2) = (format!("http://{}", free_addr()), format!("http://{}", free_addr()));
+    let peers1 = BTreeMap::from([(1, peer1.clone())]);
     let mut servers = BTreeMap::from([(1, start(1, addr1, &peers1, root.path()).await)]);
     agreed_leader(&servers, &BTreeSet::from([1])).await;
     QueuesClient::new(channel(&url1).await)
@@ -263,9 +265,9 @@ async fn adding_an_unreachable_replica_fails_and_leaves_the_group_writable_and_c
     // Still writable, and membership can still change: a real replica 2 joins, then leaves.
     let mut total = submit(&url1, "after-refusal", 2).await;
     converged(&servers, &BTreeSet::from([1]), total).await;
-    let peers2 = BTreeMap::from([(1, url1.clone()), (2, url2.clone())]);
+    let peers2 = BTreeMap::from([(1, peer1.clone()), (2, peer2.clone())]);
     servers.insert(2, start(2, addr2, &peers2, root.path()).await);
-    let added = replicas.add_replica(v1::AddReplicaRequest { id: 2, url: url2.clone() }).await.expect("AddReplica").into_inner();
+    let added = replicas.add_replica(v1::AddReplicaRequest { id: 2, url: peer2.clone() }).await.expect("AddReplica").into_inner();
     assert!(added.replicas.iter().all(|m| m.role == "voter") && added.replicas.len() == 2, "{added:?}");
     total += submit(&url1, "after-join", 2).await;
     converged(&servers, &BTreeSet::from([1, 2]), total).await;

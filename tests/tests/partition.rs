@@ -37,8 +37,10 @@ use flotilla_api::v1::{
 use flotilla_executor::sim::RunRecord;
 use tonic::transport::{Channel, Endpoint};
 
-/// Every replica listens here inside its own namespace (namespaces have separate port spaces).
+/// Every replica listens here inside its own namespace (namespaces have separate port spaces):
+/// the client port, and the peer port that `--peers` names.
 const PORT: u16 = 50051;
+const PEER_PORT: u16 = 50052;
 const CLUSTER_LOST_AFTER: Duration = Duration::from_secs(10);
 /// How long the partition outlasts `cluster_lost_after`, counted from the majority's election.
 const PARTITION_MARGIN: Duration = Duration::from_secs(8);
@@ -126,7 +128,7 @@ impl Net {
     }
 
     fn peer_url(&self, id: u64) -> String {
-        format!("http://10.{}.1.{id}:{PORT}", self.x)
+        format!("http://10.{}.1.{id}:{PEER_PORT}", self.x)
     }
 
     fn url(&self, client: char, id: u64) -> String {
@@ -400,6 +402,10 @@ async fn leader_partitioned_with_its_cluster_never_runs_a_task_twice_and_the_hea
             &id.to_string(),
             "--listen",
             &format!("0.0.0.0:{PORT}"),
+            "--peer-listen",
+            &format!("0.0.0.0:{PEER_PORT}"),
+            // Namespaces of this test only: no authentication, no TLS.
+            "--insecure",
             "--http",
             "127.0.0.1:8080",
             "--data-dir",

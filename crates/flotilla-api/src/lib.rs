@@ -25,5 +25,6 @@ pub mod raft {
 pub mod auth;
 mod convert;
 pub mod dial;
+pub mod tls;
 
 pub use convert::{node_from_report, node_to_report, template_from_proto, template_to_proto};

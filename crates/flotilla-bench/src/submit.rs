@@ -62,10 +62,12 @@ fn start_replicas(n: u64) -> anyhow::Result<Replicas> {
     let bin = flotilla_binary()?;
     let dir = tempfile::tempdir()?;
     let mut grpc = BTreeMap::new();
+    let mut peer_ports = BTreeMap::new();
     for id in 1..=n {
         grpc.insert(id, (free_port()?, free_port()?));
+        peer_ports.insert(id, free_port()?);
     }
-    let peers: Vec<String> = grpc.iter().map(|(id, (g, _))| format!("{id}=http://127.0.0.1:{g}")).collect();
+    let peers: Vec<String> = peer_ports.iter().map(|(id, p)| format!("{id}=http://127.0.0.1:{p}")).collect();
     let peers = peers.join(",");
     let mut children = Vec::new();
     let mut data_dirs = Vec::new();
@@ -75,6 +77,7 @@ fn start_replicas(n: u64) -> anyhow::Result<Replicas> {
         let log = std::fs::File::create(dir.path().join(format!("replica-{id}.log")))?;
         let child = Command::new(&bin)
             .args(["server", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{g}"), "--http", &format!("127.0.0.1:{h}")])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", peer_ports[id])])
             .arg("--data-dir")
             .arg(&data)
             .args(["--peers", &peers])

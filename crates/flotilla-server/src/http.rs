@@ -1,10 +1,14 @@
 //! The HTTP port: `/metrics`, `/healthz`, `/readyz`, a read-only web view at `/` and its
-//! JSON at `/api/queues`, `/api/clusters` and `/api/tasks`.
+//! JSON at `/api/queues`, `/api/clusters` and `/api/tasks`; over TLS with `--tls-cert`.
 //!
 //! With authentication on, the web view and `/api/*` (and `/metrics` with
 //! `--protect-metrics`) need a token: `Authorization: Bearer <token>`, or HTTP Basic with the
 //! token as the password, which a browser asks for. They show only the queues and tasks the
 //! caller may watch. Health probes stay open.
+//!
+//! `axum::serve` takes only a plain TCP listener, so connections come from
+//! [`listen::incoming`](crate::listen::incoming) (TLS handshakes included) and each is
+//! served by hyper's HTTP/1.1-or-HTTP/2 connection builder.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -23,15 +27,32 @@ use crate::auth::Caller;
 use crate::services::QueueCheck;
 use crate::Context;
 
-pub async fn serve(ctx: Arc<Context>, listener: tokio::net::TcpListener, shutdown: oneshot::Receiver<()>) {
+/// Serves the connections of `incoming` until `shutdown`; open connections are then dropped.
+pub async fn serve(ctx: Arc<Context>, mut incoming: crate::Incoming, mut shutdown: oneshot::Receiver<()>) {
+    use futures::StreamExt as _;
     let app = router(ctx);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = shutdown.await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "HTTP server stopped");
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let io = tokio::select! {
+            _ = &mut shutdown => break,
+            io = incoming.next() => io,
+        };
+        match io {
+            Some(Ok(io)) => {
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let builder = builder.clone();
+                connections.spawn(async move {
+                    if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                });
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "HTTP accept error"),
+            None => break,
+        }
+        // Forget finished connections so the set stays as large as the open ones.
+        while connections.try_join_next().is_some() {}
     }
 }
 

@@ -1,9 +1,11 @@
 //! A Flotilla scheduler replica.
 //!
 //! One process of the replicated scheduler: it joins the Raft group ([`raft`]), serves the
-//! public gRPC API (`Queues`, `Tasks`, `Clusters`) and the executor protocol (`Executor`)
-//! on one port together with Raft traffic, and serves `/metrics`, `/healthz`, `/readyz` and
-//! a small read-only web view on the HTTP port. The replica that is Raft leader also runs
+//! public gRPC API (`Queues`, `Tasks`, `Clusters`, `Replicas`) and the executor protocol
+//! (`Executor`) on the client port, Raft traffic and the calls followers forward to the
+//! leader on the peer port ([`services`]), and `/metrics`, `/healthz`, `/readyz` and a
+//! small read-only web view on the HTTP port. The client and HTTP ports speak TLS with
+//! `--tls-cert`; the peer port speaks mutual TLS with `--peer-tls-*` ([`listen`]). The replica that is Raft leader also runs
 //! the scheduling loop ([`leader`]): it feeds the queued tasks, running tasks and the
 //! executors' capacity reports to `flotilla_sched::schedule` and commits the decisions.
 //!
@@ -25,6 +27,7 @@ pub mod clock;
 mod convert;
 mod http;
 pub mod leader;
+pub mod listen;
 pub mod metrics;
 pub mod planted;
 pub mod raft;
@@ -38,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use anyhow::Context as _;
+use flotilla_api::tls::{self, CaFile, CertFiles, ClientTls, ReloadingCert};
 use flotilla_model::SubmitLimits;
 use flotilla_store::{Command, CommandResult, RejectKind, State};
 use tokio::sync::{oneshot, Notify};
@@ -52,12 +56,21 @@ pub use raft::{NetworkFault, Replica, ReplicaConfig};
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub id: u64,
-    /// gRPC: public API, executor protocol and Raft traffic.
+    /// gRPC client port: public API and executor protocol (never Raft).
     pub listen: SocketAddr,
+    /// gRPC peer port: Raft traffic and calls forwarded to the leader; `peers` names it.
+    pub peer_listen: SocketAddr,
+    /// TLS on the client gRPC port and the HTTP port; `None`: plaintext.
+    pub tls: Option<CertFiles>,
+    /// Mutual TLS on the peer port and on this replica's calls to its peers; `None`:
+    /// plaintext (development, tests).
+    pub peer_tls: Option<PeerTls>,
     /// HTTP: metrics, health, web view. `None` disables it.
     pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
-    /// Every replica of the group by id, including this one (`http://host:port`).
+    /// Every replica of the group by id, including this one: the URL of its peer port
+    /// (`http://host:port`, `https://` with `peer_tls`). A URL of this replica ending in
+    /// `:0` is replaced by the port `peer_listen` got.
     pub peers: BTreeMap<u64, String>,
     pub schedule_interval: Duration,
     /// A cluster whose executor has not synced for this long has its tasks requeued.
@@ -96,6 +109,43 @@ pub struct ServerConfig {
     pub protect_metrics: bool,
 }
 
+/// The replicas' mutual TLS: this replica's certificate (presented as server and client) and
+/// the CA every replica's certificate must be signed by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerTls {
+    pub cert: CertFiles,
+    pub ca: CaFile,
+}
+
+/// `--tls-cert` and `--tls-key`: both or neither.
+pub fn tls_flags(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<CertFiles>, String> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(CertFiles::new("--tls-cert", cert, "--tls-key", key))),
+        (Some(_), None) => Err("--tls-cert and --tls-key go together: --tls-key is missing".into()),
+        (None, Some(_)) => Err("--tls-cert and --tls-key go together: --tls-cert is missing".into()),
+    }
+}
+
+/// `--peer-tls-cert`, `--peer-tls-key` and `--peer-ca-cert`: all three or none.
+pub fn peer_tls_flags(cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -> Result<Option<PeerTls>, String> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTls {
+            cert: CertFiles::new("--peer-tls-cert", cert, "--peer-tls-key", key),
+            ca: CaFile::new("--peer-ca-cert", ca),
+        })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> =
+                [(cert.is_none(), "--peer-tls-cert"), (key.is_none(), "--peer-tls-key"), (ca.is_none(), "--peer-ca-cert")]
+                    .into_iter()
+                    .filter_map(|(m, flag)| m.then_some(flag))
+                    .collect();
+            Err(format!("--peer-tls-cert, --peer-tls-key and --peer-ca-cert go together: {} missing", missing.join(" and ")))
+        }
+    }
+}
+
 /// How fast replicas notice each other: heartbeat and election timeout range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RaftTiming {
@@ -106,13 +156,18 @@ pub struct RaftTiming {
 
 impl ServerConfig {
     /// A one-replica group (dev mode, tests).
+    /// Its peer port is `127.0.0.1:0` (any free port).
     pub fn single(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
+        let peer_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         ServerConfig {
             id: 1,
             listen,
+            peer_listen,
+            tls: None,
+            peer_tls: None,
             http: None,
             data_dir,
-            peers: BTreeMap::from([(1, format!("http://{listen}"))]),
+            peers: BTreeMap::from([(1, format!("http://{peer_listen}"))]),
             schedule_interval: Duration::from_secs(1),
             cluster_lost_after: Duration::from_secs(30),
             executor_lease: None,
@@ -179,8 +234,24 @@ impl ServerConfig {
                 ));
             }
         }
+        if self.peer_tls.is_none() && !self.insecure && !self.peer_listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve the peer port {} without mutual TLS: give --peer-tls-cert, --peer-tls-key and --peer-ca-cert, listen on loopback, or pass --insecure to accept that anyone who reaches it may speak Raft",
+                self.peer_listen
+            ));
+        }
         if self.schedule_interval.is_zero() || self.sync_interval.is_zero() {
             return Err("schedule_interval and sync_interval must be positive".into());
+        }
+        let scheme = if self.peer_tls.is_some() { "https://" } else { "http://" };
+        if let Some((id, url)) = self.peers.iter().find(|(_, url)| !url.starts_with(scheme)) {
+            return Err(if self.peer_tls.is_some() {
+                format!("--peers: replica {id} is at {url}, but with --peer-tls-cert the peer ports speak mutual TLS: use https:// URLs")
+            } else {
+                format!(
+                    "--peers: replica {id} is at {url}, but without --peer-tls-cert, --peer-tls-key and --peer-ca-cert the peer ports are plaintext: use http:// URLs or give the three flags"
+                )
+            });
         }
         Ok(())
     }
@@ -223,8 +294,11 @@ pub struct Context {
     pub started: Instant,
     /// Credentials and roles.
     pub auth: Arc<auth::Authenticator>,
-    /// A channel to the current leader's gRPC port, for calls only the leader can answer.
+    /// A channel to the current leader's peer port, for calls only the leader can answer.
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
+    /// One membership change at a time on this replica (check, then change), whichever
+    /// port the call came in on.
+    pub(crate) membership_changes: tokio::sync::Mutex<()>,
 }
 
 /// The system clock's milliseconds since the Unix epoch (a replica uses `config.clock`).
@@ -300,7 +374,8 @@ impl Context {
         z.require(caller, name, &permits, verb)
     }
 
-    /// A (cached, lazily connected) channel to the leader, when another replica leads.
+    /// A (cached, lazily connected) channel to the leader's peer port (its membership URL,
+    /// with the peer mutual TLS), when another replica leads.
     pub fn leader_channel(&self) -> Option<tonic::transport::Channel> {
         let url = self.replica.leader_url()?;
         let mut cache = self.leader_channel.lock().unwrap_or_else(|e| e.into_inner());
@@ -322,7 +397,10 @@ impl Context {
 /// A running replica.
 pub struct ServerHandle {
     pub ctx: Arc<Context>,
+    /// The client gRPC port.
     pub local_addr: SocketAddr,
+    /// The peer gRPC port (Raft, forwarded calls).
+    pub peer_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     shutdown: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -393,26 +471,69 @@ impl tokio::io::AsyncWrite for ServerIo {
     }
 }
 
+/// The TLS settings of [`ServerConfig`], loaded: what each port presents and verifies.
+struct LoadedTls {
+    client: Option<Arc<rustls::ServerConfig>>,
+    http: Option<Arc<rustls::ServerConfig>>,
+    peer: Option<Arc<rustls::ServerConfig>>,
+    /// What this replica trusts and presents when it calls its peers.
+    peer_client: Option<ClientTls>,
+}
+
+fn load_tls(config: &ServerConfig) -> anyhow::Result<LoadedTls> {
+    let mut loaded = LoadedTls { client: None, http: None, peer: None, peer_client: None };
+    if let Some(files) = &config.tls {
+        let cert = ReloadingCert::load(files.clone())?;
+        loaded.client = Some(tls::server_config(cert.clone(), None, tls::ALPN_GRPC)?);
+        loaded.http = Some(tls::server_config(cert, None, tls::ALPN_HTTP)?);
+    }
+    if let Some(peer) = &config.peer_tls {
+        // One certificate, reloaded from disk, for both directions of peer traffic.
+        let cert = ReloadingCert::load(peer.cert.clone())?;
+        loaded.peer = Some(tls::server_config(cert.clone(), Some(&peer.ca), tls::ALPN_GRPC)?);
+        loaded.peer_client = Some(ClientTls::new(Some(&peer.ca), Some(cert))?);
+    }
+    Ok(loaded)
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{flag} {addr}: cannot listen"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
 /// Opens the store, joins the group and starts serving. Returns once listening.
-pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding gRPC address {}", config.listen))?;
-    let local_addr = listener.local_addr()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    start_serving(config, local_addr, incoming).await
+pub async fn start(mut config: ServerConfig) -> anyhow::Result<ServerHandle> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let tls = load_tls(&config)?;
+    if let Some(peer_client) = tls.peer_client {
+        config.dial = config.dial.clone().with_tls(peer_client);
+    }
+    let (client, local_addr) = bind(config.listen, "--listen").await?;
+    let (peer, peer_addr) = bind(config.peer_listen, "--peer-listen").await?;
+    let client = listen::incoming(client, tls.client, "client");
+    let peer = listen::incoming(peer, tls.peer, "peer");
+    start_serving(config, (local_addr, client), (peer_addr, peer), tls.http).await
 }
 
-/// Like [`start`], serving the connections of `incoming` instead of a TCP port (the fault
-/// simulator); `config.listen` is the address peers and clients dial.
-pub async fn start_with(config: ServerConfig, incoming: Incoming) -> anyhow::Result<ServerHandle> {
-    let local_addr = config.listen;
-    start_serving(config, local_addr, incoming).await
+/// Like [`start`], serving the connections of `client_incoming` and `peer_incoming` instead
+/// of TCP ports (the fault simulator); `config.listen` and `config.peer_listen` are the
+/// addresses they stand for. The connections are served as they are: TLS settings are
+/// refused here.
+pub async fn start_with(config: ServerConfig, client_incoming: Incoming, peer_incoming: Incoming) -> anyhow::Result<ServerHandle> {
+    if config.tls.is_some() || config.peer_tls.is_some() {
+        anyhow::bail!("start_with serves the connections it is given as they are: TLS settings are for start");
+    }
+    let (local_addr, peer_addr) = (config.listen, config.peer_listen);
+    start_serving(config, (local_addr, client_incoming), (peer_addr, peer_incoming), None).await
 }
 
-async fn start_serving<S, IO>(config: ServerConfig, local_addr: SocketAddr, incoming: S) -> anyhow::Result<ServerHandle>
-where
-    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
-    IO: tonic::transport::server::Connected + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+async fn start_serving(
+    config: ServerConfig,
+    (local_addr, client_incoming): (SocketAddr, Incoming),
+    (peer_addr, peer_incoming): (SocketAddr, Incoming),
+    http_tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<ServerHandle> {
     if !config.peers.contains_key(&config.id) {
         anyhow::bail!("--id {} is not in --peers ({:?})", config.id, config.peers.keys().collect::<Vec<_>>());
     }
@@ -422,17 +543,13 @@ where
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let mut config = config;
-    if config.listen.port() == 0 {
-        // Peers find this replica at the port it really got, and the stored membership must
-        // name that port too, or a restart would see a disagreeing peer list.
-        let own = format!("http://{local_addr}");
-        if let Some(url) = config.peers.get_mut(&config.id) {
-            if url.ends_with(":0") {
-                *url = own;
-            }
+    if let Some(url) = config.peers.get_mut(&config.id) {
+        if let Some(base) = url.strip_suffix(":0") {
+            // Peers find this replica at the peer port it really got, and the stored
+            // membership must name that port too, or a restart would see a disagreeing list.
+            *url = format!("{base}:{}", peer_addr.port());
         }
     }
-
     let mut replica_config = ReplicaConfig::new(config.id, config.peers.clone(), config.data_dir.clone(), config.fault.clone());
     replica_config.dial = config.dial.clone();
     replica_config.clock = config.clock.clone();
@@ -456,39 +573,51 @@ where
         shares: Mutex::new(Vec::new()),
         started: Instant::now(),
         leader_channel: Mutex::new(None),
+        membership_changes: tokio::sync::Mutex::new(()),
     });
 
     let mut shutdown = Vec::new();
     let mut tasks = Vec::new();
 
-    let (tx, rx) = oneshot::channel();
-    shutdown.push(tx);
-    let router = services::router(ctx.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            })
-            .await
-        {
-            tracing::error!(error = %e, "gRPC server stopped");
-        }
-    }));
+    for (port, router, incoming) in
+        [("client", services::client_router(ctx.clone()), client_incoming), ("peer", services::peer_router(ctx.clone()), peer_incoming)]
+    {
+        let (tx, rx) = oneshot::channel();
+        shutdown.push(tx);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await
+            {
+                tracing::error!(port, error = %e, "gRPC server stopped");
+            }
+        }));
+    }
 
     let mut http_addr = None;
     if let Some(addr) = config.http {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP address {addr}"))?;
-        http_addr = Some(listener.local_addr()?);
+        let (listener, local) = bind(addr, "--http").await?;
+        http_addr = Some(local);
         let (tx, rx) = oneshot::channel();
         shutdown.push(tx);
-        tasks.push(tokio::spawn(http::serve(ctx.clone(), listener, rx)));
+        tasks.push(tokio::spawn(http::serve(ctx.clone(), listen::incoming(listener, http_tls, "http"), rx)));
     }
 
     ctx.replica.bootstrap();
     tasks.push(tokio::spawn(leader::run(ctx.clone())));
     tasks.push(tokio::spawn(auth.keep_fresh()));
-    tracing::info!(id = config.id, grpc = %local_addr, http = ?http_addr, "replica started");
-    Ok(ServerHandle { ctx, local_addr, http_addr, shutdown, tasks })
+    tracing::info!(
+        id = config.id,
+        grpc = %local_addr,
+        peer = %peer_addr,
+        http = ?http_addr,
+        tls = config.tls.is_some(),
+        peer_mtls = config.peer_tls.is_some(),
+        "replica started"
+    );
+    Ok(ServerHandle { ctx, local_addr, peer_addr, http_addr, shutdown, tasks })
 }
 
 /// Runs a replica until SIGINT or SIGTERM.
@@ -539,6 +668,50 @@ mod tests {
         c.lease_expiry_grace = None;
         c.executor_lease = Some(Duration::from_millis(1500));
         assert!(c.validate().unwrap_err().contains("two sync intervals"));
+    }
+
+    #[test]
+    fn tls_flags_come_together_and_the_error_names_the_missing_ones() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(tls_flags(None, None), Ok(None));
+        assert!(tls_flags(p("c.pem"), p("k.pem")).unwrap().is_some());
+        assert_eq!(tls_flags(p("c.pem"), None).unwrap_err(), "--tls-cert and --tls-key go together: --tls-key is missing");
+        assert_eq!(tls_flags(None, p("k.pem")).unwrap_err(), "--tls-cert and --tls-key go together: --tls-cert is missing");
+        assert_eq!(peer_tls_flags(None, None, None), Ok(None));
+        let peer = peer_tls_flags(p("c.pem"), p("k.pem"), p("ca.pem")).unwrap().unwrap();
+        assert_eq!((peer.cert.cert_flag.as_str(), peer.ca.flag.as_str()), ("--peer-tls-cert", "--peer-ca-cert"));
+        assert_eq!(
+            peer_tls_flags(p("c.pem"), None, None).unwrap_err(),
+            "--peer-tls-cert, --peer-tls-key and --peer-ca-cert go together: --peer-tls-key and --peer-ca-cert missing"
+        );
+        assert!(peer_tls_flags(None, p("k.pem"), p("ca.pem")).unwrap_err().ends_with(": --peer-tls-cert missing"));
+    }
+
+    #[test]
+    fn a_non_loopback_peer_port_without_mutual_tls_is_refused_unless_insecure() {
+        let mut c = ServerConfig::single("127.0.0.1:0".parse().unwrap(), "/tmp/unused".into());
+        c.peer_listen = "0.0.0.0:50052".parse().unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("peer port 0.0.0.0:50052 without mutual TLS") && e.contains("--peer-ca-cert"), "{e}");
+        c.insecure = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.insecure = false;
+        c.peer_tls = peer_tls_flags(Some("c".into()), Some("k".into()), Some("ca".into())).unwrap();
+        c.peers.insert(1, "https://127.0.0.1:0".into());
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn peer_urls_must_say_whether_the_peer_ports_speak_mutual_tls() {
+        let mut c = ServerConfig::single("127.0.0.1:0".parse().unwrap(), "/tmp/unused".into());
+        c.peers.insert(2, "https://127.0.0.1:7002".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("replica 2 is at https://127.0.0.1:7002") && e.contains("--peer-ca-cert"), "{e}");
+        c.peer_tls = peer_tls_flags(Some("c".into()), Some("k".into()), Some("ca".into())).unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("replica 1 is at http://127.0.0.1:0") && e.contains("use https://"), "{e}");
+        c.peers.insert(1, "https://127.0.0.1:0".into());
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -28,7 +28,10 @@ const CLIENT: &str = "client";
 pub(crate) struct ReplicaSlot {
     pub id: u64,
     pub host: String,
+    /// The client port (executors, the client).
     pub addr: SocketAddr,
+    /// The peer port (Raft, forwarded calls): what `peers` names.
+    pub peer_addr: SocketAddr,
     pub config: ServerConfig,
     pub handle: Option<ServerHandle>,
 }
@@ -82,13 +85,17 @@ impl World {
         let net = Net::new(seed);
         let dir = temp_dir();
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x776f_726c_6400);
-        let peers: BTreeMap<u64, String> = (1..=config.replicas as u64).map(|id| (id, format!("http://10.0.0.{id}:7000"))).collect();
+        let peers: BTreeMap<u64, String> = (1..=config.replicas as u64).map(|id| (id, format!("http://10.0.0.{id}:7001"))).collect();
         let mut replicas = Vec::new();
         for id in 1..=config.replicas as u64 {
             let host = format!("r{id}");
             let addr: SocketAddr = format!("10.0.0.{id}:7000").parse().expect("address");
+            let peer_addr: SocketAddr = format!("10.0.0.{id}:7001").parse().expect("address");
             let mut c = ServerConfig::single(addr, dir.path().join(&host));
             c.id = id;
+            c.peer_listen = peer_addr;
+            // A virtual network no one else reaches: no authentication, no TLS.
+            c.insecure = true;
             c.peers = peers.clone();
             c.schedule_interval = Duration::from_millis(500);
             c.sync_interval = SYNC_INTERVAL;
@@ -104,10 +111,10 @@ impl World {
                 election_timeout_min: Duration::from_millis(election_ms),
                 election_timeout_max: Duration::from_millis(election_ms + 1),
             });
-            replicas.push(ReplicaSlot { id, host, addr, config: c, handle: None });
+            replicas.push(ReplicaSlot { id, host, addr, peer_addr, config: c, handle: None });
         }
         let file = flotilla_executor::parse_clusters(&clusters_toml(config.clusters), "sim.toml").expect("clusters file");
-        let servers: Vec<String> = peers.values().cloned().collect();
+        let servers: Vec<String> = replicas.iter().map(|r: &ReplicaSlot| format!("http://{}", r.addr)).collect();
         let mut clusters = Vec::new();
         for i in 0..config.clusters {
             let name = format!("c{i}");
@@ -150,13 +157,15 @@ impl World {
     pub async fn start_replica(&mut self, i: usize) {
         let slot = &self.replicas[i];
         let incoming = self.net.listen(&slot.host, slot.addr);
-        let handle = flotilla_server::start_with(slot.config.clone(), incoming).await.expect("replica starts");
+        let peer_incoming = self.net.listen(&slot.host, slot.peer_addr);
+        let handle = flotilla_server::start_with(slot.config.clone(), incoming, peer_incoming).await.expect("replica starts");
         self.replicas[i].handle = Some(handle);
     }
 
     pub async fn crash_replica(&mut self, i: usize) {
-        let (host, addr) = (self.replicas[i].host.clone(), self.replicas[i].addr);
+        let (host, addr, peer_addr) = (self.replicas[i].host.clone(), self.replicas[i].addr, self.replicas[i].peer_addr);
         self.net.crash_host(&host, addr);
+        self.net.crash_host(&host, peer_addr);
         if let Some(h) = self.replicas[i].handle.take() {
             h.shutdown().await;
         }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flotilla_api::auth::{AuthChannel, BearerToken};
+use flotilla_api::dial::Dial;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
@@ -15,11 +16,13 @@ pub struct Client {
     servers: Vec<String>,
     /// The replica that answered last: tried first next time.
     current: AtomicUsize,
+    /// TCP, with TLS for https:// servers (`--ca-cert`).
+    dial: Dial,
     token: BearerToken,
 }
 
 impl Client {
-    pub fn new(servers: &str, token: BearerToken) -> Result<Client, String> {
+    pub fn new(servers: &str, dial: Dial, token: BearerToken) -> Result<Client, String> {
         let servers: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         if servers.is_empty() {
             return Err("--server: at least one URL is required".into());
@@ -29,7 +32,7 @@ impl Client {
                 return Err(format!("--server: {s:?} must start with http:// or https://"));
             }
         }
-        Ok(Client { servers, current: AtomicUsize::new(0), token })
+        Ok(Client { servers, current: AtomicUsize::new(0), dial, token })
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, Status> {
@@ -53,10 +56,10 @@ impl Client {
             for i in 0..n {
                 let idx = (start + i) % n;
                 let url = &self.servers[idx];
-                let channel = match Self::endpoint(url)?.connect().await {
+                let channel = match self.dial.connect(Self::endpoint(url)?).await {
                     Ok(c) => c,
                     Err(e) => {
-                        last = Status::unavailable(format!("{url}: {e}"));
+                        last = Status::unavailable(format!("{url}: {}", error_chain(&e)));
                         continue;
                     }
                 };
@@ -76,4 +79,19 @@ impl Client {
         }
         Err(last)
     }
+}
+
+/// An error and its causes, `: `-separated: tonic's transport error says only "transport
+/// error"; the cause says what failed (refused, or the TLS handshake and why).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -26,14 +26,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Executor(a) => {
             let token =
                 flotilla_api::auth::BearerToken::from_flags(cli.token.as_deref(), cli.token_file.as_deref()).map_err(Failure::Input)?;
-            crate::dev::executor(&cli.server, token, a).await
+            crate::dev::executor(&cli.server, cli.ca_cert.as_deref(), token, a).await
         }
         Command::Dev(a) => crate::dev::dev(a, format).await,
         Command::Auth(a) => crate::dev::auth(a),
         other => {
             let token =
                 flotilla_api::auth::BearerToken::from_flags(cli.token.as_deref(), cli.token_file.as_deref()).map_err(Failure::Input)?;
-            let client = Client::new(&cli.server, token).map_err(Failure::Input)?;
+            let client = Client::new(&cli.server, crate::dev::dial(cli.ca_cert.as_deref())?, token).map_err(Failure::Input)?;
             client_command(&client, other, format).await
         }
     }

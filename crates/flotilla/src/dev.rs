@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla_api::dial::Dial;
+use flotilla_api::tls::{CaFile, ClientTls};
 use flotilla_api::v1::{self, clusters_client::ClustersClient, queues_client::QueuesClient, tasks_client::TasksClient};
 use flotilla_executor::{BackendSource, ExecutorConfig, ExecutorStatus, KubeBackendConfig, SimCluster, SimOptions};
 use flotilla_model::TaskFile;
@@ -15,12 +17,17 @@ use tonic::transport::Channel;
 use crate::{DevArgs, ExecutorArgs, Failure, Format, ServerArgs};
 
 pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
+    let tls = flotilla_server::tls_flags(a.tls_cert, a.tls_key).map_err(Failure::Input)?;
+    let peer_tls = flotilla_server::peer_tls_flags(a.peer_tls_cert, a.peer_tls_key, a.peer_ca_cert).map_err(Failure::Input)?;
     let peers = match &a.peers {
         Some(p) => parse_peers(p).map_err(Failure::Input)?,
-        None => BTreeMap::from([(a.id, format!("http://{}", a.listen))]),
+        None => BTreeMap::from([(a.id, format!("{}://{}", if peer_tls.is_some() { "https" } else { "http" }, a.peer_listen))]),
     };
     let mut config = ServerConfig::single(a.listen, a.data_dir);
     config.id = a.id;
+    config.peer_listen = a.peer_listen;
+    config.tls = tls;
+    config.peer_tls = peer_tls;
     config.peers = peers;
     config.http = Some(a.http);
     config.schedule_interval = a.schedule_interval;
@@ -30,8 +37,17 @@ pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
     config.auth_file = a.auth_file;
     config.insecure = a.insecure;
     config.protect_metrics = a.protect_metrics;
+    config.validate().map_err(Failure::Input)?;
     flotilla_server::run(config).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the CLI and executors dial servers: https:// URLs trust `--ca-cert`, or the system's
+/// root certificates without it.
+pub fn dial(ca_cert: Option<&Path>) -> Result<Dial, Failure> {
+    let Some(path) = ca_cert else { return Ok(Dial::tcp()) };
+    let tls = ClientTls::new(Some(&CaFile::new("--ca-cert", path)), None).map_err(|e| Failure::Input(e.to_string()))?;
+    Ok(Dial::tcp().with_tls(tls))
 }
 
 /// `flotilla auth hash-token`: prints the digest the auth file stores for a token.
@@ -62,7 +78,12 @@ pub fn auth(a: crate::AuthCommand) -> Result<ExitCode, Failure> {
     }
 }
 
-pub async fn executor(servers: &str, token: flotilla_api::auth::BearerToken, a: ExecutorArgs) -> Result<ExitCode, Failure> {
+pub async fn executor(
+    servers: &str,
+    ca_cert: Option<&Path>,
+    token: flotilla_api::auth::BearerToken,
+    a: ExecutorArgs,
+) -> Result<ExitCode, Failure> {
     let servers: Vec<String> = servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if servers.is_empty() {
         return Err(Failure::Input("--server: at least one URL is required".into()));
@@ -92,6 +113,7 @@ pub async fn executor(servers: &str, token: flotilla_api::auth::BearerToken, a: 
     }
     let mut config = ExecutorConfig::new(servers, a.cluster.clone());
     config.sync_interval = a.sync_interval;
+    config.dial = dial(ca_cert)?;
     config.token = token;
     if let Some(addr) = a.http {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure::Op(format!("--http {addr}: {e}")))?;
@@ -154,6 +176,8 @@ pub async fn dev(a: DevArgs, format: Format) -> Result<ExitCode, Failure> {
         }
     };
     let mut config = ServerConfig::single(a.listen, data_dir.clone());
+    config.peer_listen = a.peer_listen;
+    config.peers = BTreeMap::from([(1, format!("http://{}", a.peer_listen))]);
     config.http = Some(a.http);
     config.cluster_lost_after = a.cluster_lost_after;
     let server = flotilla_server::start(config).await?;

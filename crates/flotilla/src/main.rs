@@ -21,6 +21,10 @@ pub struct Cli {
     /// Scheduler replicas to talk to; the next one is tried when one does not answer.
     #[arg(long, global = true, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// A PEM file of the CA that signed the servers' certificates, for https:// servers
+    /// (default: the system's root certificates).
+    #[arg(long, global = true, env = "FLOTILLA_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// The caller's token, for servers with authentication on (an API token or an OIDC ID token).
     #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -100,7 +104,7 @@ pub enum ReplicaCommand {
     Add {
         #[arg(long)]
         id: u64,
-        /// Its gRPC URL, e.g. http://host:50051.
+        /// Its peer port's URL, e.g. http://host:50052 (https:// with --peer-tls-cert).
         #[arg(long)]
         url: String,
     },
@@ -116,15 +120,38 @@ pub struct ServerArgs {
     /// This replica's id (a key of --peers).
     #[arg(long, default_value_t = 1)]
     pub id: u64,
-    /// gRPC address: public API, executor protocol and Raft traffic.
+    /// gRPC client port: public API and executor protocol.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// gRPC peer port: Raft traffic and calls followers forward to the leader. For replicas
+    /// only: --peers names these ports.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub peer_listen: SocketAddr,
+    /// PEM certificate chain: serve TLS on the client gRPC port and the HTTP port (with
+    /// --tls-key). Re-read when the file changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate of this replica for the peer port's mutual TLS, presented as server
+    /// and as client (with --peer-tls-key and --peer-ca-cert; --peers then names https://
+    /// URLs). Without the three, the peer port is plaintext.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM CA certificate every replica's peer certificate must be signed by.
+    #[arg(long, value_name = "FILE")]
+    pub peer_ca_cert: Option<PathBuf>,
     /// HTTP address: /metrics, /healthz, /readyz and the web view.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
     #[arg(long, default_value = "flotilla-data")]
     pub data_dir: PathBuf,
-    /// Every replica as ID=URL, the same list on each (default: a one-replica group).
+    /// Every replica as ID=URL of its peer port, the same list on each (default: a
+    /// one-replica group at --peer-listen).
     #[arg(long)]
     pub peers: Option<String>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
@@ -212,6 +239,9 @@ pub struct DevArgs {
     pub demo: bool,
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// The replica's peer port (fixed, so that a kept --data-dir names the same member).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub peer_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]

@@ -351,11 +351,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (auth, port) = (self.auth.clone(), self.port);
         Box::pin(async move {
-            // TEMPORARY until the peer port lands: Raft shares the client port.
-            let raft = req.uri().path().starts_with("/flotilla.raft.v1.Raft/");
+            // Raft is served on the peer port only; the client port has no replica callers.
             let caller = match port {
                 Port::Peer => Ok(Caller::Replica),
-                Port::Client if raft => Ok(Caller::Replica),
                 Port::Client => auth.authenticate(req.headers()).await,
             };
             match caller {

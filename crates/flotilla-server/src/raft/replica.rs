@@ -119,7 +119,7 @@ pub enum ProposeError {
 /// Why a linearizable read could not be served here.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("linearizable reads are served by the leader; this replica is not it (leader: {leader_id:?} at {leader_url:?})")]
+    #[error("linearizable reads are served by the leader; this replica is not it (leader: {leader_id:?}, its peer port {leader_url:?}; ask its client port)")]
     NotLeader { leader_id: Option<NodeId>, leader_url: Option<String> },
     #[error("this leader could not confirm its leadership with a majority: {0}")]
     NoQuorum(String),

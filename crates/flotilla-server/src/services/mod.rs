@@ -1,4 +1,12 @@
-//! The gRPC services of a replica, all on one port with Raft traffic.
+//! The gRPC services of a replica, on two ports.
+//!
+//! - The **client port** ([`client_router`]): `Queues`, `Tasks`, `Clusters`, `Executor` and
+//!   `Replicas`, for users, the CLI and executors. Never the Raft service.
+//! - The **peer port** ([`peer_router`]): the internal `flotilla.raft.v1.Raft` service
+//!   (AppendEntries, Vote, InstallSnapshot, forwarded proposals, the bootstrap Hello) and the
+//!   public services a follower forwards to the leader (`Executor.Sync`, `Replicas`,
+//!   `Clusters.ListClusters`): a follower dials the leader's membership URL, which names its
+//!   peer port. With `--peer-tls-*` only holders of a certificate from the peer CA connect.
 
 mod clusters;
 pub use clusters::list as clusters_list;
@@ -10,7 +18,8 @@ mod tasks;
 use std::sync::Arc;
 
 use flotilla_api::v1::{
-    clusters_server::ClustersServer, executor_server::ExecutorServer, queues_server::QueuesServer, tasks_server::TasksServer,
+    clusters_server::ClustersServer, executor_server::ExecutorServer, queues_server::QueuesServer, replicas_server::ReplicasServer,
+    tasks_server::TasksServer,
 };
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -27,24 +36,48 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The response mapping every service goes through: see [`decode_errors_are_invalid_argument`].
 type Layers = Stack<AuthLayer, Stack<MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>, Identity>>;
 
-pub fn router(ctx: Arc<Context>) -> Router<Layers> {
-    tonic::transport::Server::builder()
-        .layer(MapResponseLayer::new(decode_errors_are_invalid_argument as fn(_) -> _))
-        .layer(AuthLayer::new(ctx.auth.clone(), Port::Client))
+/// The services of the client port: callers are authenticated (`Port::Client`).
+pub fn client_router(ctx: Arc<Context>) -> Router<Layers> {
+    builder(&ctx, Port::Client)
         .add_service(QueuesServer::new(queues::QueuesService(ctx.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
             TasksServer::new(tasks::TasksService(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(ClustersServer::new(clusters::ClustersService(ctx.clone())))
-        .add_service(
-            ExecutorServer::new(executor::ExecutorService::new(ctx.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(flotilla_api::v1::replicas_server::ReplicasServer::new(replicas::ReplicasService::new(ctx.clone())))
+        .add_service(clusters_server(&ctx))
+        .add_service(executor_server(&ctx))
+        .add_service(replicas_server(&ctx))
+}
+
+/// The services of the peer port: Raft, and what followers forward to the leader. Every
+/// caller is a replica (`Port::Peer`): mutual TLS decides who may connect.
+pub fn peer_router(ctx: Arc<Context>) -> Router<Layers> {
+    builder(&ctx, Port::Peer)
         .add_service(ctx.replica.raft_service())
+        .add_service(clusters_server(&ctx))
+        .add_service(executor_server(&ctx))
+        .add_service(replicas_server(&ctx))
+}
+
+fn builder(ctx: &Arc<Context>, port: Port) -> tonic::transport::Server<Layers> {
+    tonic::transport::Server::builder()
+        .layer(MapResponseLayer::new(decode_errors_are_invalid_argument as fn(_) -> _))
+        .layer(AuthLayer::new(ctx.auth.clone(), port))
+}
+
+fn clusters_server(ctx: &Arc<Context>) -> ClustersServer<clusters::ClustersService> {
+    ClustersServer::new(clusters::ClustersService(ctx.clone()))
+}
+
+fn executor_server(ctx: &Arc<Context>) -> ExecutorServer<executor::ExecutorService> {
+    ExecutorServer::new(executor::ExecutorService::new(ctx.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn replicas_server(ctx: &Arc<Context>) -> ReplicasServer<replicas::ReplicasService> {
+    ReplicasServer::new(replicas::ReplicasService::new(ctx.clone()))
 }
 
 /// What tonic says when prost cannot decode a request (bad UTF-8 in a `string` field, a

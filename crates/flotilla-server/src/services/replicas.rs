@@ -35,13 +35,11 @@ const FORWARDED: &str = "x-flotilla-forwarded";
 
 pub struct ReplicasService {
     ctx: Arc<Context>,
-    /// One membership change at a time on this replica (check, then change).
-    changes: tokio::sync::Mutex<()>,
 }
 
 impl ReplicasService {
     pub fn new(ctx: Arc<Context>) -> ReplicasService {
-        ReplicasService { ctx, changes: tokio::sync::Mutex::new(()) }
+        ReplicasService { ctx }
     }
 
     /// The members as this replica's Raft metrics show them.
@@ -106,7 +104,7 @@ impl ReplicasService {
     }
 
     async fn add_on_leader(&self, id: NodeId, url: String) -> Result<(), Status> {
-        let _change = self.changes.lock().await;
+        let _change = self.ctx.membership_changes.lock().await;
         let (voters, learners, nodes) = {
             let metrics = self.ctx.replica.raft_metrics();
             let m = metrics.borrow();
@@ -181,7 +179,7 @@ impl ReplicasService {
     }
 
     async fn remove_on_leader(&self, id: NodeId) -> Result<(), Status> {
-        let _change = self.changes.lock().await;
+        let _change = self.ctx.membership_changes.lock().await;
         let (voters, learners) = {
             let metrics = self.ctx.replica.raft_metrics();
             let m = metrics.borrow();
@@ -242,9 +240,16 @@ fn validate_id(id: u64) -> Result<(), Status> {
     Ok(())
 }
 
-fn validate_url(url: &str) -> Result<(), Status> {
+/// A member's URL names its peer port: `https://` when the group speaks mutual TLS
+/// (`--peer-tls-cert`), `http://` when it does not.
+fn validate_url(url: &str, peer_tls: bool) -> Result<(), Status> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(Status::invalid_argument(format!("url: {} must start with http:// or https://", quote(url))));
+    }
+    if peer_tls != url.starts_with("https://") {
+        let (want, why) =
+            if peer_tls { ("https://", "the replicas speak mutual TLS") } else { ("http://", "the replicas' peer ports are plaintext") };
+        return Err(Status::invalid_argument(format!("url: {} must start with {want}: {why}", quote(url))));
     }
     let parsed: Result<tonic::codegen::http::Uri, _> = url.parse();
     match parsed {
@@ -299,7 +304,7 @@ impl ReplicasService {
         let url = req.get_ref().url.trim().to_string();
         let id = req.get_ref().id;
         validate_id(id)?;
-        validate_url(&url)?;
+        validate_url(&url, self.ctx.config.peer_tls.is_some())?;
         if !self.ctx.is_leader() {
             let channel = self.forward_channel(&req)?;
             let forward = v1::AddReplicaRequest { id, url };
