@@ -48,6 +48,8 @@ struct Rendered {
     roles: Vec<Role>,
     role_bindings: Vec<RoleBinding>,
     network_policies: Vec<NetworkPolicy>,
+    /// cert-manager's Issuers and Certificates (no typed structs in k8s-openapi).
+    cert_manager: Vec<Value>,
 }
 
 /// Runs `kubectl kustomize deploy/<dir>` and parses every document into its typed struct.
@@ -92,6 +94,7 @@ fn render(dir: &str) -> Rendered {
             "Role" => r.roles.push(typed(&doc, &at)),
             "RoleBinding" => r.role_bindings.push(typed(&doc, &at)),
             "NetworkPolicy" => r.network_policies.push(typed(&doc, &at)),
+            "Issuer" | "Certificate" if doc["apiVersion"] == "cert-manager.io/v1" => r.cert_manager.push(doc.clone()),
             _ => panic!("{at}: kind {kind:?} is not one this test knows; add it to `render`"),
         }
     }
@@ -266,6 +269,7 @@ fn every_kustomization_renders_and_parses_as_typed_objects() {
         "executor/overlays/eks-us-east",
         "executor/overlays/gke-europe",
         "examples/agents-networkpolicy",
+        "examples/cert-manager",
     ];
     for dir in expected {
         assert!(dirs.contains(dir), "deploy/{dir}/kustomization.yaml is missing (found {dirs:?})");
@@ -284,9 +288,58 @@ fn every_kustomization_renders_and_parses_as_typed_objects() {
             + r.cluster_role_bindings.len()
             + r.roles.len()
             + r.role_bindings.len()
-            + r.network_policies.len();
+            + r.network_policies.len()
+            + r.cert_manager.len();
         assert!(count > 0, "deploy/{dir} renders no objects");
     }
+}
+
+/// Which Secret or ConfigMap the file at `path` comes from: ("secret" | "configMap", name).
+fn mounted_from(pod: &PodSpec, c: &Container, path: &str, dir: &str) -> (&'static str, String) {
+    let parent = Path::new(path).parent().unwrap();
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Path::new(&m.mount_path) == parent)
+        .unwrap_or_else(|| panic!("deploy/{dir}: {path} is not in a mounted volume"));
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("the mounted volume");
+    match (&volume.secret, &volume.config_map) {
+        (Some(s), None) => ("secret", s.secret_name.clone().expect("secretName")),
+        (None, Some(cm)) => ("configMap", cm.name.clone()),
+        _ => panic!("deploy/{dir}: {path} comes from neither a Secret nor a ConfigMap"),
+    }
+}
+
+#[test]
+fn the_scheduler_runs_with_auth_and_tls_from_the_secrets_cert_manager_writes() {
+    let r = render("scheduler");
+    let dir = r.dir.as_str();
+    let sts = only(&r.stateful_sets, "StatefulSet", dir);
+    let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec");
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(mounted_from(pod, c, flag(&args, "auth-file").expect("--auth-file"), dir), ("secret", "flotilla-auth".into()));
+    let certs = render("examples/cert-manager");
+    let secret_of = |cert: &str| {
+        let c = certs.cert_manager.iter().find(|d| d["kind"] == "Certificate" && d["metadata"]["name"] == cert).expect("the Certificate");
+        c["spec"]["secretName"].as_str().unwrap().to_string()
+    };
+    for (flag_name, cert) in [
+        ("tls-cert", "flotilla-scheduler-tls"),
+        ("tls-key", "flotilla-scheduler-tls"),
+        ("peer-tls-cert", "flotilla-scheduler-peer"),
+        ("peer-tls-key", "flotilla-scheduler-peer"),
+        ("peer-ca-cert", "flotilla-scheduler-peer"),
+    ] {
+        let path = flag(&args, flag_name).unwrap_or_else(|| panic!("--{flag_name}"));
+        assert_eq!(mounted_from(pod, c, path, dir), ("secret", secret_of(cert)), "--{flag_name} {path}");
+    }
+    for probe in [&c.startup_probe, &c.liveness_probe, &c.readiness_probe] {
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"), "the HTTP port speaks TLS");
+    }
+    assert!(!args.iter().any(|a| a == "--insecure"), "the shipped manifests never run without authentication");
 }
 
 #[test]
@@ -389,7 +442,7 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
         let ordinals: BTreeSet<u64> = (start..start + spec.replicas.unwrap()).map(|o| o as u64).collect();
         assert_eq!(ids, ordinals, "--peers lists exactly the replicas' ids");
         let sts_name = name(&sts.metadata);
-        assert_eq!(peers[&id], format!("http://{sts_name}-{ordinal}.{service_name}.{ns}.svc:{peer}"), "replica {id}'s own peer port");
+        assert_eq!(peers[&id], format!("https://{sts_name}-{ordinal}.{service_name}.{ns}.svc:{peer}"), "replica {id}'s own peer port");
     }
 
     // At most one replica down.
@@ -466,7 +519,13 @@ fn executor_overlays_run_in_cluster_with_exactly_the_rbac_the_kube_backend_uses(
         );
         assert!(flotilla_model::is_dns1123_label(cluster), "{cluster}: cluster names are DNS-1123 labels");
         let server = expand(flag(&args, "server").expect("--server"), &env);
-        assert!(server.starts_with("http://") && server.ends_with(":50051"), "deploy/{dir}: --server {server:?}");
+        assert!(server.starts_with("https://") && server.ends_with(":50051"), "deploy/{dir}: --server {server:?}");
+        // The cluster's credential and the scheduler's CA come from mounted files.
+        assert_eq!(
+            mounted_from(pod, c, flag(&args, "token-file").expect("--token-file"), &dir),
+            ("secret", "flotilla-executor-token".into())
+        );
+        assert_eq!(mounted_from(pod, c, flag(&args, "ca-cert").expect("--ca-cert"), &dir), ("configMap", "flotilla-scheduler-ca".into()));
 
         // --kube-config is a file of a mounted ConfigMap that the backend accepts.
         let config_path = Path::new(flag(&args, "kube-config").expect("--kube-config"));

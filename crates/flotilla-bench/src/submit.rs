@@ -27,6 +27,18 @@ pub struct Args {
     batch: usize,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Also run with authentication (a token per call) and TLS on every port (mutual TLS
+    /// between replicas), and print both results and their ratio: the cost of security in
+    /// one run. Uses the test certificates in tests/fixtures/tls.
+    #[arg(long)]
+    compare_secure: bool,
+}
+
+/// The token the secure run's client sends, and the auth file that knows it.
+const BENCH_TOKEN: &str = "bench-admin-token";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls")
 }
 
 struct Replicas {
@@ -58,16 +70,26 @@ fn flotilla_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn start_replicas(n: u64) -> anyhow::Result<Replicas> {
+fn start_replicas(n: u64, secure: bool) -> anyhow::Result<Replicas> {
     let bin = flotilla_binary()?;
     let dir = tempfile::tempdir()?;
+    let scheme = if secure { "https" } else { "http" };
+    let tls = fixtures();
+    let auth_file = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth_file,
+        format!(
+            "[[users]]\nname = \"bench\"\ntoken_hash = \"{}\"\n[roles]\nadmin = [\"user:bench\"]\n",
+            flotilla_server::auth::hash_token(BENCH_TOKEN)
+        ),
+    )?;
     let mut grpc = BTreeMap::new();
     let mut peer_ports = BTreeMap::new();
     for id in 1..=n {
         grpc.insert(id, (free_port()?, free_port()?));
         peer_ports.insert(id, free_port()?);
     }
-    let peers: Vec<String> = peer_ports.iter().map(|(id, p)| format!("{id}=http://127.0.0.1:{p}")).collect();
+    let peers: Vec<String> = peer_ports.iter().map(|(id, p)| format!("{id}={scheme}://127.0.0.1:{p}")).collect();
     let peers = peers.join(",");
     let mut children = Vec::new();
     let mut data_dirs = Vec::new();
@@ -75,8 +97,15 @@ fn start_replicas(n: u64) -> anyhow::Result<Replicas> {
     for (id, (g, h)) in &grpc {
         let data = dir.path().join(format!("replica-{id}"));
         let log = std::fs::File::create(dir.path().join(format!("replica-{id}.log")))?;
-        let child = Command::new(&bin)
-            .args(["server", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{g}"), "--http", &format!("127.0.0.1:{h}")])
+        let mut command = Command::new(&bin);
+        command.args(["server", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{g}"), "--http", &format!("127.0.0.1:{h}")]);
+        if secure {
+            command.arg("--auth-file").arg(&auth_file);
+            command.arg("--tls-cert").arg(tls.join("server.pem")).arg("--tls-key").arg(tls.join("server.key"));
+            command.arg("--peer-tls-cert").arg(tls.join("peer.pem")).arg("--peer-tls-key").arg(tls.join("peer.key"));
+            command.arg("--peer-ca-cert").arg(tls.join("ca.pem"));
+        }
+        let child = command
             .args(["--peer-listen", &format!("127.0.0.1:{}", peer_ports[id])])
             .arg("--data-dir")
             .arg(&data)
@@ -88,7 +117,7 @@ fn start_replicas(n: u64) -> anyhow::Result<Replicas> {
             .with_context(|| format!("starting {}", bin.display()))?;
         children.push(child);
         data_dirs.push(data);
-        urls.push(format!("http://127.0.0.1:{g}"));
+        urls.push(format!("{scheme}://localhost:{g}"));
     }
     Ok(Replicas { children, _dir: dir, data_dirs, urls })
 }
@@ -105,10 +134,10 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
         .sum()
 }
 
-async fn connect(url: &str) -> anyhow::Result<Channel> {
+async fn connect(url: &str, dial: &flotilla_api::dial::Dial) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match Channel::from_shared(url.to_string())?.connect().await {
+        match dial.connect(Channel::from_shared(url.to_string())?).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => bail!("{url}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -121,11 +150,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--batch, --concurrency and --replicas must be above 0");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        let replicas = start_replicas(args.replicas)?;
+    let plain = rt.block_on(run_once(args, false))?;
+    println!("{plain}");
+    if args.compare_secure {
+        let secure = rt.block_on(run_once(args, true))?;
+        println!("{secure}");
+        let rate = |v: &serde_json::Value| v["acked_tasks_per_second"].as_f64().unwrap_or(0.0);
+        println!(
+            "{}",
+            serde_json::json!({"bench": "submit-secure-vs-plain", "throughput_ratio": rate(&secure) / rate(&plain).max(f64::MIN_POSITIVE)})
+        );
+    }
+    Ok(())
+}
+
+/// One run: a fresh group, `args.tasks` tasks submitted; the result as JSON.
+async fn run_once(args: &Args, secure: bool) -> anyhow::Result<serde_json::Value> {
+    {
+        let replicas = start_replicas(args.replicas, secure)?;
+        let (dial, token) = if secure {
+            let ca = flotilla_api::tls::CaFile::new("--ca-cert", fixtures().join("ca.pem"));
+            let tls = flotilla_api::tls::ClientTls::new(Some(&ca), None).map_err(|e| anyhow::anyhow!("{}", e.0))?;
+            (flotilla_api::dial::Dial::tcp().with_tls(tls), flotilla_api::auth::BearerToken::new(BENCH_TOKEN).map_err(anyhow::Error::msg)?)
+        } else {
+            (flotilla_api::dial::Dial::tcp(), flotilla_api::auth::BearerToken::none())
+        };
         let mut channels = Vec::new();
         for url in &replicas.urls {
-            channels.push(connect(url).await?);
+            channels.push(token.channel(connect(url, &dial).await?));
         }
         // The group elects a leader once a majority is up; creating the queue waits for it.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -194,10 +246,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
         };
         let disk: u64 = replicas.data_dirs.iter().map(|d| dir_bytes(d)).sum::<u64>() / replicas.data_dirs.len() as u64;
-        println!(
-            "{}",
-            serde_json::json!({
+        let result = serde_json::json!({
                 "bench": "submit",
+                "secure": secure,
                 "replicas": args.replicas,
                 "tasks": acked,
                 "batch": args.batch,
@@ -207,9 +258,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "p50_ack_ms": pct(0.50),
                 "p99_ack_ms": pct(0.99),
                 "disk_bytes_per_task": disk as f64 / acked.max(1) as f64,
-            })
-        );
+        });
         drop(replicas);
-        Ok(())
-    })
+        Ok(result)
+    }
 }
