@@ -32,6 +32,10 @@ pub struct Args {
     /// one run. Uses the test certificates in tests/fixtures/tls.
     #[arg(long)]
     compare_secure: bool,
+    /// With --compare-secure: this many rounds of both runs, the order swapped every round
+    /// (the second run of a pair tends to be slower); the ratio is of the medians.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// The token the secure run's client sends, and the auth file that knows it.
@@ -150,17 +154,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--batch, --concurrency and --replicas must be above 0");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let plain = rt.block_on(run_once(args, false))?;
-    println!("{plain}");
-    if args.compare_secure {
-        let secure = rt.block_on(run_once(args, true))?;
-        println!("{secure}");
-        let rate = |v: &serde_json::Value| v["acked_tasks_per_second"].as_f64().unwrap_or(0.0);
-        println!(
-            "{}",
-            serde_json::json!({"bench": "submit-secure-vs-plain", "throughput_ratio": rate(&secure) / rate(&plain).max(f64::MIN_POSITIVE)})
-        );
+    if !args.compare_secure {
+        println!("{}", rt.block_on(run_once(args, false))?);
+        return Ok(());
     }
+    let rate = |v: &serde_json::Value| v["acked_tasks_per_second"].as_f64().unwrap_or(0.0);
+    let (mut plain, mut secure) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        for is_secure in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let result = rt.block_on(run_once(args, is_secure))?;
+            println!("{result}");
+            if is_secure { &mut secure } else { &mut plain }.push(rate(&result));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (p, s) = (median(&mut plain), median(&mut secure));
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "submit-secure-vs-plain",
+            "rounds": args.rounds.max(1),
+            "median_plain_tasks_per_second": p,
+            "median_secure_tasks_per_second": s,
+            "throughput_ratio": s / p.max(f64::MIN_POSITIVE),
+        })
+    );
     Ok(())
 }
 
