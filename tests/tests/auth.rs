@@ -382,3 +382,34 @@ async fn the_web_view_and_api_need_a_token_and_show_only_what_the_caller_may_wat
     assert_eq!(body.matches("\"queue\":\"research\"").count(), 3, "alice sees her three tasks: {body}");
     s.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stream_ends_when_its_permit_is_taken_away() {
+    let s = server().await;
+    let mut shared = spec("shared");
+    shared.permits = vec![v1::QueuePermit { subject: "user:bob".into(), verbs: vec!["submit".into(), "watch".into()] }];
+    let mut queues = QueuesClient::new(s.channel.clone());
+    queues.create_queue(req(Some(ADMIN), v1::CreateQueueRequest { queue: Some(shared.clone()) })).await.expect("create");
+    TasksClient::new(s.channel.clone()).submit_tasks(req(Some(BOB), submit("shared", "w"))).await.expect("bob submits");
+    let mut stream = TasksClient::new(s.channel.clone())
+        .watch(req(Some(BOB), v1::WatchRequest { queue: "shared".into(), task_set: "w".into(), from_seq: 0 }))
+        .await
+        .expect("bob watches")
+        .into_inner();
+    assert!(stream.next().await.expect("an event").is_ok(), "bob sees the submission");
+    shared.permits.clear();
+    queues.update_queue(req(Some(ADMIN), v1::UpdateQueueRequest { queue: Some(shared) })).await.expect("the admin takes the permit away");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within a wake-up");
+    assert_eq!(ended.map(|e| e.code()), Some(Code::PermissionDenied), "the open stream is cut with the reason");
+    s.handle.shutdown().await;
+}

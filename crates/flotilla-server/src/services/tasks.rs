@@ -226,6 +226,12 @@ impl Tasks for TasksService {
         tokio::spawn(async move {
             let mut next = r.from_seq.max(1);
             loop {
+                // Checked again before every batch: a permit taken away (or an auth file
+                // edited) ends a stream already open, within one wake-up.
+                if let Err(denied) = ctx.require_on_queue(&caller, &r.queue, Verb::Watch) {
+                    let _ = tx.send(Err(denied)).await;
+                    return;
+                }
                 let batch: Vec<v1::TaskEvent> = ctx.read(|s| {
                     s.task_set(&r.queue, &r.task_set)
                         .map(|set| set.events_from(next.max(set.first_seq()), WATCH_BATCH).iter().map(|e| event_to_proto(e, s)).collect())
