@@ -49,3 +49,17 @@ pub async fn single_server_with_queue(queue: &str) -> (flotilla_server::ServerHa
         .expect("create queue");
     (server, channel, dir)
 }
+
+/// A plain HTTP/1.0 GET with extra header lines (each ending in `\r\n`, or none): the status
+/// code, the response head and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTP port");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n").as_bytes()).await.expect("send the request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read the response");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
+    (status, head, body)
+}

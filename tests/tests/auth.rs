@@ -341,43 +341,30 @@ async fn a_server_without_auth_refuses_a_non_loopback_address_unless_insecure() 
     server.shutdown().await;
 }
 
-/// A plain HTTP/1.0 GET with optional extra header lines: (status code, head, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str, header: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{header}\r\n").as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
-    (status, head, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_view_and_api_need_a_token_and_show_only_what_the_caller_may_watch() {
     let s = server().await;
     alice_task(&s).await;
     let http = s.handle.http_addr.unwrap();
     for path in ["/", "/api/queues", "/api/tasks", "/api/clusters"] {
-        let (code, head, _) = http_get(http, path, "").await;
+        let (code, head, _) = flotilla_tests::http_get(http, path, "").await;
         assert_eq!(code, 401, "{path} without a token");
         assert!(head.to_ascii_lowercase().contains("www-authenticate: basic"), "a browser is asked for the token: {head}");
-        assert_eq!(http_get(http, path, "Authorization: Bearer wrong\r\n").await.0, 401, "{path} with a wrong token");
+        assert_eq!(flotilla_tests::http_get(http, path, "Authorization: Bearer wrong\r\n").await.0, 401, "{path} with a wrong token");
     }
-    assert_eq!(http_get(http, "/healthz", "").await.0, 200, "probes stay open");
-    assert_eq!(http_get(http, "/metrics", "").await.0, 200, "metrics stay open without --protect-metrics");
-    assert_eq!(http_get(http, "/api/tasks", &format!("Authorization: Bearer {LAB}\r\n")).await.0, 403);
+    assert_eq!(flotilla_tests::http_get(http, "/healthz", "").await.0, 200, "probes stay open");
+    assert_eq!(flotilla_tests::http_get(http, "/metrics", "").await.0, 200, "metrics stay open without --protect-metrics");
+    assert_eq!(flotilla_tests::http_get(http, "/api/tasks", &format!("Authorization: Bearer {LAB}\r\n")).await.0, 403);
 
-    let (code, _, body) = http_get(http, "/api/tasks", &format!("Authorization: Bearer {BOB}\r\n")).await;
+    let (code, _, body) = flotilla_tests::http_get(http, "/api/tasks", &format!("Authorization: Bearer {BOB}\r\n")).await;
     assert_eq!(code, 200);
     assert_eq!(body.trim(), "[]", "bob sees none of alice's tasks");
-    let (_, _, queues) = http_get(http, "/api/queues", &format!("Authorization: Bearer {BOB}\r\n")).await;
+    let (_, _, queues) = flotilla_tests::http_get(http, "/api/queues", &format!("Authorization: Bearer {BOB}\r\n")).await;
     assert!(queues.contains("agents") && !queues.contains("research"), "{queues}");
     // The browser's Basic prompt: any user name, the token as password.
     use base64::Engine as _;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{ALICE}"));
-    let (code, _, body) = http_get(http, "/api/tasks", &format!("Authorization: Basic {basic}\r\n")).await;
+    let (code, _, body) = flotilla_tests::http_get(http, "/api/tasks", &format!("Authorization: Basic {basic}\r\n")).await;
     assert_eq!(code, 200);
     assert_eq!(body.matches("\"queue\":\"research\"").count(), 3, "alice sees her three tasks: {body}");
     s.handle.shutdown().await;

@@ -5,17 +5,10 @@ use std::time::Duration;
 use flotilla_api::v1::{queues_client::QueuesClient, tasks_client::TasksClient};
 use flotilla_api::v1::{CreateQueueRequest, QueueSpec, SubmitTasksRequest, TaskTemplate};
 use flotilla_server::ServerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A plain HTTP/1.0 GET: (status code, body).
+/// (status code, body) of a GET without credentials.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let (status, _, body) = flotilla_tests::http_get(addr, path, "").await;
     (status, body)
 }
 

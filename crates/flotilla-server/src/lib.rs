@@ -524,6 +524,7 @@ pub async fn start_with(config: ServerConfig, client_incoming: Incoming, peer_in
     if config.tls.is_some() || config.peer_tls.is_some() {
         anyhow::bail!("start_with serves the connections it is given as they are: TLS settings are for start");
     }
+    config.validate().map_err(anyhow::Error::msg)?;
     let (local_addr, peer_addr) = (config.listen, config.peer_listen);
     start_serving(config, (local_addr, client_incoming), (peer_addr, peer_incoming), None).await
 }
@@ -537,7 +538,6 @@ async fn start_serving(
     if !config.peers.contains_key(&config.id) {
         anyhow::bail!("--id {} is not in --peers ({:?})", config.id, config.peers.keys().collect::<Vec<_>>());
     }
-    config.validate().map_err(anyhow::Error::msg)?;
     if config.insecure && config.auth_file.is_none() {
         tracing::warn!(listen = %config.listen, "serving without authentication (--insecure): anyone who reaches the port may do anything");
     }

@@ -157,19 +157,18 @@ impl Oidc {
     }
 }
 
-/// GETs a small document over HTTPS (system roots) or HTTP.
+/// GETs a small document over HTTPS (the system's roots) or HTTP.
 async fn fetch(url: &str) -> Result<Vec<u8>, String> {
     use http_body_util::{BodyExt, Empty, Limited};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider)
-        .map_err(|e| format!("no system root certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    // The system roots every https:// client of Flotilla trusts, loaded once; ALPN cleared,
+    // as this is a plain HTTP/1.1 GET (the shared config offers only h2, for gRPC).
+    let system = flotilla_api::tls::ClientTls::system().map_err(|e| e.0)?;
+    let mut tls = (*system.config()).clone();
+    tls.alpn_protocols.clear();
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
     let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))

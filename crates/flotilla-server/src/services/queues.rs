@@ -55,6 +55,14 @@ impl QueuesService {
         })
     }
 
+    /// [`put`](Self::put) and its audit line.
+    async fn put_audited(&self, caller: Caller, spec: Option<v1::QueueSpec>, create: bool) -> Result<Response<v1::Queue>, Status> {
+        let name = spec.as_ref().map(|q| flotilla_model::truncate(&q.name, 64)).unwrap_or_default();
+        let result = self.put(&caller, spec, create).await;
+        audit(&caller, if create { "CreateQueue" } else { "UpdateQueue" }, &format!("queue/{name}"), &result);
+        result
+    }
+
     async fn put(&self, caller: &Caller, spec: Option<v1::QueueSpec>, create: bool) -> Result<Response<v1::Queue>, Status> {
         let spec = spec.ok_or_else(|| Status::invalid_argument("queue: is required"))?;
         if create {
@@ -72,21 +80,11 @@ impl QueuesService {
 #[tonic::async_trait]
 impl Queues for QueuesService {
     async fn create_queue(&self, req: Request<v1::CreateQueueRequest>) -> Result<Response<v1::Queue>, Status> {
-        let caller = Caller::of(&req);
-        let r = req.into_inner();
-        let name = r.queue.as_ref().map(|q| q.name.clone()).unwrap_or_default();
-        let result = self.put(&caller, r.queue, true).await;
-        audit(&caller, "CreateQueue", &format!("queue/{}", flotilla_model::truncate(&name, 64)), &result);
-        result
+        self.put_audited(Caller::of(&req), req.into_inner().queue, true).await
     }
 
     async fn update_queue(&self, req: Request<v1::UpdateQueueRequest>) -> Result<Response<v1::Queue>, Status> {
-        let caller = Caller::of(&req);
-        let r = req.into_inner();
-        let name = r.queue.as_ref().map(|q| q.name.clone()).unwrap_or_default();
-        let result = self.put(&caller, r.queue, false).await;
-        audit(&caller, "UpdateQueue", &format!("queue/{}", flotilla_model::truncate(&name, 64)), &result);
-        result
+        self.put_audited(Caller::of(&req), req.into_inner().queue, false).await
     }
 
     async fn delete_queue(&self, req: Request<v1::DeleteQueueRequest>) -> Result<Response<v1::DeleteQueueResponse>, Status> {
