@@ -23,6 +23,19 @@
 //! margin: by then these attempts are gone. An executor process that starts without a lease
 //! (a restart) stops what it finds if its first Sync does not grant one.
 //!
+//! # Installation
+//! `flotilla executor` first asks the scheduler which installation it is ([`register`]) and
+//! builds its backend for that installation's objects only; every Sync answer names the
+//! installation again, and an answer from another one is ignored like a failed Sync (no
+//! lease renewal), so an executor pointed at the wrong group stops rather than acting on
+//! objects it does not own.
+//!
+//! # Logs
+//! A Sync answer may carry log requests (`SyncResponse.logs`): users waiting for an
+//! attempt's output. Each is read from the backend on its own task (at most
+//! [`MAX_LOG_READS`] at once) and pushed back with `PushLogs` in chunks of at most
+//! [`LOG_CHUNK_BYTES`], no faster than [`LOG_BYTES_PER_SECOND`].
+//!
 //! Kept between iterations: the connection, the lease's deadline, and the `Lost` events not
 //! yet reported (bounded). Stopping the loop and starting another on the same backend is safe:
 //! the new loop has no lease, so it starts nothing until a scheduler grants one.
@@ -30,7 +43,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -45,7 +58,7 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
-use crate::backend::{Attempt, AttemptEvent, AttemptPhase, ClusterBackend};
+use crate::backend::{Attempt, AttemptEvent, AttemptPhase, ClusterBackend, LogOptions};
 
 /// Bounds on what one sync may do, and how long it may wait.
 #[derive(Clone, Debug)]
@@ -124,6 +137,13 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// attempts when the cluster is marked lost or the Sync shows them missing.
 const MAX_LOST_EVENTS: usize = 100_000;
 
+/// Log reads running at once; further requests wait for the scheduler to hand them again.
+pub const MAX_LOG_READS: usize = 8;
+/// Largest piece of output in one `PushLogs` (the scheduler refuses more than 64 KiB).
+pub const LOG_CHUNK_BYTES: usize = 32 << 10;
+/// Output sent per second per read, at most: logs must not crowd out Syncs.
+pub const LOG_BYTES_PER_SECOND: u64 = 1 << 20;
+
 /// What the loop keeps about its lease between iterations.
 struct Lease {
     /// The lease holds until then; `None` before the first grant.
@@ -159,15 +179,17 @@ pub async fn run(config: ExecutorConfig, backend: Arc<dyn ClusterBackend>, shutd
         let mut servers = Servers::new(&config);
         let mut interval = config.sync_interval;
         let mut lease = Lease { until: None, expiry_grace: Duration::ZERO, lost: Vec::new() };
+        let log_reads: Arc<Mutex<HashSet<u64>>> = Arc::default();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let began = Instant::now();
             // A lease that runs out mid-iteration (a scheduler call hanging on a partition)
             // interrupts it: the attempts must stop on time, not after the call's timeout.
             let deadline = lease.deadline().filter(|t| *t > began);
+            let mut log_requests = Vec::new();
             let iteration = async {
                 report_events(&config, backend.as_ref(), &mut servers, &mut lease.lost).await;
-                sync(&config, backend.as_ref(), &mut servers, &mut lease).await
+                sync(&config, backend.as_ref(), &mut servers, &mut lease, &mut log_requests).await
             };
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -178,6 +200,7 @@ pub async fn run(config: ExecutorConfig, backend: Arc<dyn ClusterBackend>, shutd
                 }
                 _ = sleep_until_opt(deadline) => {}
             }
+            serve_logs(&config, &backend, &log_reads, log_requests);
             if !lease.holds(Instant::now()) {
                 expire(&config, backend.as_ref(), &mut lease).await;
             }
@@ -413,7 +436,14 @@ async fn send_events(config: &ExecutorConfig, servers: &mut Servers, events: &[A
 }
 
 /// One `Sync`: renews the lease and returns the interval the scheduler asked for, if any.
-async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &mut Servers, lease: &mut Lease) -> Option<Duration> {
+/// Log requests of the answer go to `logs`.
+async fn sync(
+    config: &ExecutorConfig,
+    backend: &dyn ClusterBackend,
+    servers: &mut Servers,
+    lease: &mut Lease,
+    logs: &mut Vec<v1::LogRequest>,
+) -> Option<Duration> {
     let (nodes, attempts) = match (backend.nodes().await, backend.attempts().await) {
         (Ok(n), Ok(a)) => (n, a),
         (Err(e), _) | (_, Err(e)) => {
@@ -451,7 +481,17 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
             return None;
         }
     };
+    if let Some(mine) = backend.installation().filter(|mine| !response.installation_id.is_empty() && response.installation_id != *mine) {
+        tracing::error!(
+            mine,
+            theirs = %flotilla_model::truncate(&response.installation_id, 32),
+            "the scheduler belongs to another installation: ignoring its answer (check --server)"
+        );
+        config.status.sync_failed();
+        return None;
+    }
     config.status.sync_ok();
+    *logs = response.logs;
     if response.lease_ms > 0 {
         let until = sent + Duration::from_millis(response.lease_ms.into());
         // Never shortened by a late answer to an older Sync.
@@ -506,6 +546,125 @@ async fn sync(config: &ExecutorConfig, backend: &dyn ClusterBackend, servers: &m
         })
         .await;
     (response.sync_interval_ms > 0).then(|| Duration::from_millis(response.sync_interval_ms.into()))
+}
+
+/// Asks the scheduler which installation it belongs to, trying every server and again every
+/// sync interval until one answers. Errors when retrying cannot help: a refused credential,
+/// a scheduler too old to know installations, or an id that is not one.
+pub async fn register(config: &ExecutorConfig) -> anyhow::Result<String> {
+    config.validate()?;
+    let mut servers = Servers::new(config);
+    let request = v1::RegisterRequest { cluster: config.cluster.clone(), executor_id: config.executor_id.clone() };
+    loop {
+        let result = servers
+            .call("Register", |mut c| {
+                let request = request.clone();
+                async move { c.register(request).await }
+            })
+            .await;
+        match result {
+            Ok(r) => {
+                let id = r.installation_id;
+                anyhow::ensure!(
+                    id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "the scheduler answered installation id {} (16 hex digits expected)",
+                    flotilla_model::quote(&id)
+                );
+                tracing::info!(installation = %id, "registered with the scheduler");
+                return Ok(id);
+            }
+            Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::Unimplemented) => {
+                anyhow::bail!("registering cluster {} with the scheduler: {:?}: {}", config.cluster, s.code(), s.message());
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "cannot register yet; retrying");
+                tokio::time::sleep(config.sync_interval).await;
+            }
+        }
+    }
+}
+
+/// Starts a read for each log request not being served yet, up to [`MAX_LOG_READS`].
+fn serve_logs(config: &ExecutorConfig, backend: &Arc<dyn ClusterBackend>, reads: &Arc<Mutex<HashSet<u64>>>, requests: Vec<v1::LogRequest>) {
+    for request in requests {
+        {
+            let mut running = reads.lock().unwrap_or_else(|e| e.into_inner());
+            if running.len() >= MAX_LOG_READS || !running.insert(request.request_id) {
+                continue;
+            }
+        }
+        let (config, backend, reads) = (config.clone(), backend.clone(), reads.clone());
+        let span = tracing::debug_span!("logs", request_id = request.request_id, task_id = request.task_id, attempt = request.attempt);
+        tokio::spawn(
+            async move {
+                let id = request.request_id;
+                read_and_push(&config, backend.as_ref(), request).await;
+                reads.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Reads one attempt's output and pushes it until it ends, the scheduler wants no more, or
+/// the scheduler cannot be reached (the request is handed out again later).
+async fn read_and_push(config: &ExecutorConfig, backend: &dyn ClusterBackend, request: v1::LogRequest) {
+    let mut servers = Servers::new(config);
+    let push = |data: Vec<u8>, eof: bool, error: String| v1::PushLogsRequest {
+        cluster: config.cluster.clone(),
+        request_id: request.request_id,
+        data,
+        eof,
+        error,
+        truncated: false,
+    };
+    let options = LogOptions { follow: request.follow, tail_lines: request.tail_lines, limit_bytes: request.limit_bytes };
+    let stream = backend.logs(TaskId(request.task_id), request.attempt, options).await;
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            send_push(&mut servers, push(Vec::new(), true, e.to_string())).await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    while let Some(item) = stream.next().await {
+        let data = match item {
+            Ok(data) => data,
+            Err(e) => {
+                send_push(&mut servers, push(Vec::new(), true, e.to_string())).await;
+                return;
+            }
+        };
+        for chunk in data.chunks(LOG_CHUNK_BYTES) {
+            // The rate bound: never ahead of LOG_BYTES_PER_SECOND since the read began.
+            let due = Duration::from_secs_f64(sent as f64 / LOG_BYTES_PER_SECOND as f64);
+            tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+            sent += chunk.len() as u64;
+            if !send_push(&mut servers, push(chunk.to_vec(), false, String::new())).await {
+                return;
+            }
+        }
+    }
+    send_push(&mut servers, push(Vec::new(), true, String::new())).await;
+}
+
+/// One `PushLogs`; true when the scheduler wants more.
+async fn send_push(servers: &mut Servers, request: v1::PushLogsRequest) -> bool {
+    let result = servers
+        .call("PushLogs", |mut c| {
+            let request = request.clone();
+            async move { c.push_logs(request).await }
+        })
+        .await;
+    match result {
+        Ok(r) => r.more,
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), message = s.message(), "pushing log output failed; stopping this read");
+            false
+        }
+    }
 }
 
 /// An event as the wire message.

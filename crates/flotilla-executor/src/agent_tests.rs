@@ -9,7 +9,7 @@ use flotilla_api::v1::{AttemptRef, LeasedTask, ReportEventsResponse, SyncRespons
 use tonic::{Request, Response};
 
 use super::*;
-use crate::config::parse_clusters;
+use crate::sim::config::parse_clusters;
 use crate::sim::{SimCluster, SimOptions};
 
 #[derive(Default)]
@@ -50,7 +50,15 @@ impl Executor for FakeScheduler {
         let stop = s.stop.iter().filter(|a| running.contains(&(a.task_id, a.attempt))).cloned().collect();
         s.syncs.push(request);
         let lease_ms = s.lease_ms.unwrap_or(10_000);
-        Ok(Response::new(SyncResponse { start, stop, sync_interval_ms: 0, lease_ms, lease_expiry_grace_ms: 1_000 }))
+        Ok(Response::new(SyncResponse { start, stop, sync_interval_ms: 0, lease_ms, lease_expiry_grace_ms: 1_000, ..Default::default() }))
+    }
+
+    async fn register(&self, _: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        Ok(Response::new(v1::RegisterResponse { installation_id: "0123456789abcdef".into() }))
+    }
+
+    async fn push_logs(&self, _: Request<v1::PushLogsRequest>) -> Result<Response<v1::PushLogsResponse>, Status> {
+        Ok(Response::new(v1::PushLogsResponse { more: false }))
     }
 
     async fn report_events(&self, request: Request<ReportEventsRequest>) -> Result<Response<ReportEventsResponse>, Status> {

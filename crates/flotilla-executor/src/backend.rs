@@ -17,6 +17,7 @@ use std::fmt;
 use flotilla_api::v1::LeasedTask;
 use flotilla_model::{AttemptStatus, Node, TaskId};
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 /// Where an attempt is in its life, as reported in `SyncRequest.attempts`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,7 +86,24 @@ pub enum BackendError {
     /// The backend's view of the cluster is not complete yet (watches still listing).
     #[error("cluster {cluster}: not ready: {message}")]
     NotReady { cluster: String, message: String },
+    /// What was asked for does not exist (an attempt's output that is no longer kept).
+    #[error("cluster {cluster}: {message}")]
+    NotFound { cluster: String, message: String },
 }
+
+/// What part of an attempt's output [`ClusterBackend::logs`] reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep reading new output until the attempt ends.
+    pub follow: bool,
+    /// Only the last N lines of what exists now (0: all).
+    pub tail_lines: u32,
+    /// At most this many bytes in all (0: no limit of the backend's own).
+    pub limit_bytes: u64,
+}
+
+/// An attempt's output, in chunks as they come.
+pub type LogStream = BoxStream<'static, Result<Vec<u8>, BackendError>>;
 
 /// What an executor needs from one cluster. See the module docs for the contract.
 ///
@@ -123,6 +141,21 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// Forgets `events` (a prefix of what `pending_events` returned): the scheduler has them.
     /// Acknowledging the same events twice is harmless.
     fn ack_events(&self, events: &[AttemptEvent]);
+
+    /// The output of an attempt that runs or finished recently (see `keep_finished`).
+    fn logs(&self, task_id: TaskId, attempt: u32, options: LogOptions) -> BoxFuture<'_, Result<LogStream, BackendError>> {
+        let _ = options;
+        let cluster = self.cluster().to_string();
+        Box::pin(async move {
+            Err(BackendError::NotFound { cluster, message: format!("attempt {attempt} of task {task_id}: this backend keeps no output") })
+        })
+    }
+
+    /// The installation whose objects this backend manages, when it labels them (the kube
+    /// backend); the executor checks every Sync answer against it.
+    fn installation(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

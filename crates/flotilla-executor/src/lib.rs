@@ -52,11 +52,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use agent::{event_to_proto, run, spawn, ExecutorConfig, ExecutorHandle};
-pub use backend::{Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend};
-pub use config::{
-    cluster_names, load_clusters, parse_clusters, ClusterConfig, ClustersFile, ConfigError, Faults, KubeBackendConfig, PoolConfig,
-};
-pub use kube::{KubeBackend, KubeSource};
+pub use backend::{Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend, LogOptions, LogStream};
+pub use config::ConfigError;
+pub use kube::{KubeBackend, KubeBackendConfig, KubeSource};
+pub use sim::config::{cluster_names, load_clusters, parse_clusters, ClusterConfig, ClustersFile, Faults, PoolConfig};
 pub use sim::{SimCluster, SimOptions};
 pub use status::ExecutorStatus;
 
@@ -75,11 +74,12 @@ pub enum BackendSource {
 /// anyway (the loop then skips syncs until they have).
 const KUBE_READY_WAIT: Duration = Duration::from_secs(30);
 
-/// Builds the backend of cluster `cluster`. `kube` is used by the Kubernetes sources, `sim`
-/// by the simulated one.
+/// Builds the backend of cluster `cluster` for `installation`'s objects. `kube` is used by
+/// the Kubernetes sources, `sim` by the simulated one.
 pub async fn build_backend(
     source: &BackendSource,
     cluster: &str,
+    installation: &str,
     kube: KubeBackendConfig,
     sim: SimOptions,
 ) -> anyhow::Result<Arc<dyn ClusterBackend>> {
@@ -91,14 +91,15 @@ pub async fn build_backend(
         BackendSource::Kubeconfig { path, context } => KubeSource::Kubeconfig { path: path.clone(), context: context.clone() },
         BackendSource::InCluster => KubeSource::InCluster,
     };
-    let backend = KubeBackend::connect(&kube_source, cluster, kube).await?;
+    let backend = KubeBackend::connect(&kube_source, cluster, installation, kube).await?;
     if let Err(e) = backend.wait_ready(KUBE_READY_WAIT).await {
         tracing::warn!(cluster, error = %e, "starting before the watches have listed (check RBAC and connectivity)");
     }
     Ok(Arc::new(backend))
 }
 
-/// `flotilla executor`: builds the backend and runs the loop until `shutdown`.
+/// `flotilla executor`: learns the installation from the scheduler, builds the backend for
+/// its objects and runs the loop until `shutdown`.
 pub async fn run_executor(
     config: ExecutorConfig,
     source: &BackendSource,
@@ -106,6 +107,11 @@ pub async fn run_executor(
     sim: SimOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let backend = build_backend(source, &config.cluster, kube, sim).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let installation = tokio::select! {
+        id = agent::register(&config) => id?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let backend = build_backend(source, &config.cluster, &installation, kube, sim).await?;
     run(config, backend, shutdown).await
 }

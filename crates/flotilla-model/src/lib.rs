@@ -34,7 +34,8 @@ pub use resources::{
 };
 pub use task::{
     AttemptStatus, FailureKind, GangRef, Placement, PodSecurity, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState,
-    TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS, MAX_RUN_AS_USER,
+    TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_PENDING_TIMEOUT_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
+    MAX_RUN_AS_USER,
 };
 pub use taskfile::{
     check_name, expand, is_dns1123_label, parse_duration_ms, FieldError, GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate,

@@ -290,6 +290,11 @@ pub struct TaskSpec {
     pub checkpoint: bool,
     #[serde(default)]
     pub max_runtime_ms: Option<u64>,
+    /// How long the attempt's pod may stay pending before the attempt ends as
+    /// `Unschedulable`; `None`: [`DEFAULT_PENDING_TIMEOUT_MS`]. Left out of the JSON when
+    /// unset, so entries written before it existed read and write back the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_timeout_ms: Option<u64>,
     /// SIGTERM-to-SIGKILL grace for checkpointing on preemption or cancel.
     #[serde(default = "default_grace_ms")]
     pub termination_grace_ms: u64,
@@ -313,6 +318,9 @@ pub struct TaskSpec {
 }
 
 pub const DEFAULT_TERMINATION_GRACE_MS: u64 = 30_000;
+
+/// A pod pending longer than this (10 minutes) ends its attempt as `Unschedulable`.
+pub const DEFAULT_PENDING_TIMEOUT_MS: u64 = 600_000;
 
 fn default_grace_ms() -> u64 {
     DEFAULT_TERMINATION_GRACE_MS
@@ -355,6 +363,10 @@ pub enum FailureKind {
     Lost,
     /// The executor could not create the Job.
     StartFailed,
+    /// The pod stayed pending longer than the task's `pendingTimeout` (no node would take
+    /// it, its image never came, a volume could not attach): the cluster's fault, not the
+    /// task's, so it is retried elsewhere without using up an attempt.
+    Unschedulable,
 }
 
 impl FailureKind {
@@ -367,12 +379,13 @@ impl FailureKind {
             FailureKind::DeadlineExceeded => "DeadlineExceeded",
             FailureKind::Lost => "Lost",
             FailureKind::StartFailed => "StartFailed",
+            FailureKind::Unschedulable => "Unschedulable",
         }
     }
 
     /// Failures that are not the task's fault do not use up its attempts.
     pub fn counts_against_attempts(self) -> bool {
-        !matches!(self, FailureKind::Evicted | FailureKind::Lost)
+        !matches!(self, FailureKind::Evicted | FailureKind::Lost | FailureKind::Unschedulable)
     }
 }
 

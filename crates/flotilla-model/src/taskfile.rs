@@ -130,6 +130,8 @@ pub struct TaskTemplate {
     #[serde(default)]
     pub max_runtime: Option<String>,
     #[serde(default)]
+    pub pending_timeout: Option<String>,
+    #[serde(default)]
     pub termination_grace: Option<String>,
     #[serde(default)]
     pub gang: Option<GangTemplate>,
@@ -446,6 +448,17 @@ fn validate_template(
             None
         }
     });
+    let pending_timeout_ms = t.pending_timeout.as_ref().and_then(|s| match parse_duration_ms(s) {
+        Ok(ms) if ms < 1_000 => {
+            errors.push(FieldError::new(format!("{p}.pendingTimeout"), format!("{} must be at least 1s", quote(s))));
+            None
+        }
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            errors.push(FieldError::new(format!("{p}.pendingTimeout"), e));
+            None
+        }
+    });
     let termination_grace_ms = match &t.termination_grace {
         Some(s) => parse_duration_ms(s).unwrap_or_else(|e| {
             errors.push(FieldError::new(format!("{p}.terminationGrace"), e));
@@ -542,6 +555,7 @@ fn validate_template(
         retry,
         checkpoint: t.checkpoint,
         max_runtime_ms,
+        pending_timeout_ms,
         termination_grace_ms,
         gang,
         placement,

@@ -22,6 +22,7 @@ pub struct ClusterReport {
 #[derive(Clone, Debug, Default)]
 pub struct CapacitySummary {
     pub nodes: usize,
+    /// What the schedulable nodes offer (not cordoned, draining or NotReady).
     pub allocatable: Resources,
     pub gpu_models: std::collections::BTreeSet<String>,
     /// Time since the report.
@@ -61,8 +62,11 @@ impl Capacity {
             .map(|(name, r)| {
                 let mut summary =
                     CapacitySummary { nodes: r.nodes.len(), age: now.saturating_duration_since(r.received), ..Default::default() };
+                // Capacity offered: a cordoned, draining or NotReady node's is not.
                 for n in &r.nodes {
-                    summary.allocatable.add(&n.allocatable);
+                    if !n.unschedulable {
+                        summary.allocatable.add(&n.allocatable);
+                    }
                     if let Some(m) = &n.gpu_model {
                         summary.gpu_models.insert(m.clone());
                     }

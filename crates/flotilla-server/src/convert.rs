@@ -74,6 +74,7 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         gang_rank: s.gang.as_ref().map_or(0, |g| g.rank),
         checkpoint: s.checkpoint,
         max_runtime_ms: s.max_runtime_ms.unwrap_or(0),
+        pending_timeout_ms: s.pending_timeout_ms.unwrap_or(flotilla_model::DEFAULT_PENDING_TIMEOUT_MS),
         termination_grace_ms: s.termination_grace_ms,
         priority_class: s.priority_class.clone(),
         sim_duration_ms: sim.duration_ms,
@@ -85,7 +86,7 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
 }
 
 /// The scheduling view of a stored task.
-pub fn sched_task(t: &TaskRecord, avoid_cluster_after: u32) -> SchedTask {
+pub fn sched_task(t: &TaskRecord, avoid_cluster_after: u32, now_ms: u64) -> SchedTask {
     let class =
         PriorityClass::lookup(&t.spec.priority_class).unwrap_or(PriorityClass { name: "default".into(), priority: 100, preemptible: true });
     SchedTask {
@@ -98,7 +99,7 @@ pub fn sched_task(t: &TaskRecord, avoid_cluster_after: u32) -> SchedTask {
         gang: t.spec.gang.clone(),
         placement: t.spec.placement.clone(),
         avoid_nodes: t.avoid_nodes.clone(),
-        avoid_clusters: t.avoid_clusters(avoid_cluster_after),
+        avoid_clusters: t.avoid_clusters(avoid_cluster_after, now_ms),
     }
 }
 

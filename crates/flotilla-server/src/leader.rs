@@ -57,6 +57,7 @@ pub async fn run(ctx: Arc<Context>) {
             refresh_state_metrics(&ctx);
             continue;
         };
+        ensure_installation(&ctx).await;
         let leader_for = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).leader_since.map_or(Duration::ZERO, |t| t.elapsed());
         if leader_for < ctx.config.sync_interval + ctx.config.sync_interval / 2 {
             // Give every executor one sync to report to the new leader first.
@@ -93,8 +94,11 @@ async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
         Input {
             queues: s.queues().cloned().collect(),
             nodes: fresh_nodes.into_iter().filter(|n| ready(&n.cluster)).collect(),
-            queued: s.queued().filter(|t| s.is_schedulable(t, now)).map(|t| sched_task(t, avoid_after)).collect(),
-            running: s.active().filter_map(|t| t.lease.clone().map(|node| Running { task: sched_task(t, avoid_after), node })).collect(),
+            queued: s.queued().filter(|t| s.is_schedulable(t, now)).map(|t| sched_task(t, avoid_after, now)).collect(),
+            running: s
+                .active()
+                .filter_map(|t| t.lease.clone().map(|node| Running { task: sched_task(t, avoid_after, now), node }))
+                .collect(),
             config: ctx.config.sched.clone(),
         }
     });
@@ -191,6 +195,23 @@ async fn detect_lost_clusters(ctx: &Arc<Context>, term: u64) {
             Ok(other) => tracing::warn!(cluster = %cluster, result = ?other, "cluster loss not applied"),
             Err(e) => tracing::warn!(cluster = %cluster, error = %e, "could not commit cluster loss"),
         }
+    }
+}
+
+/// A group without an installation id gets one from its first confirmed leader. Executors
+/// wait for it (`Register`) before they touch their cluster. Racing leaders are harmless:
+/// the first id applied wins.
+async fn ensure_installation(ctx: &Arc<Context>) {
+    if !ctx.read(|s| s.installation_id().is_empty()) {
+        return;
+    }
+    let id = match crate::auth::random_hex(8) {
+        Ok(id) => id,
+        Err(e) => return tracing::error!(error = %e, "cannot name the installation"),
+    };
+    match ctx.propose(Command::SetInstallation { id }).await {
+        Ok(_) => tracing::info!(installation = %ctx.read(|s| s.installation_id().to_string()), "installation named"),
+        Err(e) => tracing::warn!(error = %e, "could not commit the installation id"),
     }
 }
 

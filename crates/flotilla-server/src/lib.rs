@@ -28,6 +28,7 @@ mod convert;
 mod http;
 pub mod leader;
 pub mod listen;
+pub mod logs;
 pub mod metrics;
 pub mod planted;
 pub mod raft;
@@ -294,6 +295,8 @@ pub struct Context {
     pub started: Instant,
     /// Credentials and roles.
     pub auth: Arc<auth::Authenticator>,
+    /// Open `Tasks.Logs` requests waiting for their executors (leader only).
+    pub logs: Arc<logs::LogBroker>,
     /// A channel to the current leader's peer port, for calls only the leader can answer.
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
     /// One membership change at a time on this replica (check, then change), whichever
@@ -574,6 +577,7 @@ async fn start_serving(
         started: Instant::now(),
         leader_channel: Mutex::new(None),
         membership_changes: tokio::sync::Mutex::new(()),
+        logs: Arc::default(),
     });
 
     let mut shutdown = Vec::new();

@@ -64,6 +64,9 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
     },
+    /// Names the installation: the first one applied wins and later ones change nothing, so
+    /// the id never changes once set (everything executors create carries it).
+    SetInstallation { id: String },
     /// Forget finished tasks older than the cutoff (bounded state).
     Compact {
         finished_before_ms: u64,

@@ -63,6 +63,10 @@ pub struct State {
     /// state's clock (event times, backoffs, breaker windows) never goes backwards.
     #[serde(default)]
     last_now_ms: u64,
+    /// The installation's id (see [`Command::SetInstallation`]); empty until set. Left out
+    /// of the JSON while empty, so snapshots written before it existed read the same.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    installation_id: String,
 }
 
 impl State {
@@ -133,6 +137,11 @@ impl State {
         self.clusters.get(name)
     }
 
+    /// The installation's id, empty until its first leader set it.
+    pub fn installation_id(&self) -> &str {
+        &self.installation_id
+    }
+
     /// Task counts of a queue by state, in `TaskState::ALL` order.
     pub fn counts(&self, queue: &str) -> [u64; 7] {
         self.counts.get(queue).copied().unwrap_or_default()
@@ -188,6 +197,7 @@ impl State {
                 Command::ClusterLost { cluster, .. } => self.cluster_lost(now, cluster),
                 Command::AttemptsGone { cluster, attempts } => self.attempts_gone(cluster, attempts),
                 Command::Compact { finished_before_ms, max_tasks, .. } => self.compact(*finished_before_ms, *max_tasks),
+                Command::SetInstallation { id } => self.set_installation(id),
             })
             .collect();
         // Assert on the way into storage (STYLE.md): a broken index found here names the
@@ -198,6 +208,26 @@ impl State {
         }
         Response { results }
     }
+
+    fn set_installation(&mut self, id: &str) -> CommandResult {
+        if !self.installation_id.is_empty() {
+            return CommandResult::rejected(RejectKind::Conflict, format!("the installation is already {}", self.installation_id));
+        }
+        if !is_installation_id(id) {
+            return CommandResult::rejected(
+                RejectKind::Invalid,
+                format!("installation id {} is not 16 lowercase hex digits", flotilla_model::quote(id)),
+            );
+        }
+        self.installation_id = id.to_string();
+        CommandResult::Ok
+    }
+}
+
+/// An installation id: 16 lowercase hex digits (64 random bits), so that it fits in label
+/// values and, shortened, in Job names.
+pub fn is_installation_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

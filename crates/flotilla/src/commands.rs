@@ -114,6 +114,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch(a) => watch(client, a, format).await,
+        Command::Logs(a) => logs(client, a).await,
         Command::Cancel(a) => {
             let by_set = a.queue.is_some() || a.task_set.is_some();
             if a.ids.is_empty() != by_set || (by_set && (a.queue.is_none() || a.task_set.is_none())) {
@@ -360,4 +361,40 @@ fn event_json(e: &v1::TaskEvent) -> serde_json::Value {
         "kind": e.kind, "state": e.state, "cluster": e.cluster, "node": e.node, "reason": e.reason,
         "timeMs": e.time_ms, "exitCode": e.exit_code,
     })
+}
+
+/// `flotilla logs`: the attempt's output, as it arrives, on stdout. A closed stdout (`| head`)
+/// ends it quietly.
+async fn logs(client: &Client, a: crate::LogsArgs) -> Result<ExitCode, Failure> {
+    use std::io::Write as _;
+    if a.attempt == Some(0) {
+        return Err(Failure::Input("--attempt: attempts are numbered from 1".into()));
+    }
+    let req = v1::LogsRequest {
+        task_id: a.task,
+        attempt: a.attempt.unwrap_or(0),
+        follow: a.follow,
+        tail_lines: a.tail.unwrap_or(0),
+        limit_bytes: a.limit_bytes.unwrap_or(0),
+    };
+    let mut stream = client
+        .call(|c| {
+            let req = req.clone();
+            async move { tasks(c).logs(req).await }
+        })
+        .await?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.message().await? {
+        if !chunk.cluster.is_empty() {
+            eprintln!("# task {} attempt {} on {}/{}", a.task, chunk.attempt, chunk.cluster, chunk.node);
+        }
+        if out.write_all(&chunk.data).and_then(|_| out.flush()).is_err() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if chunk.truncated {
+            eprintln!("# output cut at the byte limit");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

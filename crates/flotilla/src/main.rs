@@ -70,6 +70,8 @@ pub enum Command {
     Get(GetArgs),
     /// Stream a task set's events.
     Watch(WatchArgs),
+    /// Show the output of a task's attempt, read from its cluster through its executor.
+    Logs(LogsArgs),
     /// Cancel tasks, or every task of a task set.
     Cancel(CancelArgs),
     /// Resume a task set paused by the retry circuit breaker.
@@ -321,6 +323,24 @@ pub struct WatchArgs {
     pub until_done: bool,
     #[arg(long, default_value_t = 1)]
     pub from_seq: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The task's id.
+    pub task: u64,
+    /// Which attempt (default: the latest).
+    #[arg(long)]
+    pub attempt: Option<u32>,
+    /// Keep printing new output until the attempt ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<u32>,
+    /// At most this many bytes (the server's limit is 4 MiB).
+    #[arg(long)]
+    pub limit_bytes: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -51,12 +51,14 @@ pub async fn run(client: &Client, command: ReplicaCommand, format: Format) -> Re
                     "leaderId": r.leader_id,
                     "commitIndex": r.commit_index,
                     "appliedIndex": r.applied_index,
+                    "installationId": r.installation_id,
                     "replicas": r.replicas.iter().map(member_json).collect::<Vec<_>>(),
                 })),
                 Format::Table => {
                     print_members(&r.replicas);
                     println!(
-                        "\nas replica {} sees it: term {}, leader {}, commit index {}, applied index {}",
+                        "\ninstallation {}; as replica {} sees it: term {}, leader {}, commit index {}, applied index {}",
+                        if r.installation_id.is_empty() { "(not named yet)" } else { r.installation_id.as_str() },
                         r.answered_by,
                         r.term,
                         show(r.leader_id),

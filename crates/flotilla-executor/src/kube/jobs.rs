@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use flotilla_api::v1::LeasedTask;
 use flotilla_model::{PodSecurity, Resources, Taint, TaskId, GPU_RESOURCE};
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
     ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::config::KubeBackendConfig;
+use super::config::KubeBackendConfig;
 
 pub const LABEL_TASK_ID: &str = "flotilla.io/task-id";
 pub const LABEL_ATTEMPT: &str = "flotilla.io/attempt";
@@ -20,17 +20,52 @@ pub const LABEL_QUEUE: &str = "flotilla.io/queue";
 pub const LABEL_TASK_SET: &str = "flotilla.io/task-set";
 pub const LABEL_GANG_ID: &str = "flotilla.io/gang-id";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The installation (Raft group) whose executor created the object (invariant 9).
+pub const LABEL_INSTALLATION: &str = "flotilla.io/installation";
 pub const MANAGED_BY: &str = "flotilla";
-/// Selects every Job and pod Flotilla created.
-pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=flotilla";
-/// Selects every pod Flotilla did not create (their requests are a node's `reserved`).
-pub const UNMANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by!=flotilla";
 pub const CONTAINER_NAME: &str = "task";
 const CHECKPOINT_VOLUME: &str = "flotilla-checkpoint";
+/// The Job condition (and pod condition) type Kubernetes sets on a pod it is about to
+/// disrupt: an eviction, a preemption, the taint manager, a node shutdown.
+pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
 
-/// `flotilla-<task id>-<attempt>`.
-pub fn job_name(task_id: TaskId, attempt: u32) -> String {
-    format!("flotilla-{task_id}-{attempt}")
+/// The task's `pendingTimeout`, on its Job so that a restarted executor still knows it.
+pub const ANNOTATION_PENDING_TIMEOUT_MS: &str = "flotilla.io/pending-timeout-ms";
+
+/// A lease's pending timeout: 10 minutes when the scheduler sent none (an older server).
+pub fn pending_timeout_ms(task: &LeasedTask) -> u64 {
+    if task.pending_timeout_ms == 0 {
+        flotilla_model::DEFAULT_PENDING_TIMEOUT_MS
+    } else {
+        task.pending_timeout_ms
+    }
+}
+
+/// The pending timeout a Job was created with (its annotation), else the default.
+pub fn pending_timeout_of(job: &Job) -> u64 {
+    job.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_PENDING_TIMEOUT_MS)?.parse().ok())
+        .unwrap_or(flotilla_model::DEFAULT_PENDING_TIMEOUT_MS)
+}
+
+/// Selects the Jobs and pods of one installation: what its executor owns.
+pub fn managed_selector(installation: &str) -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTALLATION}={installation}")
+}
+
+/// Selects every pod that is not this installation's (their requests are a node's
+/// `reserved`): other workloads, and another installation's tasks on a shared cluster.
+pub fn others_selector(installation: &str) -> String {
+    format!("{LABEL_INSTALLATION}!={installation}")
+}
+
+/// `flotilla-<first 8 digits of the installation id>-<task id>-<attempt>`: unique across
+/// installations sharing a cluster, and across groups whose task ids restart at 1.
+pub fn job_name(installation: &str, task_id: TaskId, attempt: u32) -> String {
+    let short = installation.get(..8).unwrap_or(installation);
+    format!("flotilla-{short}-{task_id}-{attempt}")
 }
 
 /// The attempt a Job or pod belongs to, read from its labels.
@@ -55,10 +90,11 @@ pub fn label_value(s: &str) -> String {
 /// tolerations against them, but a lease does not carry tolerations, so the Job tolerates
 /// the node's own hard taints (not the `node.kubernetes.io/*` condition taints, which mean
 /// the node is unwell). GPU tasks also tolerate `nvidia.com/gpu`.
-pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], config: &KubeBackendConfig) -> Job {
+pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], installation: &str, config: &KubeBackendConfig) -> Job {
     let task_id = TaskId(task.task_id);
     let labels = BTreeMap::from_iter(
         [
+            (LABEL_INSTALLATION, installation.to_string()),
             (LABEL_TASK_ID, task.task_id.to_string()),
             (LABEL_ATTEMPT, task.attempt.to_string()),
             (LABEL_QUEUE, label_value(&task.queue)),
@@ -73,6 +109,7 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
         ("flotilla.io/task-name".to_string(), task.name.clone()),
         ("flotilla.io/task-set".to_string(), task.task_set.clone()),
         ("flotilla.io/priority-class".to_string(), task.priority_class.clone()),
+        (ANNOTATION_PENDING_TIMEOUT_MS.to_string(), pending_timeout_ms(task).to_string()),
     ]);
 
     let requests = task.requests.as_ref().map(Resources::from).unwrap_or_default();
@@ -153,7 +190,7 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
     };
     Job {
         metadata: ObjectMeta {
-            name: Some(job_name(task_id, task.attempt)),
+            name: Some(job_name(installation, task_id, task.attempt)),
             namespace: Some(namespace_for(&task.queue, config)),
             labels: Some(labels.clone()),
             annotations: Some(annotations),
@@ -165,10 +202,31 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], c
             completions: Some(1),
             parallelism: Some(1),
             active_deadline_seconds: (task.max_runtime_ms > 0).then(|| ceil_seconds(task.max_runtime_ms)),
+            // A disrupted pod fails the Job with reason `PodFailurePolicy` (not
+            // `BackoffLimitExceeded`), so an eviction is told from the task's own failure even
+            // once the pod is gone.
+            pod_failure_policy: Some(disruption_fails_the_job()),
+            // Kept for `keep_finished` so that `kubectl logs` and `flotilla logs` find the
+            // output; the executor deletes it then, or the TTL controller does if it cannot.
+            ttl_seconds_after_finished: Some(i32::try_from(config.keep_finished.as_secs()).unwrap_or(i32::MAX)),
             template: PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(pod_spec) },
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// One rule: a pod with condition `DisruptionTarget` fails the Job at once.
+fn disruption_fails_the_job() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![PodFailurePolicyRule {
+            action: "FailJob".into(),
+            on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                type_: DISRUPTION_TARGET.into(),
+                status: "True".into(),
+            }]),
+            on_exit_codes: None,
+        }],
     }
 }
 

@@ -27,6 +27,7 @@
 //! `get/list/watch/create/delete` on `batch/jobs`, `list/watch` on events, and `create` on
 //! namespaces when `create_namespaces = true`.
 
+pub mod config;
 pub mod jobs;
 pub mod nodes;
 pub mod pods;
@@ -51,9 +52,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::backend::{unix_now_ms, Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend};
-use crate::config::KubeBackendConfig;
-use jobs::{attempt_of, job_for_lease, job_name, namespace_for, LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR, UNMANAGED_SELECTOR};
+use crate::backend::{unix_now_ms, Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend, LogOptions, LogStream};
+pub use config::KubeBackendConfig;
+use jobs::{attempt_of, job_for_lease, job_name, managed_selector, namespace_for, others_selector, LABEL_MANAGED_BY, MANAGED_BY};
+use pods::{Facts, NodeHealth};
 
 /// The node label read as the rack (or block) unless configured otherwise.
 pub const DEFAULT_RACK_LABEL: &str = "topology.flotilla.io/rack";
@@ -86,6 +88,8 @@ pub async fn client_for(source: &KubeSource) -> anyhow::Result<Client> {
 /// The Kubernetes backend of one cluster. Dropping it stops its watches.
 pub struct KubeBackend {
     cluster: String,
+    /// The installation whose objects this backend owns (invariant 9).
+    installation: String,
     client: Client,
     config: KubeBackendConfig,
     nodes: Store<K8sNode>,
@@ -118,13 +122,14 @@ struct Observed {
 }
 
 impl KubeBackend {
-    /// Starts the watches. Must be called inside a Tokio runtime.
-    pub fn new(client: Client, cluster: impl Into<String>, config: KubeBackendConfig) -> KubeBackend {
+    /// Starts the watches of `installation`'s objects. Must be called inside a Tokio runtime.
+    pub fn new(client: Client, cluster: impl Into<String>, installation: impl Into<String>, config: KubeBackendConfig) -> KubeBackend {
         let cluster = cluster.into();
+        let installation = installation.into();
         let mut watches = Vec::new();
         let (nodes, w) = spawn_reflector(Api::<K8sNode>::all(client.clone()), watcher::Config::default(), |_| {}, &cluster, "nodes");
         watches.push(w);
-        let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+        let managed = watcher::Config::default().labels(&managed_selector(&installation));
         let (jobs, w) = spawn_reflector(
             Api::<Job>::all(client.clone()),
             managed.clone(),
@@ -137,7 +142,8 @@ impl KubeBackend {
             spawn_reflector(Api::<Pod>::all(client.clone()), managed, |p: &mut Pod| p.metadata.managed_fields = None, &cluster, "pods");
         watches.push(w);
         let other_pods = config.count_reserved.then(|| {
-            let cfg = watcher::Config::default().labels(UNMANAGED_SELECTOR).fields("status.phase!=Succeeded,status.phase!=Failed");
+            let cfg =
+                watcher::Config::default().labels(&others_selector(&installation)).fields("status.phase!=Succeeded,status.phase!=Failed");
             let (store, w) = spawn_reflector(Api::<Pod>::all(client.clone()), cfg, nodes::strip_pod, &cluster, "other pods");
             watches.push(w);
             store
@@ -147,13 +153,19 @@ impl KubeBackend {
         let cfg = watcher::Config::default().fields(POD_REFUSAL_SELECTOR);
         let (pod_refusals, w) = spawn_reflector(Api::<Event>::all(client.clone()), cfg, strip_event, &cluster, "job events");
         watches.push(w);
-        KubeBackend { cluster, client, config, nodes, jobs, pods, other_pods, pod_refusals, state: Mutex::new(State::default()), watches }
+        let state = Mutex::new(State::default());
+        KubeBackend { cluster, installation, client, config, nodes, jobs, pods, other_pods, pod_refusals, state, watches }
     }
 
     /// Connects to `source` and starts the watches.
-    pub async fn connect(source: &KubeSource, cluster: impl Into<String>, config: KubeBackendConfig) -> anyhow::Result<KubeBackend> {
+    pub async fn connect(
+        source: &KubeSource,
+        cluster: impl Into<String>,
+        installation: impl Into<String>,
+        config: KubeBackendConfig,
+    ) -> anyhow::Result<KubeBackend> {
         config.validate().map_err(|e| anyhow::anyhow!("kube backend settings: {e}"))?;
-        Ok(KubeBackend::new(client_for(source).await?, cluster, config))
+        Ok(KubeBackend::new(client_for(source).await?, cluster, installation, config))
     }
 
     /// Waits until every watch has listed its objects once, at most `timeout`.
@@ -214,10 +226,36 @@ impl KubeBackend {
         out
     }
 
+    /// The health of node `name`. `bound`: a pod runs there (a missing Node then means the
+    /// node is gone); otherwise it is only the name a Job is pinned to, which may be a
+    /// hostname label rather than a Node's name.
+    fn node_health(&self, name: &str, bound: bool) -> NodeHealth {
+        if name.is_empty() {
+            return NodeHealth::Unknown;
+        }
+        let Some(node) = self.nodes.get(&ObjectRef::new(name)) else {
+            return if bound { NodeHealth::Missing } else { NodeHealth::Unknown };
+        };
+        let ready = node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+        let millis = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.map(|t| t.0.as_millisecond().max(0) as u64);
+        match ready {
+            Some(c) if c.status == "True" => NodeHealth::Ready,
+            Some(c) => NodeHealth::NotReady {
+                since_ms: millis(c.last_transition_time.as_ref()).unwrap_or_else(unix_now_ms),
+                why: format!("{}: {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
+                    .trim_matches([':', ' '])
+                    .to_string(),
+            },
+            None => NodeHealth::NotReady {
+                since_ms: millis(node.metadata.creation_timestamp.as_ref()).unwrap_or_else(unix_now_ms),
+                why: "no Ready condition".into(),
+            },
+        }
+    }
+
     /// Every Flotilla Job with the status of its attempt, ordered by (task, attempt).
     fn observe(&self) -> Vec<Observed> {
         let now_ms = unix_now_ms();
-        let pull_ms = self.config.image_pull_failure_after.as_millis() as u64;
         let mut newest_pod: HashMap<(TaskId, u32), Arc<Pod>> = HashMap::new();
         for pod in self.pods.state() {
             let Some(key) = attempt_of(&pod.metadata) else { continue };
@@ -234,8 +272,18 @@ impl KubeBackend {
             .filter_map(|job| {
                 let key = attempt_of(&job.metadata)?;
                 let pod = newest_pod.get(&key).map(|p| p.as_ref());
-                let node = pod.and_then(|p| p.spec.as_ref()?.node_name.clone()).or_else(|| job_node(job)).unwrap_or_default();
-                let mut status = pods::attempt_status(job, pod, now_ms, pull_ms);
+                let bound_to = pod.and_then(|p| p.spec.as_ref()?.node_name.clone());
+                let bound = bound_to.is_some();
+                let node = bound_to.or_else(|| job_node(job)).unwrap_or_default();
+                let facts = Facts {
+                    now_ms,
+                    image_pull_failure_after_ms: self.config.image_pull_failure_after.as_millis() as u64,
+                    node_lost_after_ms: self.config.node_lost_after.as_millis() as u64,
+                    pending_timeout_ms: jobs::pending_timeout_of(job),
+                    node: self.node_health(&node, bound),
+                    node_name: node.clone(),
+                };
+                let mut status = pods::attempt_status(job, pod, &facts);
                 if pod.is_none() && status == AttemptStatus::Pending {
                     if let Some(message) = refusal_of(job, &refusals) {
                         status = AttemptStatus::Failed { kind: FailureKind::StartFailed, exit_code: None, message };
@@ -311,7 +359,7 @@ impl KubeBackend {
     async fn start_task(&self, task: LeasedTask) -> Result<(), BackendError> {
         let key = (TaskId(task.task_id), task.attempt);
         let namespace = namespace_for(&task.queue, &self.config);
-        let name = job_name(key.0, key.1);
+        let name = job_name(&self.installation, key.0, key.1);
         if self.jobs.get(&ObjectRef::new(&name).within(&namespace)).is_some() {
             return Ok(());
         }
@@ -321,7 +369,7 @@ impl KubeBackend {
             .and_then(|n| n.metadata.labels.as_ref()?.get(nodes::LABEL_HOSTNAME).cloned())
             .unwrap_or_else(|| task.node.clone());
         let taints = node.as_ref().and_then(|n| nodes::node_from_k8s(&self.cluster, n, &self.config)).map(|n| n.taints).unwrap_or_default();
-        let job = job_for_lease(&task, &hostname, &taints, &self.config);
+        let job = job_for_lease(&task, &hostname, &taints, &self.installation, &self.config);
         match self.create_job(&job, &namespace).await {
             Ok(()) => {
                 tracing::info!(cluster = %self.cluster, task_id = task.task_id, attempt = task.attempt, node = %task.node, job = %name, %namespace, "created job");
@@ -378,6 +426,13 @@ impl KubeBackend {
         if job.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
+        // A finished attempt's Job stays for `keep_finished`: its output is read from its pod.
+        // The scheduler asks to stop it every Sync; it goes on the first ask after that.
+        if let Some(finished_ms) = self.finished_at(&job) {
+            if unix_now_ms().saturating_sub(finished_ms) < self.config.keep_finished.as_millis() as u64 {
+                return Ok(());
+            }
+        }
         let (Some(name), Some(namespace)) = (job.metadata.name.clone(), job.metadata.namespace.clone()) else { return Ok(()) };
         // Background: the Job goes now, its pod gets SIGTERM and its own grace period.
         let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
@@ -388,6 +443,88 @@ impl KubeBackend {
         }
         self.lock().stopping.insert(key);
         Ok(())
+    }
+
+    /// When the attempt of `job` finished (ms since the epoch): the Job's `Complete` or
+    /// `Failed` condition, else its pod's container end. `None` while it has not, or when
+    /// nothing says when (then it is not kept).
+    fn finished_at(&self, job: &Job) -> Option<u64> {
+        let millis = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| t.0.as_millisecond().max(0) as u64;
+        let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+        let done = ["Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"];
+        if let Some(c) = conditions.into_iter().flatten().find(|c| done.contains(&c.type_.as_str()) && c.status == "True") {
+            return c.last_transition_time.as_ref().map(millis);
+        }
+        let key = attempt_of(&job.metadata)?;
+        let pod = self.pods.find(|p| attempt_of(&p.metadata) == Some(key))?;
+        let status = pod.status.as_ref()?;
+        if !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let ended = status.container_statuses.as_ref()?.iter().filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref());
+        ended.map(millis).max()
+    }
+
+    /// The output of the attempt's newest pod, from the API server's log endpoint.
+    async fn read_logs(&self, task_id: TaskId, attempt: u32, options: LogOptions) -> Result<LogStream, BackendError> {
+        self.check_ready()?;
+        let key = (task_id, attempt);
+        let pod = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| attempt_of(&p.metadata) == Some(key))
+            .max_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp));
+        let not_found = |why: String| BackendError::NotFound {
+            cluster: self.cluster.clone(),
+            message: format!("attempt {attempt} of task {task_id}: {why}"),
+        };
+        let Some(pod) = pod else {
+            let keep = humantime::format_duration(self.config.keep_finished);
+            return Err(not_found(format!("no pod in this cluster (finished attempts are kept {keep})")));
+        };
+        let (Some(name), Some(namespace)) = (pod.metadata.name.clone(), pod.metadata.namespace.clone()) else {
+            return Err(not_found("its pod has no name".into()));
+        };
+        let params = kube::api::LogParams {
+            container: Some(jobs::CONTAINER_NAME.into()),
+            follow: options.follow,
+            tail_lines: (options.tail_lines > 0).then_some(i64::from(options.tail_lines)),
+            limit_bytes: (options.limit_bytes > 0).then(|| i64::try_from(options.limit_bytes).unwrap_or(i64::MAX)),
+            ..Default::default()
+        };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let reader = match api.log_stream(&name, &params).await {
+            Ok(r) => r,
+            // Pending ("is waiting to start"), or gone: Kubernetes' message says which.
+            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 404) => {
+                return Err(not_found(format!("pod {namespace}/{name}: {}", s.message)))
+            }
+            Err(e) => return Err(self.unavailable(&format!("reading the log of pod {namespace}/{name}"), e)),
+        };
+        let cluster = self.cluster.clone();
+        let chunks = futures::stream::unfold(Box::pin(reader), move |mut reader| {
+            let cluster = cluster.clone();
+            async move {
+                use futures::AsyncReadExt as _;
+                let mut buf = vec![0u8; 32 << 10];
+                match reader.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(buf), reader))
+                    }
+                    Err(e) => Some((Err(BackendError::Unavailable { cluster, message: format!("reading a pod log: {e}") }), reader)),
+                }
+            }
+        });
+        // One error ends the stream.
+        let mut failed = false;
+        Ok(Box::pin(chunks.take_while(move |item| {
+            let go = !failed;
+            failed |= item.is_err();
+            futures::future::ready(go)
+        })))
     }
 
     fn peek_events(&self, max: usize) -> Result<Vec<AttemptEvent>, BackendError> {
@@ -573,6 +710,14 @@ impl ClusterBackend for KubeBackend {
 
     fn ack_events(&self, events: &[AttemptEvent]) {
         self.ack(events);
+    }
+
+    fn logs(&self, task_id: TaskId, attempt: u32, options: LogOptions) -> BoxFuture<'_, Result<LogStream, BackendError>> {
+        Box::pin(self.read_logs(task_id, attempt, options))
+    }
+
+    fn installation(&self) -> Option<&str> {
+        Some(&self.installation)
     }
 }
 

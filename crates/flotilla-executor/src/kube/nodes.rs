@@ -8,13 +8,17 @@ use flotilla_model::{
 use k8s_openapi::api::core::v1::{Node as K8sNode, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::config::KubeBackendConfig;
+use super::config::KubeBackendConfig;
 
 pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
 pub const LABEL_GPU_PRODUCT: &str = "nvidia.com/gpu.product";
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// Taints that mean a node is being drained or removed: `kubectl drain`/cordon, Karpenter's
+/// disruption, the cluster autoscaler's scale-down.
+pub const DRAIN_TAINTS: [&str; 3] = ["node.kubernetes.io/unschedulable", "karpenter.sh/disrupted", "ToBeDeletedByClusterAutoscaler"];
 
 /// Labels that mark spot (preemptible) capacity, with the value that means spot.
 const SPOT_LABELS: [(&str, &str); 4] = [
@@ -27,8 +31,9 @@ const SPOT_LABELS: [(&str, &str); 4] = [
 /// A Kubernetes Node as the scheduler's node of `cluster`; `None` for a node without a name.
 ///
 /// Allocatable CPU, memory, `nvidia.com/gpu` and other `domain/name` resources come from
-/// `status.allocatable`. A node whose `Ready` condition is not `True` is reported as
-/// unschedulable, like a cordoned one, so that nothing new is leased onto it.
+/// `status.allocatable`. A node whose `Ready` condition is not `True`, a cordoned one, and
+/// one being drained (a taint of [`DRAIN_TAINTS`]) is reported as unschedulable: nothing new
+/// is leased onto it and its capacity is not offered.
 pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) -> Option<flotilla_model::Node> {
     let name = node.metadata.name.clone()?;
     let labels: BTreeMap<String, String> = node.metadata.labels.clone().unwrap_or_default();
@@ -50,7 +55,8 @@ pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) 
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.status == "True");
-    let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+    let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false)
+        || spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| DRAIN_TAINTS.contains(&t.key.as_str())));
     Some(flotilla_model::Node {
         cluster: cluster.to_string(),
         name,

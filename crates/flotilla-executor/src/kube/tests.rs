@@ -130,7 +130,7 @@ async fn handle(axum::extract::State(fake): axum::extract::State<Arc<Fake>>, met
     let collection = match path.as_str() {
         "/api/v1/nodes" => Some(NODES),
         "/apis/batch/v1/jobs" => Some(JOBS),
-        "/api/v1/pods" if query.contains("managed-by!=flotilla") => Some(OTHER_PODS),
+        "/api/v1/pods" if query.contains("installation!=") => Some(OTHER_PODS),
         "/api/v1/pods" => Some(MANAGED_PODS),
         "/api/v1/events" => Some(EVENTS),
         _ => None,
@@ -256,6 +256,21 @@ fn pod_security_violations(pod: &Value, level: &str) -> Vec<String> {
     found
 }
 
+/// The installation the tests' executor belongs to.
+const INSTALLATION: &str = "0123456789abcdef";
+
+/// Facts for the status mapping: a Ready node, no pending timeout.
+fn facts(now_ms: u64, image_pull_failure_after_ms: u64) -> pods::Facts {
+    pods::Facts {
+        now_ms,
+        image_pull_failure_after_ms,
+        node_lost_after_ms: 300_000,
+        pending_timeout_ms: 0,
+        node: pods::NodeHealth::Ready,
+        node_name: "n1".into(),
+    }
+}
+
 fn settings() -> KubeBackendConfig {
     KubeBackendConfig {
         prices: [("p5.48xlarge".to_string(), 98.32), ("n2-standard-16".to_string(), 0.87)].into(),
@@ -271,7 +286,7 @@ async fn backend(collections: [(&'static str, Vec<Value>); 4]) -> (Arc<Fake>, Ku
 
 async fn backend_with(collections: [(&'static str, Vec<Value>); 4], config: KubeBackendConfig) -> (Arc<Fake>, KubeBackend) {
     let (fake, client) = Fake::start(collections).await;
-    let backend = KubeBackend::new(client, "eks-us-east", config);
+    let backend = KubeBackend::new(client, "eks-us-east", INSTALLATION, config);
     backend.wait_ready(Duration::from_secs(10)).await.unwrap();
     // The fake replays nothing: wait until all five watches listen before changing objects.
     for _ in 0..500 {
@@ -326,13 +341,14 @@ fn other_pod(name: &str, node: &str, cpu: &str, memory: &str) -> Value {
 }
 
 fn managed_labels(task_id: u64, attempt: u32) -> Value {
-    json!({"flotilla.io/task-id": task_id.to_string(), "flotilla.io/attempt": attempt.to_string(), "app.kubernetes.io/managed-by": "flotilla"})
+    json!({"flotilla.io/task-id": task_id.to_string(), "flotilla.io/attempt": attempt.to_string(), "app.kubernetes.io/managed-by": "flotilla",
+           "flotilla.io/installation": INSTALLATION})
 }
 
 fn job(task_id: u64, attempt: u32, conditions: Value) -> Value {
     json!({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": format!("flotilla-{task_id}-{attempt}"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt)},
+        "metadata": {"name": format!("flotilla-01234567-{task_id}-{attempt}"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt)},
         "spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "ip-10-0-1-23"}, "containers": [{"name": "task"}]}}},
         "status": {"conditions": conditions}
     })
@@ -341,7 +357,7 @@ fn job(task_id: u64, attempt: u32, conditions: Value) -> Value {
 fn pod(task_id: u64, attempt: u32, status: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("flotilla-{task_id}-{attempt}-x7k2p"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt),
+        "metadata": {"name": format!("flotilla-01234567-{task_id}-{attempt}-x7k2p"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt),
                      "creationTimestamp": "2025-01-01T00:00:00Z"},
         "spec": {"nodeName": "ip-10-0-1-23.ec2.internal", "containers": [{"name": "task"}]},
         "status": status
@@ -412,19 +428,23 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
     assert_eq!(requests[1].body["metadata"], json!({"name": "flotilla-research", "labels": namespace_labels}));
     let labels = json!({
         "flotilla.io/task-id": "42", "flotilla.io/attempt": "3", "flotilla.io/queue": "research",
-        "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla"
+        "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla",
+        "flotilla.io/installation": INSTALLATION
     });
     let expected = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": "flotilla-42-3",
+            "name": "flotilla-01234567-42-3",
             "namespace": "flotilla-research",
             "labels": labels,
-            "annotations": {"flotilla.io/task-name": "train-7", "flotilla.io/task-set": "llama-sweep", "flotilla.io/priority-class": "batch"}
+            "annotations": {"flotilla.io/task-name": "train-7", "flotilla.io/task-set": "llama-sweep", "flotilla.io/priority-class": "batch",
+                            "flotilla.io/pending-timeout-ms": "600000"}
         },
         "spec": {
             "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+            "ttlSecondsAfterFinished": 900,
             "completions": 1,
             "parallelism": 1,
             "activeDeadlineSeconds": 7201,
@@ -475,7 +495,7 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
 #[test]
 fn checkpoints_use_a_per_task_directory_of_the_configured_claim() {
     let config = KubeBackendConfig { checkpoint_claim: Some("flotilla-checkpoints".into()), ..Default::default() };
-    let job = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], &config)).unwrap();
+    let job = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], INSTALLATION, &config)).unwrap();
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"], json!([{"name": "flotilla-checkpoint", "persistentVolumeClaim": {"claimName": "flotilla-checkpoints"}}]));
     assert_eq!(
@@ -496,7 +516,7 @@ async fn starting_an_existing_attempt_sends_nothing_and_stop_deletes_in_the_back
     let requests = fake.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].method, Method::DELETE);
-    assert_eq!(requests[0].path, "/apis/batch/v1/namespaces/flotilla-research/jobs/flotilla-42-3");
+    assert_eq!(requests[0].path, "/apis/batch/v1/namespaces/flotilla-research/jobs/flotilla-01234567-42-3");
     assert_eq!(requests[0].body, json!({"propagationPolicy": "Background"}));
 }
 
@@ -616,14 +636,14 @@ fn image_pull_errors_fail_only_once_they_persist() {
     let job: Job = serde_json::from_value(job(1, 1, json!([]))).unwrap();
     let pod: Pod = serde_json::from_value(pod(1, 1, waiting("Pending", "ErrImagePull"))).unwrap();
     let created_ms = 1_735_689_600_000; // 2025-01-01T00:00:00Z
-    assert_eq!(pods::attempt_status(&job, Some(&pod), created_ms + 119_000, 120_000), AttemptStatus::Pending);
+    assert_eq!(pods::attempt_status(&job, Some(&pod), &facts(created_ms + 119_000, 120_000)), AttemptStatus::Pending);
     assert!(matches!(
-        pods::attempt_status(&job, Some(&pod), created_ms + 120_000, 120_000),
+        pods::attempt_status(&job, Some(&pod), &facts(created_ms + 120_000, 120_000)),
         AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
     ));
     let invalid: Pod = serde_json::from_value(pod_json_waiting("InvalidImageName")).unwrap();
     assert!(matches!(
-        pods::attempt_status(&job, Some(&invalid), created_ms, 120_000),
+        pods::attempt_status(&job, Some(&invalid), &facts(created_ms, 120_000)),
         AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
     ));
 }
@@ -635,7 +655,7 @@ fn pod_json_waiting(reason: &str) -> Value {
 #[test]
 fn pod_reasons_that_are_not_the_tasks_fault_map_to_evicted_and_pod_deadlines_to_deadline() {
     let job: Job = serde_json::from_value(job(1, 1, json!([]))).unwrap();
-    let status = |s: Value| pods::attempt_status(&job, Some(&serde_json::from_value(pod(1, 1, s)).unwrap()), 0, 0);
+    let status = |s: Value| pods::attempt_status(&job, Some(&serde_json::from_value(pod(1, 1, s)).unwrap()), &facts(0, 0));
     let kind = |s: AttemptStatus| match s {
         AttemptStatus::Failed { kind, .. } => Some(kind),
         _ => None,
@@ -665,8 +685,8 @@ async fn status_changes_are_reported_as_they_happen_and_vanished_jobs_as_lost() 
 
     // Deleted by us: no event. Deleted by someone else: lost.
     backend.stop(TaskId(1), 1).await.unwrap();
-    fake.delete(JOBS, "flotilla-1-1");
-    fake.delete(JOBS, "flotilla-2-1");
+    fake.delete(JOBS, "flotilla-01234567-1-1");
+    fake.delete(JOBS, "flotilla-01234567-2-1");
     let lost = eventually(&backend, |e| !e.is_empty()).await;
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(lost[0].task_id, TaskId(2));
@@ -692,7 +712,7 @@ fn lease_at(pod_security: &str, run_as_user: Option<i64>) -> LeasedTask {
 }
 
 fn pod_spec_of(task: &LeasedTask) -> Value {
-    let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], &KubeBackendConfig::default())).unwrap();
+    let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], INSTALLATION, &KubeBackendConfig::default())).unwrap();
     job["spec"]["template"]["spec"].clone()
 }
 
@@ -752,7 +772,7 @@ async fn a_task_pod_the_namespace_level_forbids_fails_its_attempt_once_with_the_
     let AttemptStatus::Failed { kind, message, .. } = &events[0].status else { panic!("{events:?}") };
     assert_eq!(*kind, FailureKind::StartFailed);
     assert!(
-        message.starts_with("the API server refused the pod of Job flotilla-research/flotilla-42-3: Error creating: pods")
+        message.starts_with("the API server refused the pod of Job flotilla-research/flotilla-01234567-42-3: Error creating: pods")
             && message.contains("violates PodSecurity \"baseline:latest\": privileged (container \"task\""),
         "{message}"
     );

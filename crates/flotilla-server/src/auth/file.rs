@@ -169,10 +169,15 @@ pub fn hash_token(token: &str) -> String {
 
 /// A new random token: 32 bytes from the system's random source, as 64 hex digits.
 pub fn generate_token() -> Result<String, String> {
-    let mut bytes = [0u8; 32];
+    random_hex(32)
+}
+
+/// `n` bytes from the system's secure random source, as lowercase hex.
+pub fn random_hex(n: usize) -> Result<String, String> {
+    let mut bytes = vec![0u8; n];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| "the system random source failed".to_string())?;
-    Ok(bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+    Ok(bytes.iter().fold(String::with_capacity(2 * n), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     }))

@@ -27,7 +27,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::Status;
 
-pub use file::{generate_token, hash_token, AuthFile, JwksSource, OidcSettings, MAX_AUTH_FILE_BYTES};
+pub use file::{generate_token, hash_token, random_hex, AuthFile, JwksSource, OidcSettings, MAX_AUTH_FILE_BYTES};
 pub use oidc::{Oidc, OidcIdentity};
 
 use file::TokenHolder;

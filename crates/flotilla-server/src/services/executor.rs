@@ -81,6 +81,7 @@ pub fn failure_kind(s: &str) -> FailureKind {
         "DeadlineExceeded" => FailureKind::DeadlineExceeded,
         "Lost" => FailureKind::Lost,
         "StartFailed" => FailureKind::StartFailed,
+        "Unschedulable" => FailureKind::Unschedulable,
         _ => FailureKind::Error,
     }
 }
@@ -208,7 +209,36 @@ impl Executor for ExecutorService {
             sync_interval_ms: ctx.config.sync_interval.as_millis() as u32,
             lease_ms: ctx.config.executor_lease().as_millis() as u32,
             lease_expiry_grace_ms: ctx.config.lease_expiry_grace().as_millis() as u32,
+            installation_id: ctx.read(|s| s.installation_id().to_string()),
+            logs: ctx.logs.requests_for(&cluster),
         }))
+    }
+
+    /// Any replica answers from its applied state: the id never changes once set.
+    async fn register(&self, req: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let caller = Caller::of(&req);
+        self.ctx.authorizer().require_cluster(&caller, &req.get_ref().cluster)?;
+        let installation_id = self.ctx.read(|s| s.installation_id().to_string());
+        if installation_id.is_empty() {
+            return Err(Status::unavailable("the installation has no id yet: its first leader sets it; retry"));
+        }
+        let r = req.get_ref();
+        tracing::info!(cluster = %flotilla_model::truncate(&r.cluster, 63), executor_id = %flotilla_model::truncate(&r.executor_id, 64), "executor registered");
+        Ok(Response::new(v1::RegisterResponse { installation_id }))
+    }
+
+    async fn push_logs(&self, req: Request<v1::PushLogsRequest>) -> Result<Response<v1::PushLogsResponse>, Status> {
+        let caller = Caller::of(&req);
+        self.ctx.authorizer().require_cluster(&caller, &req.get_ref().cluster)?;
+        if !self.ctx.is_leader() {
+            // Log requests live on the leader, where Syncs are answered: hand it over.
+            let channel = self.ctx.leader_channel().ok_or_else(|| Status::unavailable("no leader elected yet"))?;
+            let mut client = v1::executor_client::ExecutorClient::new(channel).max_encoding_message_size(super::MAX_MESSAGE_BYTES);
+            return client.push_logs(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let more = self.ctx.logs.push(&r.cluster, r.request_id, r.data, r.eof, r.truncated, &r.error).await?;
+        Ok(Response::new(v1::PushLogsResponse { more }))
     }
 
     async fn report_events(&self, req: Request<v1::ReportEventsRequest>) -> Result<Response<v1::ReportEventsResponse>, Status> {

@@ -50,11 +50,13 @@ pub fn client_router(ctx: Arc<Context>) -> Router<Layers> {
         .add_service(replicas_server(&ctx))
 }
 
-/// The services of the peer port: Raft, and what followers forward to the leader. Every
+/// The services of the peer port: Raft, and what followers forward to the leader (capacity,
+/// executor calls, and `Tasks.Logs`, authorised by the follower that took the call). Every
 /// caller is a replica (`Port::Peer`): mutual TLS decides who may connect.
 pub fn peer_router(ctx: Arc<Context>) -> Router<Layers> {
     builder(&ctx, Port::Peer)
         .add_service(ctx.replica.raft_service())
+        .add_service(TasksServer::new(tasks::TasksService(ctx.clone())).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(clusters_server(&ctx))
         .add_service(executor_server(&ctx))
         .add_service(replicas_server(&ctx))

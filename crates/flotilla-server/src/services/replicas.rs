@@ -278,6 +278,7 @@ impl Replicas for ReplicasService {
             leader_id: m.leader,
             commit_index: m.commit_index,
             applied_index: m.last_applied_index,
+            installation_id: self.ctx.read(|s| s.installation_id().to_string()),
         }))
     }
 

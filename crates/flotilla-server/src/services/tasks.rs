@@ -84,6 +84,11 @@ fn submission_digest(queue: &str, task_set: &str, templates: &[TaskTemplate]) ->
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::TaskEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<v1::LogChunk, Status>> + Send>>;
+
+/// How long a log request waits for its executor's first answer (executors sync about
+/// every second; a silent one is down or partitioned).
+const FIRST_LOG_CHUNK_WAIT: Duration = Duration::from_secs(30);
 
 #[tonic::async_trait]
 impl Tasks for TasksService {
@@ -257,6 +262,81 @@ impl Tasks for TasksService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, req: Request<v1::LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let ctx = &self.0;
+        let (attempt, cluster, node) = {
+            let mut may_see = QueueCheck::new(ctx, &caller, Verb::Watch);
+            ctx.read(|s| {
+                let t = s.task(TaskId(r.task_id)).filter(|t| may_see.allows(s, &t.spec.queue))?;
+                let attempt = if r.attempt == 0 { t.attempt } else { r.attempt };
+                Some((attempt, attempt_placement(s, t, attempt)))
+            })
+            .map(|(attempt, (cluster, node))| (attempt, cluster, node))
+            .ok_or_else(|| Status::not_found(format!("no task with id {}", r.task_id)))?
+        };
+        if attempt == 0 {
+            return Err(Status::failed_precondition(format!("task {} has not started yet", r.task_id)));
+        }
+        if cluster.is_empty() {
+            return Err(Status::not_found(format!("attempt {attempt} of task {}: where it ran is no longer known", r.task_id)));
+        }
+        if !ctx.is_leader() {
+            // Log requests are served where executors sync: the leader. Authorised here.
+            let channel = ctx.leader_channel().ok_or_else(|| Status::unavailable("no leader elected yet"))?;
+            let mut client = v1::tasks_client::TasksClient::new(channel).max_decoding_message_size(super::MAX_MESSAGE_BYTES);
+            let forwarded = v1::LogsRequest { attempt, ..r };
+            let stream = client.logs(forwarded).await?.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let ask = crate::logs::LogAsk {
+            cluster,
+            node,
+            task_id: r.task_id,
+            attempt,
+            follow: r.follow,
+            tail_lines: r.tail_lines,
+            limit_bytes: r.limit_bytes,
+        };
+        let (id, rx) = ctx.logs.open(ask)?;
+        let ticket = ctx.logs.ticket(id);
+        ctx.schedule_now.notify_one();
+        let stream = futures::stream::unfold((rx, ticket, true), |(mut rx, ticket, first)| async move {
+            let next = if first {
+                match tokio::time::timeout(FIRST_LOG_CHUNK_WAIT, rx.recv()).await {
+                    Ok(item) => item,
+                    Err(_) => Some(Err(Status::deadline_exceeded(format!(
+                        "the attempt's executor did not answer within {}s (is its cluster connected?)",
+                        FIRST_LOG_CHUNK_WAIT.as_secs()
+                    )))),
+                }
+            } else {
+                rx.recv().await
+            };
+            let item = next?;
+            let end = item.is_err();
+            // After an error the stream ends: an empty receiver stops the next turn.
+            let rx = if end { mpsc::channel(1).1 } else { rx };
+            Some((item, (rx, ticket, false)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// (cluster, node) where `attempt` of `t` ran: the task's record for its latest attempt,
+/// its task set's events for earlier ones (empty once they were trimmed).
+fn attempt_placement(s: &flotilla_store::State, t: &flotilla_store::TaskRecord, attempt: u32) -> (String, String) {
+    if attempt == t.attempt {
+        return t.placement();
+    }
+    s.task_set(&t.spec.queue, &t.spec.task_set)
+        .and_then(|set| set.events.iter().rev().find(|e| e.task == t.id && e.attempt == attempt && !e.cluster.is_empty()))
+        .map(|e| (e.cluster.clone(), e.node.clone()))
+        .unwrap_or_default()
 }
 
 impl TasksService {

@@ -187,9 +187,12 @@ impl State {
         if !self.tasks.contains_key(&id) {
             return;
         }
-        let detail = failure_detail(kind, exit_code, message);
+        let mut detail = failure_detail(kind, exit_code, message);
+        if let Some(cluster) = self.tasks[&id].lease.as_ref().map(|l| l.cluster.clone()).filter(|_| kind == FailureKind::Unschedulable) {
+            detail = format!("{detail}; avoiding cluster {cluster} for {}", fmt_ms(self.limits.unschedulable_avoid_ms));
+        }
         let counts = kind.counts_against_attempts();
-        self.note_failure(id, kind, counts);
+        self.note_failure(now, id, kind, counts);
         // A gang restarts only whole: once a member has finished, a failed one cannot rejoin.
         let gang_partly_done = self.gang_partly_done(id);
         let t = &self.tasks[&id];
@@ -216,8 +219,9 @@ impl State {
 
     /// Records what a failed attempt teaches: the failure count, nodes and clusters to avoid,
     /// and (for an OOM kill, when the task opts in) a larger memory limit.
-    fn note_failure(&mut self, id: TaskId, kind: FailureKind, counts: bool) {
+    fn note_failure(&mut self, now: u64, id: TaskId, kind: FailureKind, counts: bool) {
         let (max_avoid_nodes, oom_memory_cap_factor) = (self.limits.max_avoid_nodes, self.limits.oom_memory_cap_factor);
+        let avoid_ms = self.limits.unschedulable_avoid_ms;
         let Some(t) = self.tasks.get_mut(&id) else { return };
         if counts {
             t.failures += 1;
@@ -225,6 +229,11 @@ impl State {
         if let Some(n) = t.lease.clone() {
             if counts {
                 *t.cluster_failures.entry(n.cluster.clone()).or_default() += 1;
+            }
+            if kind == FailureKind::Unschedulable {
+                // Bounded: a task knows at most the clusters it was leased to.
+                t.avoid_until_ms.retain(|_, until| *until > now);
+                t.avoid_until_ms.insert(n.cluster.clone(), now.saturating_add(avoid_ms));
             }
             if !t.avoid_nodes.contains(&n) {
                 t.avoid_nodes.push(n);

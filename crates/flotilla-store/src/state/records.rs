@@ -22,6 +22,14 @@ pub struct Limits {
     pub avoid_cluster_after_failures: u32,
     /// Nodes remembered per task for avoidance.
     pub max_avoid_nodes: usize,
+    /// How long a task avoids a cluster where its pod stayed pending past its
+    /// `pendingTimeout` (an `Unschedulable` failure).
+    #[serde(default = "default_unschedulable_avoid_ms")]
+    pub unschedulable_avoid_ms: u64,
+}
+
+fn default_unschedulable_avoid_ms() -> u64 {
+    10 * 60 * 1000
 }
 
 impl Default for Limits {
@@ -34,6 +42,7 @@ impl Default for Limits {
             oom_memory_cap_factor: 4.0,
             avoid_cluster_after_failures: 2,
             max_avoid_nodes: 8,
+            unschedulable_avoid_ms: default_unschedulable_avoid_ms(),
         }
     }
 }
@@ -74,6 +83,9 @@ pub struct TaskRecord {
     pub failures: u32,
     pub avoid_nodes: Vec<NodeRef>,
     pub cluster_failures: BTreeMap<String, u32>,
+    /// Clusters avoided until a time (ms): where an attempt was `Unschedulable`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub avoid_until_ms: BTreeMap<String, u64>,
     /// The memory limit of the first attempt: the base of the OOM growth cap.
     pub first_memory_limit_bytes: u64,
     /// Where the attempt `attempt` may still run after a decision ended it (preemption, a
@@ -93,8 +105,15 @@ impl TaskRecord {
         self.lease.as_ref().or(self.last_lease.as_ref()).map(|l| (l.cluster.clone(), l.node.clone())).unwrap_or_default()
     }
 
-    pub fn avoid_clusters(&self, threshold: u32) -> Vec<String> {
-        self.cluster_failures.iter().filter(|(_, n)| **n >= threshold).map(|(c, _)| c.clone()).collect()
+    /// Clusters the task avoids at `now_ms`: those it failed in `threshold` times, and those
+    /// where it was unschedulable not long ago.
+    pub fn avoid_clusters(&self, threshold: u32, now_ms: u64) -> Vec<String> {
+        let failed = self.cluster_failures.iter().filter(|(_, n)| **n >= threshold).map(|(c, _)| c);
+        let unschedulable = self.avoid_until_ms.iter().filter(|(_, until)| **until > now_ms).map(|(c, _)| c);
+        let mut out: Vec<String> = failed.chain(unschedulable).cloned().collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

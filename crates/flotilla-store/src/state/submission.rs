@@ -139,6 +139,7 @@ fn new_record(now: u64, id: TaskId, spec: TaskSpec, blocked_on: Vec<TaskId>) -> 
         failures: 0,
         avoid_nodes: Vec::new(),
         cluster_failures: BTreeMap::new(),
+        avoid_until_ms: BTreeMap::new(),
     }
 }
 

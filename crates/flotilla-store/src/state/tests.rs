@@ -148,7 +148,7 @@ fn failed_attempt_retries_with_exponential_backoff_and_avoids_the_node() {
     lease(&mut s, 12_000, id, 2, node("a", "n2"));
     report(&mut s, 13_000, "a", id, 2, failed(FailureKind::Error));
     assert_eq!(s.task(id).unwrap().not_before_ms, 33_000, "second retry waits twice as long");
-    assert_eq!(s.task(id).unwrap().avoid_clusters(2), vec!["a".to_string()], "two failures in one cluster avoid it");
+    assert_eq!(s.task(id).unwrap().avoid_clusters(2, 0), vec!["a".to_string()], "two failures in one cluster avoid it");
 }
 
 #[test]

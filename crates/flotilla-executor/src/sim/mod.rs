@@ -30,6 +30,11 @@
 //! by [`SimCluster::stop_attempt`]), in wall-clock milliseconds. It is the cluster's record, not
 //! the scheduler's, so tests can check that a task never ran in two places at once.
 //!
+//! Every attempt has synthetic output ([`SimCluster::logs`]) made from its run record: a line
+//! when it starts, one per second of (real) run time for its first ten minutes, and one when
+//! it ends; kept for `keep_finished` after the end, like a finished Job, so `flotilla logs`
+//! works in `flotilla dev`.
+//!
 //! The clock follows `tokio::time::Instant`: the same as `std::time::Instant` in a normal
 //! runtime, and virtual time under Tokio's paused clock.
 
@@ -48,8 +53,11 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::backend::{unix_now_ms, Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend};
-use crate::config::{ClusterConfig, ClustersFile, ConfigError, Faults};
+use crate::backend::{unix_now_ms, Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend, LogOptions, LogStream};
+pub mod config;
+
+use crate::config::ConfigError;
+use config::{ClusterConfig, ClustersFile, Faults};
 
 /// Exit code of an OOM-killed container (SIGKILL).
 const OOM_EXIT_CODE: i32 = 137;
@@ -84,7 +92,15 @@ pub struct SimOptions {
     /// The wall-clock time the cluster's clock starts at; `None`: now. The fault simulator
     /// pins it so that a seed reproduces the same history.
     pub origin_unix_ms: Option<u64>,
+    /// How long a finished attempt's output stays readable; `None`: 15 minutes.
+    pub keep_finished: Option<Duration>,
 }
+
+/// Most lines of synthetic output per attempt, besides its first and last.
+const MAX_SIM_LOG_LINES: u64 = 600;
+/// How often a followed simulated log looks for new output.
+const SIM_LOG_POLL: Duration = Duration::from_millis(500);
+const DEFAULT_KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
 
 /// A handle to one simulated cluster. Clones share the cluster.
 #[derive(Clone)]
@@ -101,6 +117,7 @@ struct Inner {
     faults: Faults,
     clock: Clock,
     state: Mutex<State>,
+    keep_finished: Duration,
 }
 
 /// Simulated time in milliseconds: `speed` × real time since creation (zero for a manual
@@ -206,6 +223,7 @@ impl SimCluster {
                 pending_ms: config.pending.as_millis() as u64,
                 default_duration_ms: config.default_duration.as_millis() as u64,
                 faults: config.faults.clone(),
+                keep_finished: options.keep_finished.unwrap_or(DEFAULT_KEEP_FINISHED),
                 clock: Clock {
                     origin: Instant::now(),
                     origin_unix_ms: options.origin_unix_ms.unwrap_or_else(unix_now_ms),
@@ -535,12 +553,115 @@ impl ClusterBackend for SimCluster {
     fn ack_events(&self, events: &[AttemptEvent]) {
         self.ack(events);
     }
+
+    fn logs(&self, task_id: TaskId, attempt: u32, options: LogOptions) -> BoxFuture<'_, Result<LogStream, BackendError>> {
+        Box::pin(async move { self.log_stream(task_id, attempt, options) })
+    }
+}
+
+impl SimCluster {
+    /// The cluster's wall-clock time (its run records' clock).
+    fn wall_now_ms(&self) -> u64 {
+        self.inner.clock.unix_ms_at(self.inner.clock.now_ms())
+    }
+
+    /// The run record of an attempt whose output is still kept.
+    fn kept_record(&self, task_id: TaskId, attempt: u32) -> Result<RunRecord, BackendError> {
+        let keep_ms = self.inner.keep_finished.as_millis() as u64;
+        let now = self.wall_now_ms();
+        let state = self.advanced();
+        let record = state.history.iter().rev().find(|r| r.task_id == task_id && r.attempt == attempt).cloned();
+        drop(state);
+        let not_found = |why: &str| BackendError::NotFound {
+            cluster: self.inner.name.clone(),
+            message: format!("attempt {attempt} of task {task_id}: {why}"),
+        };
+        match record {
+            None => Err(not_found("no such attempt in this cluster")),
+            Some(r) if r.ended_unix_ms.is_some_and(|end| now.saturating_sub(end) > keep_ms) => {
+                Err(not_found(&format!("its output is kept {} after it ends", humantime::format_duration(self.inner.keep_finished))))
+            }
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// Synthetic output, as chunks: what exists now, then (with `follow`) new lines as they
+    /// appear until the attempt ends.
+    fn log_stream(&self, task_id: TaskId, attempt: u32, options: LogOptions) -> Result<LogStream, BackendError> {
+        let record = self.kept_record(task_id, attempt)?;
+        let full = sim_log(&record, self.wall_now_ms());
+        let limit = if options.limit_bytes == 0 { u64::MAX } else { options.limit_bytes };
+        let first: Vec<u8> = tail_lines(&full, options.tail_lines).as_bytes().iter().take(limit as usize).copied().collect();
+        let budget = limit.saturating_sub(first.len() as u64);
+        let done = !options.follow || record.ended_unix_ms.is_some();
+        let cluster = self.clone();
+        let state = (Some(first), full.len(), budget, done);
+        Ok(Box::pin(futures::stream::unfold(state, move |(first, sent, budget, done)| {
+            let cluster = cluster.clone();
+            async move {
+                if let Some(first) = first {
+                    return Some((Ok(first), (None, sent, budget, done)));
+                }
+                if done || budget == 0 {
+                    return None;
+                }
+                loop {
+                    tokio::time::sleep(SIM_LOG_POLL).await;
+                    let record = match cluster.kept_record(task_id, attempt) {
+                        Ok(r) => r,
+                        Err(e) => return Some((Err(e), (None, sent, 0, true))),
+                    };
+                    let full = sim_log(&record, cluster.wall_now_ms());
+                    let ended = record.ended_unix_ms.is_some();
+                    if full.len() > sent || ended {
+                        let new: Vec<u8> = full.as_bytes()[sent.min(full.len())..].iter().take(budget as usize).copied().collect();
+                        let budget = budget.saturating_sub(new.len() as u64);
+                        return Some((Ok(new), (None, full.len(), budget, ended)));
+                    }
+                }
+            }
+        })))
+    }
+}
+
+/// The last `n` lines of `text` (all of it for 0).
+fn tail_lines(text: &str, n: u32) -> &str {
+    if n == 0 {
+        return text;
+    }
+    let mut newlines = 0;
+    for (i, b) in text.bytes().enumerate().rev().skip(1) {
+        if b == b'\n' {
+            newlines += 1;
+            if newlines == n {
+                return &text[i + 1..];
+            }
+        }
+    }
+    text
+}
+
+/// The synthetic output of one attempt as of `now_unix_ms`.
+fn sim_log(r: &RunRecord, now_unix_ms: u64) -> String {
+    use std::fmt::Write as _;
+    let stamp = |ms: u64| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    let mut out =
+        format!("{} flotilla-sim: task {} attempt {} started on node {}\n", stamp(r.started_unix_ms), r.task_id, r.attempt, r.node);
+    let until = r.ended_unix_ms.unwrap_or(now_unix_ms);
+    let seconds = until.saturating_sub(r.started_unix_ms) / 1000;
+    for s in 1..=seconds.min(MAX_SIM_LOG_LINES) {
+        let _ = writeln!(out, "{} working: {s}s", stamp(r.started_unix_ms + s * 1000));
+    }
+    if let (Some(end), Some(how)) = (r.ended_unix_ms, &r.ended_by) {
+        let _ = writeln!(out, "{} flotilla-sim: ended: {how}", stamp(end));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::config::parse_clusters;
     use super::*;
-    use crate::config::parse_clusters;
     use flotilla_api::v1::ResourceAmounts;
 
     fn cluster(faults: &str, options: SimOptions) -> SimCluster {
