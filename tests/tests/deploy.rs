@@ -468,8 +468,11 @@ fn expected_executor_grants(create_namespaces: bool) -> BTreeMap<(String, String
     let mut grants = BTreeMap::from([
         // Reflector on Api::<Node>::all.
         ((String::new(), "nodes".to_string()), set(&["get", "list", "watch"])),
-        // Reflectors on Api::<Pod>::all: Flotilla's pods and (count_reserved) the others.
-        ((String::new(), "pods".to_string()), set(&["get", "list", "watch"])),
+        // Reflectors on Api::<Pod>::all: Flotilla's pods and (count_reserved) the others;
+        // delete with a bounded grace when the executor's lease expired.
+        ((String::new(), "pods".to_string()), set(&["get", "list", "watch", "delete"])),
+        // `flotilla logs`: Api::<Pod>::log_stream.
+        ((String::new(), "pods/log".to_string()), set(&["get"])),
         // Reflector on Api::<Job>::all; create per lease, delete per stop.
         (("batch".to_string(), "jobs".to_string()), set(&["get", "list", "watch", "create", "delete"])),
         // Reflector on Api::<Event>::all: the Job controller's FailedCreate events.

@@ -132,7 +132,7 @@ impl LogBroker {
         for o in inner.open.values_mut().filter(|o| o.cluster == cluster) {
             if o.handed_at.is_none_or(|t| now.duration_since(t) >= RESEND_AFTER) {
                 o.handed_at = Some(now);
-                out.push(o.request.clone());
+                out.push(o.request);
             }
         }
         out.sort_by_key(|r| r.request_id);

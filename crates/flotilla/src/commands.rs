@@ -377,13 +377,7 @@ async fn logs(client: &Client, a: crate::LogsArgs) -> Result<ExitCode, Failure> 
         tail_lines: a.tail.unwrap_or(0),
         limit_bytes: a.limit_bytes.unwrap_or(0),
     };
-    let mut stream = client
-        .call(|c| {
-            let req = req.clone();
-            async move { tasks(c).logs(req).await }
-        })
-        .await?
-        .into_inner();
+    let mut stream = client.call(|c| async move { tasks(c).logs(req).await }).await?.into_inner();
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = stream.message().await? {
         if !chunk.cluster.is_empty() {

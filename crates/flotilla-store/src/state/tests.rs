@@ -152,6 +152,45 @@ fn failed_attempt_retries_with_exponential_backoff_and_avoids_the_node() {
 }
 
 #[test]
+fn an_unschedulable_attempt_uses_no_attempt_retries_at_once_and_avoids_its_cluster_for_a_while() {
+    let mut s = setup();
+    let mut t = template("a");
+    t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(1), backoff: Some("10s".into()), ..Default::default() });
+    let id = submit(&mut s, "r", &[t])[0];
+    lease(&mut s, 1_000, id, 1, node("a", "n1"));
+    report(&mut s, 2_000, "a", id, 1, failed(FailureKind::Unschedulable));
+    let rec = s.task(id).unwrap();
+    assert_eq!((rec.state, rec.failures), (TaskState::Queued, 0), "not the task's fault: its one attempt is not used up");
+    assert!(s.is_schedulable(rec, 2_000), "no backoff");
+    assert!(rec.reason.contains("avoiding cluster a for 10m"), "{}", rec.reason);
+    let avoid_ms = s.limits.unschedulable_avoid_ms;
+    assert_eq!(rec.avoid_clusters(2, 2_000 + avoid_ms - 1), vec!["a".to_string()]);
+    assert!(rec.avoid_clusters(2, 2_000 + avoid_ms).is_empty(), "only for a while");
+    // Lost and evicted attempts do not count either.
+    for (attempt, kind) in [(2, FailureKind::Lost), (3, FailureKind::Evicted)] {
+        lease(&mut s, 3_000 * u64::from(attempt), id, attempt, node("b", "n1"));
+        report(&mut s, 3_000 * u64::from(attempt) + 1, "b", id, attempt, failed(kind));
+        assert_eq!(s.task(id).unwrap().failures, 0, "{kind:?}");
+        assert_eq!(s.task(id).unwrap().state, TaskState::Queued);
+    }
+}
+
+#[test]
+fn the_installation_is_named_once() {
+    let mut s = setup();
+    assert_eq!(s.installation_id(), "");
+    let bad = apply(&mut s, 1, Command::SetInstallation { id: "not-hex".into() });
+    assert!(matches!(bad, CommandResult::Rejected { kind: RejectKind::Invalid, .. }), "{bad:?}");
+    assert_eq!(apply(&mut s, 2, Command::SetInstallation { id: "0123456789abcdef".into() }), CommandResult::Ok);
+    let second = apply(&mut s, 3, Command::SetInstallation { id: "fedcba9876543210".into() });
+    assert!(matches!(second, CommandResult::Rejected { kind: RejectKind::Conflict, .. }), "{second:?}");
+    assert_eq!(s.installation_id(), "0123456789abcdef");
+    let json = serde_json::to_string(&s).unwrap();
+    let back: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.installation_id(), "0123456789abcdef", "kept in snapshots");
+}
+
+#[test]
 fn out_of_attempts_fails_the_task_and_cancels_its_dependents() {
     let mut s = setup();
     let mut a = template("a");
