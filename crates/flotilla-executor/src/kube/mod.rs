@@ -100,7 +100,12 @@ pub struct KubeBackend {
     pod_refusals: Store<Event>,
     state: Mutex<State>,
     watches: Vec<tokio::task::JoinHandle<()>>,
+    /// Wall-clock milliseconds since the epoch: the system clock, or a test API server's.
+    clock: Clock,
 }
+
+/// Where the backend reads the time it compares with Kubernetes' timestamps.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -154,7 +159,19 @@ impl KubeBackend {
         let (pod_refusals, w) = spawn_reflector(Api::<Event>::all(client.clone()), cfg, strip_event, &cluster, "job events");
         watches.push(w);
         let state = Mutex::new(State::default());
-        KubeBackend { cluster, installation, client, config, nodes, jobs, pods, other_pods, pod_refusals, state, watches }
+        let clock: Clock = Arc::new(unix_now_ms);
+        KubeBackend { cluster, installation, client, config, nodes, jobs, pods, other_pods, pod_refusals, state, watches, clock }
+    }
+
+    /// Reads time from `clock` instead of the system clock (a test API server's manual clock,
+    /// whose timestamps the backend compares with `node_lost_after`, `pendingTimeout`...).
+    pub fn with_clock(mut self, clock: Clock) -> KubeBackend {
+        self.clock = clock;
+        self
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.clock)()
     }
 
     /// Connects to `source` and starts the watches.
@@ -255,7 +272,7 @@ impl KubeBackend {
 
     /// Every Flotilla Job with the status of its attempt, ordered by (task, attempt).
     fn observe(&self) -> Vec<Observed> {
-        let now_ms = unix_now_ms();
+        let now_ms = self.now_ms();
         let mut newest_pod: HashMap<(TaskId, u32), Arc<Pod>> = HashMap::new();
         for pod in self.pods.state() {
             let Some(key) = attempt_of(&pod.metadata) else { continue };
@@ -386,7 +403,7 @@ impl KubeBackend {
                     exit_code: None,
                     message: format!("creating Job {namespace}/{name}: {} ({})", s.message, s.code),
                 };
-                let event = AttemptEvent { task_id: key.0, attempt: key.1, node: task.node.clone(), status, time_ms: unix_now_ms() };
+                let event = AttemptEvent { task_id: key.0, attempt: key.1, node: task.node.clone(), status, time_ms: self.now_ms() };
                 self.lock().start_failures.push_back(event);
                 Ok(())
             }
@@ -429,7 +446,7 @@ impl KubeBackend {
         // A finished attempt's Job stays for `keep_finished`: its output is read from its pod.
         // The scheduler asks to stop it every Sync; it goes on the first ask after that.
         if let Some(finished_ms) = self.finished_at(&job) {
-            if unix_now_ms().saturating_sub(finished_ms) < self.config.keep_finished.as_millis() as u64 {
+            if self.now_ms().saturating_sub(finished_ms) < self.config.keep_finished.as_millis() as u64 {
                 return Ok(());
             }
         }
@@ -530,7 +547,7 @@ impl KubeBackend {
     fn peek_events(&self, max: usize) -> Result<Vec<AttemptEvent>, BackendError> {
         self.check_ready()?;
         let observed = self.observe();
-        let now_ms = unix_now_ms();
+        let now_ms = self.now_ms();
         let mut state = self.lock();
         let state = &mut *state;
         let mut out: Vec<AttemptEvent> = state.start_failures.iter().take(max).cloned().collect();
