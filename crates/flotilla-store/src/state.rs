@@ -23,6 +23,7 @@ mod indexes;
 mod invariants;
 mod queues;
 mod records;
+mod sched_feed;
 mod submission;
 use submission::RequestKey;
 
@@ -35,6 +36,7 @@ use crate::command::*;
 pub use records::{
     held_resources, task_set_key, ClusterRecord, ClusterState, EventKind, Limits, TaskEvent, TaskRecord, TaskSetKey, TaskSetRecord,
 };
+pub use sched_feed::{FeedCursor, SchedFeed};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -63,6 +65,9 @@ pub struct State {
     /// state's clock (event times, backoffs, breaker windows) never goes backwards.
     #[serde(default)]
     last_now_ms: u64,
+    /// Tasks whose schedulability may have changed, for the leader's backlog (not replicated).
+    #[serde(skip)]
+    sched_feed: SchedFeed,
 }
 
 impl State {
@@ -131,6 +136,11 @@ impl State {
 
     pub fn cluster(&self, name: &str) -> Option<&ClusterRecord> {
         self.clusters.get(name)
+    }
+
+    /// The feed of tasks the scheduler may see differently since a cursor (see `sched_feed`).
+    pub fn sched_feed(&self) -> &SchedFeed {
+        &self.sched_feed
     }
 
     /// Task counts of a queue by state, in `TaskState::ALL` order.
