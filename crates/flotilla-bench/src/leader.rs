@@ -51,6 +51,10 @@ pub struct Args {
     /// Timed cycles.
     #[arg(long, default_value_t = 30)]
     rounds: usize,
+    /// Rounds that also time the old way (every queued task converted under the read lock,
+    /// then the full `schedule`; nothing committed), for a before/after in one run.
+    #[arg(long, default_value_t = 3)]
+    compare_rounds: usize,
 }
 
 const CLUSTER: &str = "bench";
@@ -161,6 +165,27 @@ async fn timed_cycle(server: &ServerHandle, term: u64, backlog: &mut Option<Lead
     Ok((ms, server.ctx.metrics.placements_total.get() - before))
 }
 
+/// Milliseconds for the old cycle's first half on the current state: every schedulable task
+/// converted under the read lock, then the full `schedule`. Nothing is committed.
+fn old_input_and_schedule(server: &ServerHandle) -> f64 {
+    let ctx = &server.ctx;
+    let start = Instant::now();
+    let now = ctx.config.clock.now_ms();
+    let nodes =
+        ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).fresh_nodes(tokio::time::Instant::now(), ctx.config.executor_lease());
+    let input = ctx.read(|s| flotilla_sched::Input {
+        queues: s.queues().cloned().collect(),
+        nodes,
+        queued: flotilla_server::backlog::all_schedulable(s, now),
+        running: flotilla_server::backlog::running(s),
+        config: ctx.config.sched.clone(),
+    });
+    let decisions = flotilla_sched::schedule(&input);
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    drop((input, decisions));
+    ms
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
@@ -182,6 +207,9 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The submissions woke the built-in loop; let it run its cycle (no capacity yet, so no
+    // leases) and fall asleep before capacity appears, so that only the bench's cycles decide.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let term = leader.ctx.fenced_term().await.map_err(|e| anyhow::anyhow!("fenced term: {e}"))?;
     leader
         .ctx
@@ -204,16 +232,26 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     let mut cycle_ms = Vec::new();
     let mut leases = Vec::new();
-    for _ in 0..args.rounds {
+    let mut old_ms = Vec::new();
+    for round in 0..args.rounds {
         let ended: Vec<TaskId> = leader.ctx.read(|s| s.active().take(args.finish).map(|t| t.id).collect());
         let cancel = Command::Cancel { target: CancelTarget::Tasks(ended), reason: "finished (bench)".into() };
         leader.ctx.propose(cancel).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         report(leader, &nodes);
+        if round < args.compare_rounds {
+            old_ms.push(old_input_and_schedule(leader));
+        }
         let (ms, leased) = timed_cycle(leader, term, &mut backlog).await?;
         cycle_ms.push(ms);
         leases.push(leased);
     }
-    let queued_after = leader.ctx.read(|s| s.queued().count());
+    old_ms.sort_by(f64::total_cmp);
+    let (queued_after, running_after) = leader.ctx.read(|s| (s.queued().count(), s.active().count()));
+    ensure!(
+        running_after <= args.nodes * args.cpus as usize,
+        "{running_after} tasks hold CPUs of {} nodes: a second loop decided",
+        args.nodes
+    );
     let mut sorted = cycle_ms.clone();
     sorted.sort_by(f64::total_cmp);
 
@@ -233,9 +271,12 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             "rounds": args.rounds,
             "leases_per_cycle_mean": leases.iter().sum::<u64>() as f64 / leases.len().max(1) as f64,
             "queued_after": queued_after,
+            "running_after": running_after,
             "cycle_ms_p50": percentile(&sorted, 0.50),
             "cycle_ms_p99": percentile(&sorted, 0.99),
             "cycle_ms_max": sorted.last().copied().unwrap_or(0.0),
+            "cycle_ms": cycle_ms.iter().map(|ms| (ms * 10.0).round() / 10.0).collect::<Vec<f64>>(),
+            "old_input_and_schedule_ms_p50": percentile(&old_ms, 0.50),
             "reads_ms": reads,
             "peak_memory_bytes_all_replicas": crate::peak_memory_bytes(),
         })

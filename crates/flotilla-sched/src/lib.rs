@@ -37,6 +37,11 @@
 //! running gang is evicted whole. The unit is then leased onto the freed room in the
 //! same cycle (see `Cycle::apply` for why that is safe).
 //!
+//! [`schedule`] reads every queued task of its input. [`schedule_backlog`] decides the same
+//! over a [`Backlog`] its owner keeps between cycles, pulling each queue's units lazily and
+//! skipping, as a group, the tasks of a priority and shape that just failed to fit: its cost
+//! follows what can be placed, not how many tasks wait (see the `backlog` and `lazy` modules).
+//!
 //! Everything iterates in a fixed order (nodes by cluster and name, queues in input
 //! order, tasks by priority and submit order), so decisions are deterministic. At the
 //! end the cycle recounts every node that received a lease and asserts none holds more

@@ -32,6 +32,20 @@ pub struct LeaderBacklog {
     avoid_after: Option<u32>,
 }
 
+/// Every queued task that may be scheduled at `now_ms`, converted: what each cycle built
+/// before the backlog was kept (O(queued tasks) under the read lock). Kept so that the
+/// `leader` benchmark compares both in one run.
+pub fn all_schedulable(s: &State, now_ms: u64) -> Vec<flotilla_model::SchedTask> {
+    let avoid_after = s.limits.avoid_cluster_after_failures;
+    s.queued().filter(|t| s.is_schedulable(t, now_ms)).map(|t| sched_task(t, avoid_after)).collect()
+}
+
+/// Every task holding resources, converted for the scheduler (O(running tasks)).
+pub fn running(s: &State) -> Vec<flotilla_sched::Running> {
+    let avoid_after = s.limits.avoid_cluster_after_failures;
+    s.active().filter_map(|t| t.lease.clone().map(|node| flotilla_sched::Running { task: sched_task(t, avoid_after), node })).collect()
+}
+
 /// What one refresh did (for logs and benchmarks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refresh {

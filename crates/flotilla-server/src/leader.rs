@@ -11,12 +11,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use flotilla_model::{Resources, TaskId};
-use flotilla_sched::{Input, Running};
+use flotilla_sched::Input;
 use flotilla_store::{ClusterState, Command, CommandResult, LeaseDecision, PreemptDecision, ScheduleDecisions};
 use tracing::Instrument;
 
 use crate::backlog::LeaderBacklog;
-use crate::convert::sched_task;
 use crate::Context;
 
 /// Shortest time between two cycles, so that a burst of triggers becomes one cycle.
@@ -96,12 +95,11 @@ pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBac
     let (input, refresh) = ctx.read(|s| {
         let refresh = kept.refresh(s, now);
         let ready = |c: &str| s.cluster(c).is_some_and(|r| r.state == ClusterState::Ready);
-        let avoid_after = s.limits.avoid_cluster_after_failures;
         let input = Input {
             queues: s.queues().cloned().collect(),
             nodes: fresh_nodes.into_iter().filter(|n| ready(&n.cluster)).collect(),
             queued: Vec::new(),
-            running: s.active().filter_map(|t| t.lease.clone().map(|node| Running { task: sched_task(t, avoid_after), node })).collect(),
+            running: crate::backlog::running(s),
             config: ctx.config.sched.clone(),
         };
         (input, refresh)
