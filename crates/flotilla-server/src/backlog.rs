@@ -116,3 +116,93 @@ impl LeaderBacklog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_model::{expand, AttemptStatus, FailureKind, NodeRef, Queue, RetryTemplate, SubmitLimits, TaskTemplate};
+    use flotilla_store::{AttemptEvent, CancelTarget, Command, LeaseDecision, Limits, Request, ScheduleDecisions};
+
+    use super::*;
+
+    fn apply(s: &mut State, now_ms: u64, c: Command) {
+        s.apply(&Request { now_ms, commands: vec![c] });
+    }
+
+    fn template(name: &str, after: &[&str]) -> TaskTemplate {
+        TaskTemplate {
+            name: name.into(),
+            image: "busybox".into(),
+            resources: [("cpu".to_string(), "1".to_string())].into(),
+            after: after.iter().map(|a| a.to_string()).collect(),
+            retry: Some(RetryTemplate { max_attempts: Some(5), backoff: Some("10s".into()), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    /// The backlog, refreshed at `now_ms`, holds exactly the tasks the state says may be
+    /// scheduled then.
+    fn assert_mirrors(b: &mut LeaderBacklog, s: &State, now_ms: u64) -> Refresh {
+        let refresh = b.refresh(s, now_ms);
+        let expected: Vec<TaskId> = s.queued().filter(|t| s.is_schedulable(t, now_ms)).map(|t| t.id).collect();
+        assert_eq!(b.backlog.len(), expected.len(), "at {now_ms} ms the backlog holds {} tasks, the state {expected:?}", b.backlog.len());
+        assert!(expected.iter().all(|id| b.backlog.contains(*id)), "at {now_ms} ms some of {expected:?} are missing");
+        refresh
+    }
+
+    #[test]
+    fn the_backlog_follows_submits_leases_backoffs_dependencies_pauses_and_cancels() {
+        let mut s = State::with_limits(Limits { breaker_failures: 3, ..Limits::default() });
+        apply(&mut s, 0, Command::PutQueue { queue: Queue::new("q", 1.0), create: true });
+        apply(&mut s, 0, Command::ClusterSeen { cluster: "a".into(), term: None });
+        let mut b = LeaderBacklog::default();
+        assert!(assert_mirrors(&mut b, &s, 0).rebuilt, "the first refresh files every queued task");
+
+        let templates = [template("first", &[]), template("second", &["first"]), template("third", &[])];
+        let specs = expand("q", "s", &templates, &SubmitLimits::default()).expect("valid templates");
+        apply(&mut s, 1, Command::Submit { client_request_id: "r".into(), queue: "q".into(), task_set: "s".into(), specs, body_digest: 0 });
+        let refresh = assert_mirrors(&mut b, &s, 1);
+        assert!(!refresh.rebuilt, "a submit is read from the feed");
+        let ids: Vec<TaskId> = s.tasks().map(|t| t.id).collect();
+        let (first, third) = (ids[0], ids[2]);
+
+        let lease = |task: TaskId, attempt: u32| {
+            Command::Schedule(ScheduleDecisions {
+                leases: vec![LeaseDecision { task, attempt, node: NodeRef { cluster: "a".into(), node: "n".into() } }],
+                ..Default::default()
+            })
+        };
+        let report = |task: TaskId, attempt: u32, status: AttemptStatus| Command::ReportEvents {
+            cluster: "a".into(),
+            events: vec![AttemptEvent { task, attempt, status, node: "n".into(), time_ms: 0 }],
+        };
+        apply(&mut s, 2, lease(first, 1));
+        assert_mirrors(&mut b, &s, 2);
+        // A failure requeues `third` with a 10 s backoff: aside until then, back after.
+        apply(&mut s, 3, lease(third, 1));
+        let failed = AttemptStatus::Failed { kind: FailureKind::Error, exit_code: Some(1), message: String::new() };
+        apply(&mut s, 4, report(third, 1, failed.clone()));
+        assert_mirrors(&mut b, &s, 5);
+        assert!(!b.backlog.contains(third), "a task in its backoff is not scheduled");
+        assert_mirrors(&mut b, &s, 20_000);
+        assert!(b.backlog.contains(third), "the backoff is over");
+        // `second` waits for `first`, then becomes schedulable without a transition of its own.
+        apply(&mut s, 20_001, report(first, 1, AttemptStatus::Succeeded));
+        assert!(!assert_mirrors(&mut b, &s, 20_002).rebuilt);
+        // Two more failures of `third` pause the task set: the next refresh rebuilds.
+        for attempt in 2..=3 {
+            apply(&mut s, 30_000 * u64::from(attempt), lease(third, attempt));
+            apply(&mut s, 30_000 * u64::from(attempt) + 1, report(third, attempt, failed.clone()));
+        }
+        assert!(s.task_set("q", "s").is_some_and(|set| set.paused));
+        assert!(assert_mirrors(&mut b, &s, 200_000).rebuilt, "a pause makes readers rebuild");
+        assert!(b.backlog.is_empty());
+        apply(&mut s, 200_001, Command::Resume { queue: "q".into(), task_set: "s".into() });
+        assert!(assert_mirrors(&mut b, &s, 200_002).rebuilt);
+        apply(&mut s, 200_003, Command::Cancel { target: CancelTarget::Tasks(ids.clone()), reason: "done".into() });
+        assert_mirrors(&mut b, &s, 200_004);
+        assert!(b.backlog.is_empty());
+        // A state replaced wholesale (a snapshot installed) starts another feed: rebuild.
+        let restored: State = serde_json::from_str(&serde_json::to_string(&s).expect("state serializes")).expect("and reads back");
+        assert!(assert_mirrors(&mut b, &restored, 200_005).rebuilt);
+    }
+}
