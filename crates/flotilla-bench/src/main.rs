@@ -5,6 +5,8 @@
 //!   federation; only the call itself is timed.
 //! - `submit`: acknowledged submissions per second through real replica processes.
 //! - `e2e`: tasks leased per second through one replica and simulated executors.
+//! - `leader`: the leader's whole scheduling cycle (input, schedule, commit through the
+//!   replicas, apply) at a large backlog, and listing/metrics reads at that size.
 //! - `chaos`: the deterministic fault simulator over many seeds; exits non-zero on a
 //!   violated invariant.
 
@@ -12,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod chaos;
 mod e2e;
+mod leader;
 mod sched;
 mod submit;
 
@@ -30,6 +33,8 @@ enum Command {
     Submit(submit::Args),
     /// Tasks leased per second end to end: a replica and simulated executors in one process.
     E2e(e2e::Args),
+    /// The leader's whole scheduling cycle at a large backlog, through real replicas.
+    Leader(leader::Args),
     /// Run the deterministic fault simulator over many seeds and check every invariant.
     Chaos(chaos::Args),
 }
@@ -39,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sched(args) => sched::run(&args),
         Command::Submit(args) => submit::run(&args),
         Command::E2e(args) => e2e::run(&args),
+        Command::Leader(args) => leader::run(&args),
         Command::Chaos(args) => chaos::run(&args),
     }
 }

@@ -8,14 +8,19 @@
 //! `--gang-fraction`. `--running-fraction` fills that share of the GPUs with running,
 //! preemptible tasks (and some whole-node gangs) of the first tenth of the queues, so
 //! those queues sit far above their fair share and preemption (urgency and reclaim) is
-//! needed. Only the `schedule` call is timed.
+//! needed.
+//!
+//! Two paths are timed in one run, on the same input: the full cycle (`schedule`, which
+//! reads every queued task) and the backlog cycle (`schedule_backlog` over a `Backlog`
+//! kept between cycles, as the leader does). Filing the tasks into the backlog is timed
+//! apart: a leader pays it once when it takes over, then only per changed task.
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use anyhow::ensure;
 use flotilla_model::{GangRef, Node, NodeRef, Placement, Queue, Resources, SchedTask, SpotPolicy, TaskId, Topology, TopologyLevel};
-use flotilla_sched::{schedule, Config, Input, Running};
+use flotilla_sched::{schedule, schedule_backlog, Backlog, Config, Decisions, Input, Running};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -38,6 +43,12 @@ pub struct Args {
     running_fraction: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Which cycle to time: `full`, `backlog` or `both`.
+    #[arg(long, default_value = "both", value_parser = ["full", "backlog", "both"])]
+    path: String,
+    /// Cycles timed per path (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 const GIB: u64 = 1 << 30;
@@ -70,14 +81,37 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(args.queues > 0, "--queues must be at least 1");
     ensure!((0.0..=1.0).contains(&args.gang_fraction), "--gang-fraction must be within 0..=1");
     ensure!((0.0..=1.0).contains(&args.running_fraction), "--running-fraction must be within 0..=1");
-    let input = build_input(args);
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let mut input = build_input(args);
 
-    let start = Instant::now();
-    let decisions = black_box(schedule(black_box(&input)));
-    let wall_seconds = start.elapsed().as_secs_f64();
+    let mut timings = serde_json::Map::new();
+    let mut results: Vec<Decisions> = Vec::new();
+    if args.path != "backlog" {
+        let (seconds, d) = median_of(args.rounds, || schedule(black_box(&input)));
+        timings.insert("full_seconds".into(), seconds.into());
+        results.push(d);
+    }
+    if args.path != "full" {
+        let start = Instant::now();
+        let mut backlog = Backlog::default();
+        for t in std::mem::take(&mut input.queued) {
+            backlog.insert(t);
+        }
+        timings.insert("backlog_build_seconds".into(), start.elapsed().as_secs_f64().into());
+        let (seconds, d) = median_of(args.rounds, || schedule_backlog(black_box(&input), &backlog));
+        timings.insert("backlog_seconds".into(), seconds.into());
+        results.push(d);
+    }
+    if let [full, lazy] = &results[..] {
+        ensure!(full.leases == lazy.leases && full.preemptions == lazy.preemptions, "the two paths decided differently");
+        let ratio = timings["full_seconds"].as_f64().unwrap_or(0.0) / timings["backlog_seconds"].as_f64().unwrap_or(1.0).max(1e-9);
+        timings.insert("full_over_backlog".into(), ratio.into());
+    }
+    let decisions = results.pop().unwrap_or_default();
+    let wall_seconds = timings.get("backlog_seconds").or(timings.get("full_seconds")).and_then(|v| v.as_f64()).unwrap_or(0.0);
 
     let placements = decisions.leases.len();
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "bench": "sched",
         "nodes": args.nodes,
         "tasks": args.tasks,
@@ -93,8 +127,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "placements_per_second": if wall_seconds > 0.0 { placements as f64 / wall_seconds } else { 0.0 },
         "peak_memory_bytes": crate::peak_memory_bytes(),
     });
+    if let Some(obj) = line.as_object_mut() {
+        obj.extend(timings);
+    }
     println!("{line}");
     Ok(())
+}
+
+/// Runs `f` `rounds` times; the median wall time and the last result.
+fn median_of(rounds: usize, mut f: impl FnMut() -> Decisions) -> (f64, Decisions) {
+    let mut seconds = Vec::with_capacity(rounds);
+    let mut last = Decisions::default();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let d = black_box(f());
+        seconds.push(start.elapsed().as_secs_f64());
+        // The previous result is dropped outside the timed part.
+        last = d;
+    }
+    seconds.sort_by(f64::total_cmp);
+    (seconds[seconds.len() / 2], last)
 }
 
 fn build_input(args: &Args) -> Input {

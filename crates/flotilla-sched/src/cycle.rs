@@ -48,6 +48,11 @@ pub(crate) struct RunState<'a> {
 pub(crate) struct Cycle<'a> {
     pub input: &'a Input,
     pub config: &'a Config,
+    /// The queued tasks this cycle works on: all of `Input::queued`, or (scheduling from a
+    /// [`crate::Backlog`]) only those pulled so far. Per-task vectors below follow it.
+    pub queued: Vec<&'a SchedTask>,
+    /// Set when scheduling from a backlog: where each queue's next unit comes from.
+    pub lazy: Option<crate::lazy::Lazy<'a>>,
     pub index: NodeIndex<'a>,
     pub shapes: Vec<Shape<'a>>,
     /// Per queued task (by position in `Input::queued`).
@@ -83,11 +88,27 @@ pub(crate) struct Cycle<'a> {
     pub shape_diagnosis: Vec<Option<u32>>,
     pub gang_shape_failed: Vec<Option<(u32, u32)>>,
     pub preempt_failed: HashSet<(Unit, i32, usize)>,
+    /// Ids of running tasks: such a task listed as queued too is not scheduled again.
+    pub running_ids: HashSet<TaskId>,
     turns: BinaryHeap<Reverse<Turn>>,
 }
 
 impl<'a> Cycle<'a> {
     pub fn new(input: &'a Input) -> Cycle<'a> {
+        let mut cycle = Cycle::without_queued(input);
+        cycle.queued = input.queued.iter().collect();
+        let n = cycle.queued.len();
+        cycle.task_shape = vec![0; n];
+        cycle.task_queue = vec![None; n];
+        cycle.task_reason = vec![None; n];
+        cycle.leased = vec![false; n];
+        cycle.duplicate = vec![false; n];
+        cycle.admit_queued();
+        cycle
+    }
+
+    /// The nodes, queues and running tasks of `input`, and no queued task yet.
+    pub fn without_queued(input: &'a Input) -> Cycle<'a> {
         let mut index = NodeIndex::new(&input.nodes);
 
         let mut queue_by_name = HashMap::new();
@@ -154,17 +175,18 @@ impl<'a> Cycle<'a> {
         victim_order.sort_by_key(victim_key);
         let max_victim_gpu = victim_order.iter().map(|&r| running[r as usize].amount.gpu).max().unwrap_or(0);
 
-        let n = input.queued.len();
-        let mut cycle = Cycle {
+        Cycle {
             input,
             config: &input.config,
+            queued: Vec::new(),
+            lazy: None,
             index,
             shapes: Vec::new(),
-            task_shape: vec![0; n],
-            task_queue: vec![None; n],
-            task_reason: vec![None; n],
-            leased: vec![false; n],
-            duplicate: vec![false; n],
+            task_shape: Vec::new(),
+            task_queue: Vec::new(),
+            task_reason: Vec::new(),
+            leased: Vec::new(),
+            duplicate: Vec::new(),
             queues,
             queue_by_name,
             gangs: Vec::new(),
@@ -185,15 +207,14 @@ impl<'a> Cycle<'a> {
             shape_diagnosis: Vec::new(),
             gang_shape_failed: Vec::new(),
             preempt_failed: HashSet::new(),
+            running_ids,
             turns: BinaryHeap::new(),
-        };
-        cycle.admit_queued(&running_ids);
-        cycle
+        }
     }
 
     /// Sorts queued tasks into their queues' units, with a reason for every task that
     /// cannot even be considered.
-    fn admit_queued(&mut self, running_ids: &HashSet<TaskId>) {
+    fn admit_queued(&mut self) {
         let input = self.input;
         let mut seen = HashSet::with_capacity(input.queued.len());
         let mut shape_ids: HashMap<(&Resources, &Placement), u32> = HashMap::new();
@@ -204,7 +225,7 @@ impl<'a> Cycle<'a> {
                 self.duplicate[i] = true;
                 continue;
             }
-            if running_ids.contains(&t.id) {
+            if self.running_ids.contains(&t.id) {
                 self.task_reason[i] = Some(self.reasons.intern("task is already running".to_string()));
                 continue;
             }
@@ -216,7 +237,7 @@ impl<'a> Cycle<'a> {
             let next_id = self.shapes.len() as u32;
             let s = *shape_ids.entry((&t.resources, &t.placement)).or_insert(next_id);
             if s == next_id {
-                self.shapes.push(Shape::new(t, &self.index));
+                self.add_shape(t);
             }
             self.task_shape[i] = s;
             match &t.gang {
@@ -224,8 +245,6 @@ impl<'a> Cycle<'a> {
                 None => singles.push(i as u32),
             }
         }
-        self.shape_failed = vec![None; self.shapes.len()];
-        self.shape_diagnosis = vec![None; self.shapes.len()];
 
         for i in singles {
             let q = self.task_queue[i as usize].unwrap_or(0);
@@ -234,7 +253,6 @@ impl<'a> Cycle<'a> {
         for (id, members) in gang_members {
             self.admit_gang(id, members);
         }
-        self.gang_shape_failed = vec![None; self.gang_shapes.len()];
 
         let queued = &input.queued;
         let gangs = &self.gangs;
@@ -252,10 +270,18 @@ impl<'a> Cycle<'a> {
         }
     }
 
+    /// Numbers a new shape (of `t`): placement filters resolved, no failure yet.
+    pub fn add_shape(&mut self, t: &'a SchedTask) -> u32 {
+        self.shapes.push(Shape::new(t, &self.index));
+        self.shape_failed.push(None);
+        self.shape_diagnosis.push(None);
+        self.shapes.len() as u32 - 1
+    }
+
     /// The queued tasks of a unit, and their total resources.
     pub fn unit_members(&self, unit: Unit) -> (Vec<u32>, Amount) {
         match unit {
-            Unit::Single(i) => (vec![i], Amount::of(&self.input.queued[i as usize].resources)),
+            Unit::Single(i) => (vec![i], Amount::of(&self.queued[i as usize].resources)),
             Unit::Gang(g) => {
                 let gang = &self.gangs[g as usize];
                 (gang.members.clone(), gang.total)
@@ -267,9 +293,14 @@ impl<'a> Cycle<'a> {
         let total = self.index.total;
         let mut demand: Vec<Amount> = self.queues.iter().map(|q| q.alloc).collect();
         for (qi, q) in self.queues.iter().enumerate() {
-            for u in &q.units {
-                let (_, a) = self.unit_members(*u);
-                demand[qi] = demand[qi].plus(a);
+            match &self.lazy {
+                Some(lazy) => demand[qi] = demand[qi].plus(lazy.unit_demand(qi)),
+                None => {
+                    for u in &q.units {
+                        let (_, a) = self.unit_members(*u);
+                        demand[qi] = demand[qi].plus(a);
+                    }
+                }
             }
         }
         let demands: Vec<f64> = demand.iter().map(|d| d.dominant_share(total)).collect();
@@ -285,17 +316,42 @@ impl<'a> Cycle<'a> {
 
     /// (Re)queues `q` for a turn with its current share; older turns of `q` go stale.
     pub fn push_turn(&mut self, q: usize) {
+        let more = self.has_units(q);
         let qs = &mut self.queues[q];
         qs.version = qs.version.wrapping_add(1);
-        if qs.next < qs.units.len() {
+        if more {
             let turn = Turn::new(qs.alloc.dominant_share(self.index.total), qs.weight, q, qs.version);
             self.turns.push(Reverse(turn));
         }
     }
 
+    /// Whether queue `q` may still offer a unit.
+    fn has_units(&self, q: usize) -> bool {
+        match &self.lazy {
+            Some(lazy) => lazy.has_units(q),
+            None => self.queues[q].next < self.queues[q].units.len(),
+        }
+    }
+
+    /// Queue `q`'s next unit, if any.
+    fn next_unit(&mut self, q: usize) -> Option<Unit> {
+        if self.lazy.is_some() {
+            return self.lazy_next_unit(q);
+        }
+        let qs = &mut self.queues[q];
+        let unit = qs.units.get(qs.next).copied()?;
+        qs.next += 1;
+        Some(unit)
+    }
+
     pub fn run(mut self) -> Decisions {
-        let with_cpu = self.task_queue.iter().zip(&self.input.queued).any(|(q, t)| q.is_some() && t.resources.gpu == 0);
-        let with_clusters = self.shapes.iter().any(|s| s.uses_cluster_sets());
+        let (with_cpu, with_clusters) = match &self.lazy {
+            Some(lazy) => lazy.index_needs(),
+            None => (
+                self.task_queue.iter().zip(&self.queued).any(|(q, t)| q.is_some() && t.resources.gpu == 0),
+                self.shapes.iter().any(|s| s.uses_cluster_sets()),
+            ),
+        };
         self.index.build(with_cpu, with_clusters);
         self.compute_fair_shares();
         for q in 0..self.queues.len() {
@@ -305,20 +361,24 @@ impl<'a> Cycle<'a> {
         let max_leases = self.config.max_leases_per_cycle;
         while let Some(Reverse(turn)) = self.turns.pop() {
             let q = turn.queue;
-            if turn.version != self.queues[q].version || self.queues[q].next >= self.queues[q].units.len() {
+            if turn.version != self.queues[q].version || !self.has_units(q) {
                 continue;
             }
             if self.leases.len() >= max_leases {
                 break;
             }
-            let unit = self.queues[q].units[self.queues[q].next];
-            self.queues[q].next += 1;
+            let Some(unit) = self.next_unit(q) else { continue };
             let (members, total) = self.unit_members(unit);
             self.stats.tasks_considered += members.len();
-            if let Err(reason) = self.try_unit(q, unit, &members, total) {
+            let generation = self.generation;
+            let placed = self.try_unit(q, unit, &members, total);
+            if let Err(reason) = placed {
                 for m in members {
                     self.task_reason[m as usize] = Some(reason);
                 }
+            }
+            if self.lazy.is_some() {
+                self.lazy_unit_done(q, placed.is_ok(), generation);
             }
             self.push_turn(q);
         }
@@ -374,7 +434,7 @@ impl<'a> Cycle<'a> {
             }
         }
         self.stats.placement_attempts += 1;
-        let task = &self.input.queued[t as usize];
+        let task = &self.queued[t as usize];
         let shape = &self.shapes[s as usize];
         let index = &self.index;
         let found = if task.avoid_nodes.is_empty() && task.avoid_clusters.is_empty() {
@@ -442,7 +502,7 @@ impl<'a> Cycle<'a> {
             self.generation = self.generation.wrapping_add(1);
         }
         for &(t, n) in &plan.assignments {
-            let task = &self.input.queued[t as usize];
+            let task = &self.queued[t as usize];
             let amount = Amount::of(&task.resources);
             debug_assert!(!self.leased[t as usize]);
             self.index.reserve(n, amount, &task.resources.extended);
@@ -454,12 +514,30 @@ impl<'a> Cycle<'a> {
         }
     }
 
-    fn finish(self) -> Decisions {
+    fn finish(mut self) -> Decisions {
         self.assert_no_node_overcommitted();
         let input = self.input;
-        let unplaced = input.queued.iter().enumerate().filter(|(i, _)| !self.leased[*i] && !self.duplicate[*i]);
+        let unplaced = self.queued.iter().enumerate().filter(|(i, _)| !self.leased[*i] && !self.duplicate[*i]);
         let fallback = u32::MAX;
-        let tasks: Vec<(TaskId, u32)> = unplaced.map(|(i, t)| (t.id, self.task_reason[i].unwrap_or(fallback))).collect();
+        let mut tasks: Vec<(TaskId, u32)> = unplaced.map(|(i, t)| (t.id, self.task_reason[i].unwrap_or(fallback))).collect();
+        let mut demand = vec![Amount::default(); self.queues.len()];
+        match &self.lazy {
+            Some(lazy) => lazy.finish(&mut self.reasons, &self.queue_by_name, &mut tasks, &mut demand),
+            None => {
+                for (i, t) in self.queued.iter().enumerate() {
+                    if let (Some(q), false, false) = (self.task_queue[i], self.leased[i], self.duplicate[i]) {
+                        demand[q] = demand[q].plus(Amount::of(&t.resources));
+                    }
+                }
+            }
+        }
+        if self.lazy.is_some() {
+            for (&t, &leased) in self.queued.iter().zip(&self.leased) {
+                if let (true, Some(&q)) = (leased, self.queue_by_name.get(t.queue.as_str())) {
+                    demand[q] = demand[q].minus(Amount::of(&t.resources));
+                }
+            }
+        }
         let mut table = self.reasons;
         // A task with no recorded reason would be a bug; give it a visible one rather than none.
         let not_considered = table.intern("not considered this cycle".to_string());
@@ -467,12 +545,6 @@ impl<'a> Cycle<'a> {
         let unscheduled = reasons::unscheduled(&table, tasks, self.config.max_reasons);
 
         let total = self.index.total;
-        let mut demand = vec![Amount::default(); self.queues.len()];
-        for (i, t) in input.queued.iter().enumerate() {
-            if let (Some(q), false, false) = (self.task_queue[i], self.leased[i], self.duplicate[i]) {
-                demand[q] = demand[q].plus(Amount::of(&t.resources));
-            }
-        }
         let queue_shares = input
             .queues
             .iter()
@@ -499,7 +571,7 @@ impl<'a> Cycle<'a> {
         nodes.dedup();
         let mut leased: HashMap<u32, (Amount, BTreeMap<String, u64>)> = HashMap::new();
         for (&t, &n) in self.lease_tasks.iter().zip(&self.lease_nodes) {
-            let t = &self.input.queued[t as usize];
+            let t = &self.queued[t as usize];
             let e = leased.entry(n).or_default();
             e.0 = e.0.plus(Amount::of(&t.resources));
             crate::amount::ext_add(&mut e.1, &t.resources.extended);

@@ -9,7 +9,7 @@
 
 use std::cmp::Reverse;
 
-use flotilla_model::{TaskId, TopologyLevel};
+use flotilla_model::{SchedTask, TaskId, TopologyLevel};
 
 use crate::amount::Amount;
 use crate::cycle::{Cycle, Unit};
@@ -29,52 +29,67 @@ pub(crate) struct GangUnit {
     pub order: (Reverse<i32>, u64, TaskId),
 }
 
-impl Cycle<'_> {
+/// Why the queued members of gang `id` cannot be one unit, if they cannot: they disagree
+/// on queue, size or topology, some are missing, or their ranks are not `0..size`.
+pub(crate) fn gang_problem(id: TaskId, members: &[&SchedTask]) -> Option<String> {
+    let first = members.first()?;
+    let g0 = first.gang.as_ref()?;
+    let consistent =
+        members.iter().all(|t| t.queue == first.queue && t.gang.as_ref().is_some_and(|g| g.size == g0.size && g.topology == g0.topology));
+    let count = members.len() as u64;
+    let size = u64::from(g0.size);
+    if !consistent {
+        Some(format!("gang {id}: members disagree on queue, size or topology"))
+    } else if count < size {
+        Some(format!("gang {id}: {count} of {size} members queued; waiting for the rest"))
+    } else if count > size {
+        Some(format!("gang {id}: {count} members queued but its size is {size}"))
+    } else {
+        let mut ranks: Vec<u32> = members.iter().filter_map(|t| t.gang.as_ref().map(|g| g.rank)).collect();
+        ranks.sort_unstable();
+        let ok = ranks.iter().enumerate().all(|(i, r)| u64::from(*r) == i as u64);
+        (!ok).then(|| format!("gang {id}: ranks are not 0..{size} each once"))
+    }
+}
+
+impl<'a> Cycle<'a> {
     /// Checks a gang's members agree with each other and are all queued, then adds the
     /// gang to its queue as one unit; otherwise every member gets the reason.
-    pub(crate) fn admit_gang(&mut self, id: TaskId, mut members: Vec<u32>) {
-        let queued = &self.input.queued;
-        let first = &queued[members[0] as usize];
-        let Some(g0) = first.gang.as_ref() else { return };
-        let consistent = members.iter().all(|m| {
-            let t = &queued[*m as usize];
-            t.queue == first.queue && t.gang.as_ref().is_some_and(|g| g.size == g0.size && g.topology == g0.topology)
-        });
-        let count = members.len() as u64;
-        let size = u64::from(g0.size);
-        let reason = if !consistent {
-            Some(format!("gang {id}: members disagree on queue, size or topology"))
-        } else if count < size {
-            Some(format!("gang {id}: {count} of {size} members queued; waiting for the rest"))
-        } else if count > size {
-            Some(format!("gang {id}: {count} members queued but its size is {size}"))
-        } else {
-            let mut ranks: Vec<u32> = members.iter().filter_map(|m| queued[*m as usize].gang.as_ref().map(|g| g.rank)).collect();
-            ranks.sort_unstable();
-            let ok = ranks.iter().enumerate().all(|(i, r)| u64::from(*r) == i as u64);
-            (!ok).then(|| format!("gang {id}: ranks are not 0..{size} each once"))
-        };
-        if let Some(r) = reason {
+    pub(crate) fn admit_gang(&mut self, id: TaskId, members: Vec<u32>) {
+        let tasks: Vec<&SchedTask> = members.iter().map(|m| self.queued[*m as usize]).collect();
+        if let Some(r) = gang_problem(id, &tasks) {
             let r = self.reasons.intern(r);
             for m in members {
                 self.task_reason[m as usize] = Some(r);
             }
             return;
         }
+        let Some(q) = self.task_queue[members[0] as usize] else { return };
+        let unit = self.gang_unit(id, members);
+        self.queues[q].units.push(Unit::Gang(unit));
+    }
+
+    /// Makes a consistent, complete gang (see [`gang_problem`]) one unit: members in
+    /// placement order, their total, and the gang's shape.
+    pub(crate) fn gang_unit(&mut self, id: TaskId, mut members: Vec<u32>) -> u32 {
+        let queued = &self.queued;
+        let first = queued[members[0] as usize];
+        let level = first.gang.as_ref().map_or(TopologyLevel::Node, |g| g.topology);
         members.sort_by_key(|m| {
             let t = &queued[*m as usize];
             (Reverse(Amount::of(&t.resources)), t.gang.as_ref().map_or(0, |g| g.rank))
         });
         let total = members.iter().fold(Amount::default(), |a, m| a.plus(Amount::of(&queued[*m as usize].resources)));
-        let key = (members.iter().map(|m| self.task_shape[*m as usize]).collect::<Vec<u32>>(), g0.topology);
-        let next = self.gang_shapes.len() as u32;
-        let shape = *self.gang_shapes.entry(key).or_insert(next);
         let priority = members.iter().map(|m| queued[*m as usize].priority).max().unwrap_or(first.priority);
         let seq = members.iter().map(|m| queued[*m as usize].submit_seq).min().unwrap_or(first.submit_seq);
-        let Some(q) = self.task_queue[members[0] as usize] else { return };
-        let unit = Unit::Gang(self.gangs.len() as u32);
-        self.gangs.push(GangUnit { id, members, level: g0.topology, total, shape, order: (Reverse(priority), seq, id) });
-        self.queues[q].units.push(unit);
+        let key = (members.iter().map(|m| self.task_shape[*m as usize]).collect::<Vec<u32>>(), level);
+        let next = self.gang_shapes.len() as u32;
+        let shape = *self.gang_shapes.entry(key).or_insert(next);
+        if shape == next {
+            self.gang_shape_failed.push(None);
+        }
+        self.gangs.push(GangUnit { id, members, level, total, shape, order: (Reverse(priority), seq, id) });
+        self.gangs.len() as u32 - 1
     }
 
     /// Places a whole gang on free capacity, or says why not.

@@ -37,6 +37,11 @@
 //! running gang is evicted whole. The unit is then leased onto the freed room in the
 //! same cycle (see `Cycle::apply` for why that is safe).
 //!
+//! [`schedule`] reads every queued task of its input. [`schedule_backlog`] decides the same
+//! over a [`Backlog`] its owner keeps between cycles, pulling each queue's units lazily and
+//! skipping, as a group, the tasks of a priority and shape that just failed to fit: its cost
+//! follows what can be placed, not how many tasks wait (see the `backlog` and `lazy` modules).
+//!
 //! Everything iterates in a fixed order (nodes by cluster and name, queues in input
 //! order, tasks by priority and submit order), so decisions are deterministic. At the
 //! end the cycle recounts every node that received a lease and asserts none holds more
@@ -58,15 +63,18 @@
 //! ```
 
 mod amount;
+mod backlog;
 mod cycle;
 mod fairness;
 mod gang;
 mod index;
+mod lazy;
 mod placement;
 mod plan;
 mod preempt;
 mod reasons;
 
+pub use backlog::Backlog;
 use flotilla_model::{Node, NodeRef, Queue, Resources, SchedTask, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -168,6 +176,18 @@ pub struct Decisions {
 /// stay queued with a reason.
 pub fn schedule(input: &Input) -> Decisions {
     cycle::Cycle::new(input).run()
+}
+
+/// Decides like [`schedule`], but over the queued tasks of `backlog` (`input.queued` is
+/// not read), visiting only what it can use: its cost follows the tasks placed and the
+/// backlog's groups, not the number of queued tasks (see [`Backlog`]).
+///
+/// Leases, preemptions and queue shares are those [`schedule`] gives for the same tasks
+/// when no queued task is also running. `unscheduled` holds only the tasks the cycle
+/// looked at (and members of gangs that cannot form a unit); the others keep the reason
+/// an earlier cycle gave them. `stats` count what this cycle did.
+pub fn schedule_backlog(input: &Input, backlog: &Backlog) -> Decisions {
+    cycle::Cycle::from_backlog(input, backlog).run()
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ impl Cycle<'_> {
         let index = &self.index;
         let mut tent = Tentative::default();
         for &m in members {
-            let task = &self.input.queued[m as usize];
+            let task = &self.queued[m as usize];
             let shape = &self.shapes[self.task_shape[m as usize] as usize];
             let need = shape.amount;
             let avoid = if task.avoid_nodes.is_empty() && task.avoid_clusters.is_empty() { Vec::new() } else { self.avoid_set(task) };

@@ -51,7 +51,7 @@ impl Cycle<'_> {
         if self.preemptions.len() >= self.config.max_evictions_per_cycle {
             return None;
         }
-        let priority = members.iter().map(|m| self.input.queued[*m as usize].priority).max()?;
+        let priority = members.iter().map(|m| self.queued[*m as usize].priority).max()?;
         let reclaim = self.dominant_share(q) + SHARE_EPSILON < self.queues[q].fair_share;
         let urgent = self.min_evictable_priority.is_some_and(|p| p < priority);
         if !reclaim && !urgent {
@@ -67,7 +67,7 @@ impl Cycle<'_> {
         }
         self.stats.placement_attempts += 1;
         let preemptor = match unit {
-            Unit::Single(t) => self.input.queued[t as usize].id,
+            Unit::Single(t) => self.queued[t as usize].id,
             Unit::Gang(g) => self.gangs[g as usize].id,
         };
         let ctx = EvictCtx { queue: q, priority, reclaim, preemptor };
@@ -187,7 +187,7 @@ impl Cycle<'_> {
     /// evicting victims from that node, in the same order, wins. Each node is looked at
     /// once; nodes the task avoids are used only if no other node works.
     fn plan_single_evicting(&self, t: u32, ctx: &EvictCtx) -> Option<Tentative> {
-        let task = &self.input.queued[t as usize];
+        let task = &self.queued[t as usize];
         let shape = &self.shapes[self.task_shape[t as usize] as usize];
         let need = shape.amount;
         let avoid = if task.avoid_nodes.is_empty() && task.avoid_clusters.is_empty() { Vec::new() } else { self.avoid_set(task) };

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use flotilla_model::*;
-use flotilla_sched::{schedule, Config, Decisions, Input, Running};
+use flotilla_sched::{schedule, schedule_backlog, Backlog, Config, Decisions, Input, Running};
 use proptest::prelude::*;
 
 const GIB: u64 = 1 << 30;
@@ -416,5 +416,76 @@ proptest! {
         let share = |i: usize| d.queue_shares[i].allocated.gpu as f64 / capacity as f64;
         prop_assert!((share(0) - 0.25).abs() <= 0.05, "weight 1 got {}", share(0));
         prop_assert!((share(1) - 0.75).abs() <= 0.05, "weight 3 got {}", share(1));
+    }
+}
+
+/// The same input with at most `k` distinct shapes among the queued tasks (each takes the
+/// resources and placement of one of the first `k`), so that the backlog's groups hold
+/// many tasks and whole groups are skipped; queued tasks that are also running or listed
+/// twice are dropped (the backlog holds each id once, and the leader never queues a
+/// running task).
+fn few_shapes(mut input: Input, k: usize) -> Input {
+    let running: BTreeSet<TaskId> = input.running.iter().map(|r| r.task.id).collect();
+    let mut seen = BTreeSet::new();
+    input.queued.retain(|t| !running.contains(&t.id) && seen.insert(t.id));
+    let templates: Vec<(Resources, Placement)> =
+        input.queued.iter().take(k.max(1)).map(|t| (t.resources.clone(), t.placement.clone())).collect();
+    // Gang members share their gang's shape choice, so gangs stay as the generator made them.
+    for t in input.queued.iter_mut() {
+        let pick = t.gang.as_ref().map_or(t.id.0, |g| g.id.0) as usize % templates.len().max(1);
+        if let Some((r, p)) = templates.get(pick) {
+            t.resources = r.clone();
+            t.placement = p.clone();
+        }
+    }
+    input
+}
+
+fn many_tasks_few_shapes() -> impl Strategy<Value = Input> {
+    (any::<u64>(), 1usize..20, 0usize..400, 0usize..60, 1usize..5, 1usize..6)
+        .prop_map(|(s, n, q, r, k, shapes)| few_shapes(random_input(s, n, q, r, k), shapes))
+}
+
+/// Leases, preemptions and shares of `schedule_backlog` against the full `schedule`, and
+/// every reason it gives against the full cycle's reason for that task. The backlog is
+/// built with churn (decoys inserted and removed, tasks inserted twice) so that its
+/// bookkeeping is part of what is compared.
+fn assert_backlog_path_matches_full(input: &Input) -> Result<(), TestCaseError> {
+    let full = schedule(input);
+    let mut backlog = Backlog::default();
+    for (i, t) in input.queued.iter().enumerate() {
+        let mut decoy = t.clone();
+        decoy.id = TaskId(u64::MAX - i as u64);
+        decoy.priority = decoy.priority.wrapping_add(1);
+        backlog.insert(decoy);
+        backlog.insert(t.clone());
+        backlog.insert(t.clone());
+    }
+    for i in 0..input.queued.len() {
+        prop_assert!(backlog.remove(TaskId(u64::MAX - i as u64)).is_some());
+    }
+    prop_assert_eq!(backlog.len(), input.queued.len());
+    let lazy = schedule_backlog(&Input { queued: Vec::new(), ..input.clone() }, &backlog);
+    prop_assert_eq!(&lazy.leases, &full.leases);
+    prop_assert_eq!(&lazy.preemptions, &full.preemptions);
+    prop_assert_eq!(&lazy.queue_shares, &full.queue_shares);
+    let reasons: HashMap<TaskId, &str> = full.unscheduled.iter().map(|u| (u.task, u.reason.as_str())).collect();
+    for u in &lazy.unscheduled {
+        prop_assert_eq!(reasons.get(&u.task).copied(), Some(u.reason.as_str()), "reason of task {}", u.task);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_backlog_path_decides_like_the_full_cycle(input in inputs()) {
+        assert_backlog_path_matches_full(&few_shapes(input, usize::MAX))?;
+    }
+
+    #[test]
+    fn the_backlog_path_decides_like_the_full_cycle_with_large_groups(input in many_tasks_few_shapes()) {
+        assert_backlog_path_matches_full(&input)?;
     }
 }

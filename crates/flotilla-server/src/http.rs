@@ -211,6 +211,11 @@ struct TaskView {
     reason: String,
 }
 
+/// Most task records one task view looks at: a filter matching few of a million tasks
+/// shows what it found among the newest ones rather than scanning the whole table under
+/// the state's read lock (the CLI's paginated listing reaches the rest).
+const MAX_SCANNED_PER_VIEW: usize = 100_000;
+
 fn task_views(ctx: &Context, caller: &Caller, q: &TaskQuery) -> Vec<TaskView> {
     let limit = q.limit.unwrap_or(100).min(1000);
     let state = q.state.as_deref().and_then(TaskState::parse);
@@ -219,6 +224,7 @@ fn task_views(ctx: &Context, caller: &Caller, q: &TaskQuery) -> Vec<TaskView> {
         // Newest first: what people look at in a web view.
         s.tasks()
             .rev()
+            .take(MAX_SCANNED_PER_VIEW)
             .filter(|t| {
                 q.queue.as_ref().is_none_or(|x| *x == t.spec.queue)
                     && state.is_none_or(|st| st == t.state)

@@ -11,11 +11,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use flotilla_model::{Resources, TaskId};
-use flotilla_sched::{Input, Running};
+use flotilla_sched::Input;
 use flotilla_store::{ClusterState, Command, CommandResult, LeaseDecision, PreemptDecision, ScheduleDecisions};
 use tracing::Instrument;
 
-use crate::convert::sched_task;
+use crate::backlog::LeaderBacklog;
 use crate::Context;
 
 /// Shortest time between two cycles, so that a burst of triggers becomes one cycle.
@@ -33,6 +33,8 @@ pub async fn run(ctx: Arc<Context>) {
     // this replica never saw itself as a follower in between.
     let mut led_term: Option<u64> = None;
     let mut last_compact = Instant::now();
+    // Kept between cycles (and leaderships): see `crate::backlog`.
+    let mut backlog = Some(LeaderBacklog::default());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(ctx.config.schedule_interval) => {}
@@ -66,7 +68,7 @@ pub async fn run(ctx: Arc<Context>) {
         let span = tracing::info_span!("cycle", term);
         async {
             detect_lost_clusters(&ctx, term).await;
-            if let Err(e) = cycle(&ctx, term).await {
+            if let Err(e) = cycle(&ctx, term, &mut backlog).await {
                 tracing::warn!(error = %e, "scheduling cycle not committed");
             }
             if last_compact.elapsed() >= COMPACT_EVERY {
@@ -80,38 +82,44 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
-/// One scheduling cycle: snapshot, decide (off the async runtime), commit.
-async fn cycle(ctx: &Arc<Context>, term: u64) -> Result<(), tonic::Status> {
+/// One scheduling cycle: bring the backlog up to date, decide (off the async runtime),
+/// commit. The backlog travels to the blocking thread and back; if the scheduler panics it
+/// is lost and the next cycle rebuilds it.
+pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBacklog>) -> Result<(), tonic::Status> {
     let started = Instant::now();
     let now = ctx.config.clock.now_ms();
     // Only clusters whose executor holds a lease now get new work: one whose lease lapsed is
     // stopping its attempts, and leases handed to it would only wait for it to be lost.
     let fresh_within = ctx.config.executor_lease();
     let fresh_nodes = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).fresh_nodes(Instant::now(), fresh_within);
-    let input = ctx.read(|s| {
+    let mut kept = backlog.take().unwrap_or_default();
+    let (input, refresh) = ctx.read(|s| {
+        let refresh = kept.refresh(s, now);
         let ready = |c: &str| s.cluster(c).is_some_and(|r| r.state == ClusterState::Ready);
-        let avoid_after = s.limits.avoid_cluster_after_failures;
-        Input {
+        let input = Input {
             queues: s.queues().cloned().collect(),
             nodes: fresh_nodes.into_iter().filter(|n| ready(&n.cluster)).collect(),
-            queued: s.queued().filter(|t| s.is_schedulable(t, now)).map(|t| sched_task(t, avoid_after, now)).collect(),
-            running: s
-                .active()
-                .filter_map(|t| t.lease.clone().map(|node| Running { task: sched_task(t, avoid_after, now), node }))
-                .collect(),
+            queued: Vec::new(),
+            running: crate::backlog::running(s),
             config: ctx.config.sched.clone(),
-        }
+        };
+        (input, refresh)
     });
-    ctx.metrics.schedulable_tasks.set(input.queued.len() as f64);
-    if input.queued.is_empty() && input.queues.is_empty() {
+    if refresh.rebuilt {
+        tracing::info!(queued = refresh.read, elapsed_ms = started.elapsed().as_millis() as u64, "scheduling backlog rebuilt");
+    }
+    ctx.metrics.schedulable_tasks.set(kept.backlog.len() as f64);
+    if kept.backlog.is_empty() && input.queues.is_empty() {
+        *backlog = Some(kept);
         return Ok(());
     }
-    let (input, decisions) = flotilla_store::run_blocking(move || {
-        let d = flotilla_sched::schedule(&input);
-        (input, d)
+    let (input, kept, decisions) = flotilla_store::run_blocking(move || {
+        let d = flotilla_sched::schedule_backlog(&input, &kept.backlog);
+        (input, kept, d)
     })
     .await
     .map_err(|e| tonic::Status::internal(format!("scheduler panicked: {e}")))?;
+    *backlog = Some(kept);
     drop(input);
     *ctx.shares.lock().unwrap_or_else(|e| e.into_inner()) = decisions.queue_shares.clone();
     for share in &decisions.queue_shares {

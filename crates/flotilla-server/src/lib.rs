@@ -22,6 +22,7 @@
 //! ```
 
 pub mod auth;
+pub mod backlog;
 pub mod capacity;
 pub mod clock;
 mod convert;

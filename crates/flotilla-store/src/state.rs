@@ -23,6 +23,7 @@ mod indexes;
 mod invariants;
 mod queues;
 mod records;
+mod sched_feed;
 mod submission;
 use submission::RequestKey;
 
@@ -35,6 +36,7 @@ use crate::command::*;
 pub use records::{
     held_resources, task_set_key, ClusterRecord, ClusterState, EventKind, Limits, TaskEvent, TaskRecord, TaskSetKey, TaskSetRecord,
 };
+pub use sched_feed::{FeedCursor, SchedFeed};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -67,6 +69,9 @@ pub struct State {
     /// of the JSON while empty, so snapshots written before it existed read the same.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     installation_id: String,
+    /// Tasks whose schedulability may have changed, for the leader's backlog (not replicated).
+    #[serde(skip)]
+    sched_feed: SchedFeed,
 }
 
 impl State {
@@ -140,6 +145,11 @@ impl State {
     /// The installation's id, empty until its first leader set it.
     pub fn installation_id(&self) -> &str {
         &self.installation_id
+    }
+
+    /// The feed of tasks the scheduler may see differently since a cursor (see `sched_feed`).
+    pub fn sched_feed(&self) -> &SchedFeed {
+        &self.sched_feed
     }
 
     /// Task counts of a queue by state, in `TaskState::ALL` order.

@@ -8,7 +8,7 @@ use flotilla_api::v1::{self, clusters_client::ClustersClient, queues_client::Que
 use flotilla_model::{TaskFile, TaskState};
 
 use crate::client::{Client, MAX_MESSAGE_BYTES};
-use crate::output::{self, table};
+use crate::output::{self, table, table_part};
 use crate::{Cli, Command, Failure, Format, QueueArgs, QueueCommand};
 
 fn tasks(c: AuthChannel) -> TasksClient<AuthChannel> {
@@ -16,7 +16,7 @@ fn tasks(c: AuthChannel) -> TasksClient<AuthChannel> {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
@@ -74,7 +74,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
             }
             match format {
                 Format::Json => print_json(&serde_json::json!({"queue": queue, "taskSet": task_set, "taskIds": resp.task_ids})),
-                Format::Table => println!(
+                Format::Table => outln!(
                     "submitted {} tasks to {queue}/{task_set} (ids {}..={})",
                     resp.task_ids.len(),
                     resp.task_ids.first().copied().unwrap_or(0),
@@ -83,36 +83,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get(a) => {
-            let list = if !a.ids.is_empty() {
-                let req = v1::GetTasksRequest { task_ids: a.ids.clone(), linearizable: a.linearizable };
-                client
-                    .call(|c| {
-                        let req = req.clone();
-                        async move { tasks(c).get_tasks(req).await }
-                    })
-                    .await?
-                    .into_inner()
-                    .tasks
-            } else {
-                if a.task_set.is_some() && a.queue.is_none() {
-                    return Err(Failure::Input("--task-set needs --queue".into()));
-                }
-                list_all(
-                    client,
-                    a.queue.clone().unwrap_or_default(),
-                    a.task_set.clone().unwrap_or_default(),
-                    a.state.clone().unwrap_or_default(),
-                    a.linearizable,
-                )
-                .await?
-            };
-            match format {
-                Format::Json => print_json(&serde_json::Value::Array(list.iter().map(output::task_json).collect())),
-                Format::Table => table(&output::TASK_HEADERS, &list.iter().map(output::task_row).collect::<Vec<_>>()),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Get(a) => get(client, a, format).await,
         Command::Watch(a) => watch(client, a, format).await,
         Command::Logs(a) => logs(client, a).await,
         Command::Cancel(a) => {
@@ -135,7 +106,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                 .into_inner();
             match format {
                 Format::Json => print_json(&serde_json::json!({"cancelled": resp.cancelled})),
-                Format::Table => println!("cancelled {} tasks", resp.cancelled),
+                Format::Table => outln!("cancelled {} tasks", resp.cancelled),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -148,7 +119,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                 })
                 .await?;
             if format == Format::Table {
-                println!("resumed {}/{}", a.queue, a.task_set);
+                outln!("resumed {}/{}", a.queue, a.task_set);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -166,26 +137,117 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
     }
 }
 
+/// Largest page the server returns.
+const MAX_PAGE: usize = 10_000;
+
+/// `get`: tasks by id; or the first `--limit` tasks of a listing, with a hint on standard
+/// error when more match; or, with `--all`, every page, printed as it arrives so that the
+/// listing starts at once and memory stays one page whatever the number of tasks.
+async fn get(client: &Client, a: crate::GetArgs, format: Format) -> Result<ExitCode, Failure> {
+    if !a.ids.is_empty() {
+        let req = v1::GetTasksRequest { task_ids: a.ids.clone(), linearizable: a.linearizable };
+        let list = client
+            .call(|c| {
+                let req = req.clone();
+                async move { tasks(c).get_tasks(req).await }
+            })
+            .await?
+            .into_inner()
+            .tasks;
+        print_tasks(&list, format);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.task_set.is_some() && a.queue.is_none() {
+        return Err(Failure::Input("--task-set needs --queue".into()));
+    }
+    if a.limit == 0 || a.limit > MAX_PAGE {
+        return Err(Failure::Input(format!("--limit must be within 1..={MAX_PAGE}")));
+    }
+    let filter = (a.queue.clone().unwrap_or_default(), a.task_set.clone().unwrap_or_default(), a.state.clone().unwrap_or_default());
+    let json = matches!(format, Format::Json);
+    let mut shown: Vec<v1::Task> = Vec::new();
+    let (mut after_id, mut count) = (0, 0usize);
+    if a.all && json {
+        outln!("[");
+    }
+    loop {
+        let want = if a.all { a.limit } else { a.limit - shown.len() };
+        let page = list_page(client, &filter, want, after_id, a.linearizable).await?;
+        if a.all {
+            // Streamed: one JSON object per line inside one array, or table pages.
+            if json {
+                let lines: Vec<String> =
+                    page.tasks.iter().map(|t| serde_json::to_string(&output::task_json(t)).unwrap_or_default()).collect();
+                if !lines.is_empty() {
+                    output::emit(&format!("{}{}\n", if count > 0 { "," } else { "" }, lines.join(",\n")));
+                }
+            } else {
+                table_part(&output::TASK_HEADERS, &page.tasks.iter().map(output::task_row).collect::<Vec<_>>(), after_id == 0);
+            }
+            count += page.tasks.len();
+        } else {
+            shown.extend(page.tasks);
+        }
+        if page.next_after_id == 0 {
+            break;
+        }
+        after_id = page.next_after_id;
+        if !a.all && shown.len() >= a.limit {
+            print_tasks(&shown, format);
+            eprintln!("(the first {} matching tasks; more match: `--all` lists every one)", shown.len());
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if a.all {
+        if json {
+            outln!("]");
+        }
+    } else {
+        print_tasks(&shown, format);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_tasks(list: &[v1::Task], format: Format) {
+    match format {
+        Format::Json => print_json(&serde_json::Value::Array(list.iter().map(output::task_json).collect())),
+        Format::Table => table(&output::TASK_HEADERS, &list.iter().map(output::task_row).collect::<Vec<_>>()),
+    }
+}
+
+/// One page of tasks matching `(queue, task set, state)` after `after_id`. A page may be
+/// short, even empty, with more to come: the server bounds how much it scans per call.
+async fn list_page(
+    client: &Client,
+    (queue, task_set, state): &(String, String, String),
+    limit: usize,
+    after_id: u64,
+    linearizable: bool,
+) -> Result<v1::ListTasksResponse, Failure> {
+    let req = v1::ListTasksRequest {
+        queue: queue.clone(),
+        task_set: task_set.clone(),
+        state: state.clone(),
+        limit: limit.min(MAX_PAGE) as u32,
+        after_id,
+        linearizable,
+    };
+    Ok(client
+        .call(|c| {
+            let req = req.clone();
+            async move { tasks(c).list_tasks(req).await }
+        })
+        .await?
+        .into_inner())
+}
+
 /// Every task matching the filters, page by page.
 async fn list_all(client: &Client, queue: String, task_set: String, state: String, linearizable: bool) -> Result<Vec<v1::Task>, Failure> {
     let mut all = Vec::new();
     let mut after_id = 0;
+    let filter = (queue, task_set, state);
     loop {
-        let req = v1::ListTasksRequest {
-            queue: queue.clone(),
-            task_set: task_set.clone(),
-            state: state.clone(),
-            limit: 10_000,
-            after_id,
-            linearizable,
-        };
-        let page = client
-            .call(|c| {
-                let req = req.clone();
-                async move { tasks(c).list_tasks(req).await }
-            })
-            .await?
-            .into_inner();
+        let page = list_page(client, &filter, MAX_PAGE, after_id, linearizable).await?;
         all.extend(page.tasks);
         if page.next_after_id == 0 {
             return Ok(all);
@@ -255,7 +317,7 @@ async fn queue(client: &Client, q: QueueCommand, format: Format) -> Result<ExitC
                 })
                 .await?;
             if format == Format::Table {
-                println!("deleted queue {name}");
+                outln!("deleted queue {name}");
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -317,8 +379,8 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
                 Ok(Some(e)) => {
                     next_seq = e.seq + 1;
                     match format {
-                        Format::Json => println!("{}", serde_json::to_string(&event_json(&e)).unwrap_or_default()),
-                        Format::Table => println!("{}", output::event_line(&e)),
+                        Format::Json => outln!("{}", serde_json::to_string(&event_json(&e)).unwrap_or_default()),
+                        Format::Table => outln!("{}", output::event_line(&e)),
                     }
                     if e.task_id != 0 {
                         let known = states.get(&e.task_id).and_then(|s| TaskState::parse(s));
@@ -350,7 +412,7 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
     }
     let failed = states.values().filter(|s| s.as_str() != "succeeded").count();
     if format == Format::Table {
-        println!("{} tasks finished: {} succeeded, {failed} did not", states.len(), states.len() - failed);
+        outln!("{} tasks finished: {} succeeded, {failed} did not", states.len(), states.len() - failed);
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -59,7 +59,7 @@ pub fn auth(a: crate::AuthCommand) -> Result<ExitCode, Failure> {
                 (Some(t), false) => t,
                 (None, true) => {
                     let t = flotilla_server::auth::generate_token().map_err(Failure::Op)?;
-                    println!("token: {t}");
+                    outln!("token: {t}");
                     t
                 }
                 (None, false) => {
@@ -72,7 +72,7 @@ pub fn auth(a: crate::AuthCommand) -> Result<ExitCode, Failure> {
             if token.is_empty() {
                 return Err(Failure::Input("the token is empty".into()));
             }
-            println!("{}", flotilla_server::auth::hash_token(token));
+            outln!("{}", flotilla_server::auth::hash_token(token));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -310,20 +310,20 @@ async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: For
             })
             .collect();
         match format {
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 serde_json::json!({"elapsedS": started.elapsed().as_secs(), "tasks": by_state, "activeByCluster": by_cluster, "total": total})
             ),
             Format::Table => {
                 let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 let active: Vec<String> = by_cluster.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                println!("[{:>4}s] tasks: {}", started.elapsed().as_secs(), states.join(", "));
-                println!("        on clusters: {} | {}", if active.is_empty() { "-".into() } else { active.join(", ") }, gpus.join(", "));
-                println!("        shares: {}", shares.join("; "));
+                outln!("[{:>4}s] tasks: {}", started.elapsed().as_secs(), states.join(", "));
+                outln!("        on clusters: {} | {}", if active.is_empty() { "-".into() } else { active.join(", ") }, gpus.join(", "));
+                outln!("        shares: {}", shares.join("; "));
             }
         }
         if total > 0 && finished == total {
-            println!("all {total} demo tasks finished in {}s: {} succeeded, {failed} did not", started.elapsed().as_secs(), total - failed);
+            outln!("all {total} demo tasks finished in {}s: {} succeeded, {failed} did not", started.elapsed().as_secs(), total - failed);
             return Ok(failed == 0);
         }
     }

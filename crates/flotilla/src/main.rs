@@ -1,6 +1,15 @@
 //! The `flotilla` binary: scheduler replica, executor, dev mode and the CLI.
 //!
-//! Exit codes: 0 success, 1 the operation failed, 2 bad input or usage.
+//! Exit codes: 0 success, 1 the operation failed, 2 bad input or usage. A reader of the
+//! output that goes away (`flotilla get | head`) ends the command quietly with 0.
+
+/// `println!` that ends the process quietly when standard output is a closed pipe (see
+/// `output::emit`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod client;
 mod commands;
@@ -310,6 +319,12 @@ pub struct GetArgs {
     /// Read through the leader with a majority check (linearizable).
     #[arg(long)]
     pub linearizable: bool,
+    /// Tasks per page (at most 10000); without `--all` only the first page is shown.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// List every matching task, page by page as the pages arrive.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug)]

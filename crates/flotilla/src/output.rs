@@ -1,11 +1,33 @@
 //! Tables and JSON for the CLI's output.
 
+use std::io::Write;
+
 use flotilla_api::v1;
 use flotilla_model::{format_bytes, format_cpu_millis};
 use serde_json::{json, Value};
 
+/// Writes `text` to standard output. A reader that went away (`flotilla get | head`) got
+/// what it wanted: the process ends quietly with success rather than panicking as
+/// `println!` does on a broken pipe.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints rows as columns aligned under their headers.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    table_part(headers, rows, true);
+}
+
+/// Like [`table`]; the header only when `header` (later pages of a streamed listing are
+/// aligned on their own).
+pub fn table_part(headers: &[&str], rows: &[Vec<String>], header: bool) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -14,15 +36,21 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             }
         }
     }
-    let line = |cells: Vec<String>| {
+    // One write for the whole table: a line at a time costs a system call per task.
+    let mut text = String::new();
+    let mut line = |cells: &[String]| {
         let parts: Vec<String> =
             cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths.get(i).copied().unwrap_or(0))).collect();
-        println!("{}", parts.join("  ").trim_end());
+        text.push_str(parts.join("  ").trim_end());
+        text.push('\n');
     };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for row in rows {
-        line(row.clone());
+    if header {
+        line(&headers.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
     }
+    for row in rows {
+        line(row);
+    }
+    emit(&text);
 }
 
 pub fn task_json(t: &v1::Task) -> Value {

@@ -29,7 +29,7 @@ fn print_members(members: &[v1::ReplicaMember]) {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn check_id(id: u64) -> Result<(), Failure> {
@@ -56,7 +56,7 @@ pub async fn run(client: &Client, command: ReplicaCommand, format: Format) -> Re
                 })),
                 Format::Table => {
                     print_members(&r.replicas);
-                    println!(
+                    outln!(
                         "\ninstallation {}; as replica {} sees it: term {}, leader {}, commit index {}, applied index {}",
                         if r.installation_id.is_empty() { "(not named yet)" } else { r.installation_id.as_str() },
                         r.answered_by,
@@ -85,7 +85,7 @@ pub async fn run(client: &Client, command: ReplicaCommand, format: Format) -> Re
             match format {
                 Format::Json => print_json(&json!({ "added": id, "replicas": r.replicas.iter().map(member_json).collect::<Vec<_>>() })),
                 Format::Table => {
-                    println!("added replica {id} as a voter");
+                    outln!("added replica {id} as a voter");
                     print_members(&r.replicas);
                 }
             }
@@ -97,7 +97,7 @@ pub async fn run(client: &Client, command: ReplicaCommand, format: Format) -> Re
             match format {
                 Format::Json => print_json(&json!({ "removed": id, "replicas": r.replicas.iter().map(member_json).collect::<Vec<_>>() })),
                 Format::Table => {
-                    println!("removed replica {id}; stop it and delete its data directory");
+                    outln!("removed replica {id}; stop it and delete its data directory");
                     print_members(&r.replicas);
                 }
             }

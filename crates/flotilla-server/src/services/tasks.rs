@@ -23,6 +23,10 @@ use crate::{now_ms, Context};
 const MAX_IDS_PER_GET: usize = 10_000;
 const DEFAULT_PAGE: usize = 1_000;
 const MAX_PAGE: usize = 10_000;
+/// Most task records one ListTasks call looks at: a filter that matches few of a million
+/// tasks answers a short (even empty) page with `next_after_id` set, instead of holding
+/// the state's read lock for a scan of the whole table.
+const MAX_SCANNED_PER_PAGE: usize = 100_000;
 /// Events sent per read of the log while a watcher catches up.
 const WATCH_BATCH: usize = 1_000;
 const MAX_REQUEST_ID_BYTES: usize = 128;
@@ -186,27 +190,39 @@ impl Tasks for TasksService {
             };
             let mut out = Vec::new();
             let mut next = 0;
-            let mut push = |t: &flotilla_store::TaskRecord| {
+            let mut scanned = 0usize;
+            // False once the page is full or the scan bound is reached: `next` then says
+            // where the next call goes on (after the last task returned or looked at).
+            let mut visit = |t: &flotilla_store::TaskRecord| {
                 if out.len() == page {
                     next = out.last().map_or(0, |l: &v1::Task| l.id);
                     return false;
                 }
-                out.push(task_to_proto(t));
+                if scanned == MAX_SCANNED_PER_PAGE {
+                    next = t.id.0.saturating_sub(1).max(r.after_id);
+                    return false;
+                }
+                scanned += 1;
+                if matches(&t) {
+                    out.push(task_to_proto(t));
+                }
                 true
             };
             if !r.task_set.is_empty() {
                 if let Some(set) = s.task_set(&r.queue, &r.task_set) {
-                    for id in set.tasks.iter().filter(|id| id.0 > r.after_id) {
-                        if let Some(t) = s.task(*id).filter(|t| matches(t)) {
-                            if !push(t) {
+                    // Ids are appended in increasing order: the page starts by a binary search.
+                    let start = set.tasks.partition_point(|id| id.0 <= r.after_id);
+                    for id in &set.tasks[start..] {
+                        if let Some(t) = s.task(*id) {
+                            if !visit(t) {
                                 break;
                             }
                         }
                     }
                 }
             } else {
-                for t in s.tasks_after(TaskId(r.after_id)).filter(matches) {
-                    if !push(t) {
+                for t in s.tasks_after(TaskId(r.after_id)) {
+                    if !visit(t) {
                         break;
                     }
                 }

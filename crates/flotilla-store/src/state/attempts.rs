@@ -173,6 +173,7 @@ impl State {
     fn unblock_dependents(&mut self, now: u64, id: TaskId) {
         let dependents = self.tasks.get(&id).map(|t| t.dependents.clone()).unwrap_or_default();
         for d in dependents {
+            self.sched_feed.touch(d);
             if let Some(t) = self.tasks.get_mut(&d) {
                 t.blocked_on.retain(|x| *x != id);
                 if t.blocked_on.is_empty() && t.state == TaskState::Queued {

@@ -20,6 +20,7 @@ impl State {
         exit_code: Option<i32>,
     ) {
         let Some(t) = self.tasks.get_mut(&id) else { return };
+        self.sched_feed.touch(id);
         let from = t.state;
         debug_assert!(!from.is_terminal(), "task {id} left terminal state {from}");
         if from.is_terminal() {
@@ -100,6 +101,7 @@ impl State {
             return false;
         }
         t.stopping = None;
+        self.sched_feed.touch(id);
         if let Some(set) = self.stopping_by_cluster.get_mut(cluster) {
             set.remove(&id);
         }
@@ -116,6 +118,9 @@ impl State {
     }
 
     pub(super) fn push_set_event(&mut self, now: u64, key: &TaskSetKey, kind: EventKind, reason: String) {
+        if matches!(kind, EventKind::Paused | EventKind::Resumed) {
+            self.sched_feed.reset();
+        }
         let event = TaskEvent {
             seq: 0,
             task: TaskId(0),

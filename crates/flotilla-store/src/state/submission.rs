@@ -111,6 +111,7 @@ impl State {
         let key = record.task_set_key();
         self.tasks.insert(id, record);
         self.queued.insert(id);
+        self.sched_feed.touch(id);
         self.counts.entry(queue.clone()).or_default()[state_index(TaskState::Queued)] += 1;
         let set = self.task_sets.entry(key).or_insert_with(|| TaskSetRecord { queue, task_set, next_seq: 1, ..Default::default() });
         set.tasks.push(id);
