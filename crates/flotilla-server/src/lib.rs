@@ -21,11 +21,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod armada;
 pub mod auth;
 pub mod capacity;
 pub mod clock;
 mod convert;
+pub mod health;
 mod http;
+pub mod keda;
 pub mod leader;
 pub mod listen;
 pub mod metrics;
@@ -67,6 +70,10 @@ pub struct ServerConfig {
     pub peer_tls: Option<PeerTls>,
     /// HTTP: metrics, health, web view. `None` disables it.
     pub http: Option<SocketAddr>,
+    /// Plaintext gRPC without credentials, read-only: `grpc.health.v1.Health` (Kubernetes'
+    /// gRPC probes speak neither TLS nor tokens) and KEDA's external scaler (queue depths).
+    /// `None` (the default): not served.
+    pub probe_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Every replica of the group by id, including this one: the URL of its peer port
     /// (`http://host:port`, `https://` with `peer_tls`). A URL of this replica ending in
@@ -166,6 +173,7 @@ impl ServerConfig {
             tls: None,
             peer_tls: None,
             http: None,
+            probe_listen: None,
             data_dir,
             peers: BTreeMap::from([(1, format!("http://{peer_listen}"))]),
             schedule_interval: Duration::from_secs(1),
@@ -299,6 +307,8 @@ pub struct Context {
     /// One membership change at a time on this replica (check, then change), whichever
     /// port the call came in on.
     pub(crate) membership_changes: tokio::sync::Mutex<()>,
+    /// `grpc.health.v1.Health` statuses ([`health`]).
+    pub health: tonic_health::server::HealthReporter,
 }
 
 /// The system clock's milliseconds since the Unix epoch (a replica uses `config.clock`).
@@ -402,6 +412,8 @@ pub struct ServerHandle {
     /// The peer gRPC port (Raft, forwarded calls).
     pub peer_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    /// The plaintext health and scaler port (`probe_listen`).
+    pub probe_addr: Option<SocketAddr>,
     shutdown: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -574,6 +586,7 @@ async fn start_serving(
         started: Instant::now(),
         leader_channel: Mutex::new(None),
         membership_changes: tokio::sync::Mutex::new(()),
+        health: health::reporter().await,
     });
 
     let mut shutdown = Vec::new();
@@ -596,6 +609,26 @@ async fn start_serving(
         }));
     }
 
+    let mut probe_addr = None;
+    if let Some(addr) = config.probe_listen {
+        let (listener, local) = bind(addr, "--probe-listen").await?;
+        probe_addr = Some(local);
+        let (tx, rx) = oneshot::channel();
+        shutdown.push(tx);
+        let router = services::probe_router(ctx.clone());
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await
+            {
+                tracing::error!(port = "probe", error = %e, "gRPC server stopped");
+            }
+        }));
+    }
+
     let mut http_addr = None;
     if let Some(addr) = config.http {
         let (listener, local) = bind(addr, "--http").await?;
@@ -608,16 +641,18 @@ async fn start_serving(
     ctx.replica.bootstrap();
     tasks.push(tokio::spawn(leader::run(ctx.clone())));
     tasks.push(tokio::spawn(auth.keep_fresh()));
+    tasks.push(tokio::spawn(health::follow_leader(ctx.clone())));
     tracing::info!(
         id = config.id,
         grpc = %local_addr,
         peer = %peer_addr,
         http = ?http_addr,
+        probe = ?probe_addr,
         tls = config.tls.is_some(),
         peer_mtls = config.peer_tls.is_some(),
         "replica started"
     );
-    Ok(ServerHandle { ctx, local_addr, peer_addr, http_addr, shutdown, tasks })
+    Ok(ServerHandle { ctx, local_addr, peer_addr, http_addr, probe_addr, shutdown, tasks })
 }
 
 /// Runs a replica until SIGINT or SIGTERM.
