@@ -18,6 +18,8 @@ pub const GANG_UNIFORMITY_LABEL: &str = "armadaproject.io/gangNodeUniformityLabe
 /// Flotilla's own annotations: what a simulated cluster (`flotilla dev`) does with the job.
 pub const SIM_DURATION: &str = "flotilla.io/sim-duration";
 pub const SIM_EXIT_CODE: &str = "flotilla.io/sim-exit-code";
+/// Flotilla's retry limit for the job (Armada has no per-job equivalent).
+pub const MAX_ATTEMPTS: &str = "flotilla.io/max-attempts";
 
 /// The priority values Armada's clients send by default (0, and 1 from `create_job_request_item`).
 /// Flotilla orders a queue by priority class, then submit time: any other value would be ignored,
@@ -313,8 +315,8 @@ fn container_security_context(path: &str, sc: Option<&k8s::SecurityContext>, err
     sc.run_as_user
 }
 
-/// Gang annotations are read in [`group_gangs`]; Flotilla's `sim-*` annotations set what a
-/// simulated cluster does; any other annotation is refused.
+/// Gang annotations are read in [`group_gangs`]; Flotilla's own set the retry limit and what
+/// a simulated cluster does; any other annotation is refused.
 fn annotations(
     path: &str,
     annotations: &std::collections::HashMap<String, String>,
@@ -331,9 +333,16 @@ fn annotations(
                 Err(_) => errors
                     .push(FieldError::new(format!("{path}.annotations[{SIM_EXIT_CODE}]"), format!("{} is not an exit code", quote(value)))),
             },
+            MAX_ATTEMPTS => match value.parse::<u32>() {
+                Ok(n) => t.retry.get_or_insert_with(Default::default).max_attempts = Some(n),
+                Err(_) => errors.push(FieldError::new(
+                    format!("{path}.annotations[{MAX_ATTEMPTS}]"),
+                    format!("{} is not a whole number", quote(value)),
+                )),
+            },
             other => errors.push(FieldError::new(
                 format!("{path}.annotations[{}]", flotilla_model::truncate(other, 64)),
-                "is not supported: Flotilla reads only the gang annotations and its own flotilla.io/sim-* ones",
+                "is not supported: Flotilla reads only the gang annotations and its own flotilla.io/ ones (docs/armada.md)",
             )),
         }
     }
