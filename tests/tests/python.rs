@@ -48,7 +48,19 @@ impl Drop for Dev {
 /// exactly its own outcome), time five times faster, and waits for its gRPC address.
 fn start_dev() -> Dev {
     let mut child = Command::new(flotilla_tests::flotilla_bin())
-        .args(["dev", "--clusters", "tests/fixtures/clusters-calm.toml", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--speed", "5"])
+        .args([
+            "dev",
+            "--clusters",
+            "tests/fixtures/clusters-calm.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--speed",
+            "5",
+        ])
         .current_dir(repo_root())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -455,21 +455,38 @@ fn topology_of(label: &str) -> Option<String> {
     Some(level.to_string())
 }
 
-/// A Flotilla "tasks[N]…" error line about template N, renamed to the job request item it
-/// came from, so the caller reads its own field names.
+/// Flotilla template fields and the Armada fields they came from (the first path segment).
+const ARMADA_PATHS: [(&str, &str); 13] = [
+    ("image", "pod_spec.containers[0].image"),
+    ("command", "pod_spec.containers[0].command"),
+    ("args", "pod_spec.containers[0].args"),
+    ("env", "pod_spec.containers[0].env"),
+    ("resources", "pod_spec.containers[0].resources.requests"),
+    ("limits", "pod_spec.containers[0].resources.limits"),
+    ("runAsUser", "pod_spec.containers[0].securityContext.runAsUser"),
+    ("priorityClass", "pod_spec.priorityClassName"),
+    ("maxRuntime", "pod_spec.activeDeadlineSeconds"),
+    ("terminationGrace", "pod_spec.terminationGracePeriodSeconds"),
+    ("placement", "pod_spec"),
+    ("gang", "annotations[armadaproject.io/gangCardinality]"),
+    ("sim", "annotations[flotilla.io/sim-*]"),
+];
+
+/// A Flotilla "tasks[N].field…" error line about template N, renamed to the job request item
+/// it came from and, where it has one, the Armada field, so the caller reads its own names.
 pub fn rename_paths(message: &str, first_item: &[usize]) -> String {
-    message
-        .lines()
-        .map(|line| {
-            let Some(rest) = line.strip_prefix("tasks[") else { return line.to_string() };
-            let Some((n, tail)) = rest.split_once(']') else { return line.to_string() };
-            match n.parse::<usize>().ok().and_then(|n| first_item.get(n)) {
-                Some(item) => format!("job_request_items[{item}]{tail}"),
-                None => line.to_string(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    message.lines().map(|line| rename_line(line, first_item).unwrap_or_else(|| line.to_string())).collect::<Vec<_>>().join("\n")
+}
+
+fn rename_line(line: &str, first_item: &[usize]) -> Option<String> {
+    let (n, tail) = line.strip_prefix("tasks[")?.split_once(']')?;
+    let item = first_item.get(n.parse::<usize>().ok()?)?;
+    let field = tail.strip_prefix('.').map(|t| t.split(['.', ':']).next().unwrap_or_default()).unwrap_or_default();
+    let tail = match ARMADA_PATHS.iter().find(|(ours, _)| *ours == field) {
+        Some((ours, theirs)) => format!(".{theirs}{}", &tail[1 + ours.len()..]),
+        None => tail.to_string(),
+    };
+    Some(format!("job_request_items[{item}]{tail}"))
 }
 
 #[cfg(test)]
@@ -579,7 +596,12 @@ mod tests {
 
     #[test]
     fn flotilla_template_errors_are_renamed_to_the_items_they_came_from() {
-        let msg = "tasks[1].image: is required\ntasks[0].resources.cpu: bad";
-        assert_eq!(rename_paths(msg, &[0, 3]), "job_request_items[3].image: is required\njob_request_items[0].resources.cpu: bad");
+        let msg = "tasks[1].image: is required\ntasks[0].resources.cpu: bad\ntasks[0].name: odd\nqueue: missing";
+        assert_eq!(
+            rename_paths(msg, &[0, 3]),
+            "job_request_items[3].pod_spec.containers[0].image: is required\n\
+             job_request_items[0].pod_spec.containers[0].resources.requests.cpu: bad\n\
+             job_request_items[0].name: odd\nqueue: missing"
+        );
     }
 }
