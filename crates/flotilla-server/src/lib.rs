@@ -597,16 +597,7 @@ async fn start_serving(
     {
         let (tx, rx) = oneshot::channel();
         shutdown.push(tx);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(port, error = %e, "gRPC server stopped");
-            }
-        }));
+        tasks.push(spawn_serving(port, router.serve_with_incoming_shutdown(incoming, stopped(rx))));
     }
 
     let mut probe_addr = None;
@@ -615,18 +606,8 @@ async fn start_serving(
         probe_addr = Some(local);
         let (tx, rx) = oneshot::channel();
         shutdown.push(tx);
-        let router = services::probe_router(ctx.clone());
-        tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(port = "probe", error = %e, "gRPC server stopped");
-            }
-        }));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.push(spawn_serving("probe", services::probe_router(ctx.clone()).serve_with_incoming_shutdown(incoming, stopped(rx))));
     }
 
     let mut http_addr = None;
@@ -653,6 +634,23 @@ async fn start_serving(
         "replica started"
     );
     Ok(ServerHandle { ctx, local_addr, peer_addr, http_addr, probe_addr, shutdown, tasks })
+}
+
+/// Runs one port's gRPC server; a server that stops with an error says which port.
+fn spawn_serving(
+    port: &'static str,
+    serving: impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            tracing::error!(port, error = %e, "gRPC server stopped");
+        }
+    })
+}
+
+/// Resolves when the shutdown signal `rx` fires (or its sender is dropped).
+async fn stopped(rx: oneshot::Receiver<()>) {
+    let _ = rx.await;
 }
 
 /// Runs a replica until SIGINT or SIGTERM.

@@ -75,92 +75,51 @@ fn cause_of(reason: &str) -> Cause {
 /// The Armada messages of one Flotilla event of `queue`/`job_set`, in order. Flotilla's
 /// `paused` and `resumed` (a task set's circuit breaker) have no Armada message.
 pub fn messages_of(e: &v1::TaskEvent, queue: &str, job_set: &str) -> Vec<Events> {
-    let (job_id, job_set_id, queue, created) = (e.task_id.to_string(), job_set.to_string(), queue.to_string(), Some(timestamp(e.time_ms)));
-    let queued =
-        || Events::Queued(JobQueuedEvent { job_id: job_id.clone(), job_set_id: job_set_id.clone(), queue: queue.clone(), created });
+    let (job_id, created) = (e.task_id.to_string(), Some(timestamp(e.time_ms)));
+    // Every Armada job event starts with the same four fields.
+    macro_rules! job_event {
+        ($variant:ident, $message:ident { $($field:ident: $value:expr),* $(,)? }) => {{
+            // Some messages have no fields beyond the four.
+            #[allow(clippy::needless_update)]
+            let message = $message {
+                job_id: job_id.clone(),
+                job_set_id: job_set.to_string(),
+                queue: queue.to_string(),
+                created,
+                $($field: $value,)*
+                ..Default::default()
+            };
+            Events::$variant(message)
+        }};
+    }
+    let (cluster_id, node_name, reason) = (|| e.cluster.clone(), || e.node.clone(), || e.reason.clone());
+    let queued = || job_event!(Queued, JobQueuedEvent {});
     let returned = |run_attempted| {
-        Events::LeaseReturned(JobLeaseReturnedEvent {
-            job_id: job_id.clone(),
-            job_set_id: job_set_id.clone(),
-            queue: queue.clone(),
-            created,
-            cluster_id: e.cluster.clone(),
-            reason: e.reason.clone(),
-            run_attempted,
-            ..Default::default()
-        })
+        job_event!(LeaseReturned, JobLeaseReturnedEvent { cluster_id: cluster_id(), reason: reason(), run_attempted: run_attempted })
     };
     match e.kind.as_str() {
         "submitted" => {
-            let job =
-                armada::Job { id: job_id.clone(), job_set_id: job_set_id.clone(), queue: queue.clone(), created, ..Default::default() };
-            let submitted =
-                JobSubmittedEvent { job_id: job_id.clone(), job_set_id: job_set_id.clone(), queue: queue.clone(), created, job: Some(job) };
-            vec![Events::Submitted(submitted), queued()]
+            let job = armada::Job { id: job_id.clone(), job_set_id: job_set.into(), queue: queue.into(), created, ..Default::default() };
+            vec![job_event!(Submitted, JobSubmittedEvent { job: Some(job) }), queued()]
         }
-        "leased" => {
-            vec![Events::Leased(JobLeasedEvent { job_id, job_set_id, queue, created, cluster_id: e.cluster.clone(), pool: String::new() })]
-        }
-        "pending" => vec![Events::Pending(JobPendingEvent {
-            job_id,
-            job_set_id,
-            queue,
-            created,
-            cluster_id: e.cluster.clone(),
-            ..Default::default()
-        })],
-        "running" => vec![Events::Running(JobRunningEvent {
-            job_id,
-            job_set_id,
-            queue,
-            created,
-            cluster_id: e.cluster.clone(),
-            node_name: e.node.clone(),
-            ..Default::default()
-        })],
-        "succeeded" => vec![Events::Succeeded(JobSucceededEvent {
-            job_id,
-            job_set_id,
-            queue,
-            created,
-            cluster_id: e.cluster.clone(),
-            node_name: e.node.clone(),
-            ..Default::default()
-        })],
-        "failed" => vec![Events::Failed(JobFailedEvent {
-            job_id,
-            job_set_id,
-            queue,
-            created,
-            cluster_id: e.cluster.clone(),
-            node_name: e.node.clone(),
-            reason: e.reason.clone(),
-            exit_codes: e.exit_code.map(|c| ("main".to_string(), c)).into_iter().collect(),
-            cause: cause_of(&e.reason) as i32,
-            ..Default::default()
-        })],
+        "leased" => vec![job_event!(Leased, JobLeasedEvent { cluster_id: cluster_id() })],
+        "pending" => vec![job_event!(Pending, JobPendingEvent { cluster_id: cluster_id() })],
+        "running" => vec![job_event!(Running, JobRunningEvent { cluster_id: cluster_id(), node_name: node_name() })],
+        "succeeded" => vec![job_event!(Succeeded, JobSucceededEvent { cluster_id: cluster_id(), node_name: node_name() })],
+        "failed" => vec![job_event!(
+            Failed,
+            JobFailedEvent {
+                cluster_id: cluster_id(),
+                node_name: node_name(),
+                reason: reason(),
+                exit_codes: e.exit_code.map(|c| ("main".to_string(), c)).into_iter().collect(),
+                cause: cause_of(&e.reason) as i32,
+            }
+        )],
         "retrying" => vec![returned(true), queued()],
         "requeued" => vec![returned(false), queued()],
-        "preempted" => vec![
-            Events::Preempted(JobPreemptedEvent {
-                job_id: job_id.clone(),
-                job_set_id: job_set_id.clone(),
-                queue: queue.clone(),
-                created,
-                cluster_id: e.cluster.clone(),
-                reason: e.reason.clone(),
-                ..Default::default()
-            }),
-            queued(),
-        ],
-        "cancelled" => vec![Events::Cancelled(JobCancelledEvent {
-            job_id,
-            job_set_id,
-            queue,
-            created,
-            reason: e.reason.clone(),
-            requestor: String::new(),
-        })],
+        "preempted" => vec![job_event!(Preempted, JobPreemptedEvent { cluster_id: cluster_id(), reason: reason() }), queued()],
+        "cancelled" => vec![job_event!(Cancelled, JobCancelledEvent { reason: reason() })],
         _ => Vec::new(),
     }
 }

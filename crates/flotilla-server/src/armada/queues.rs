@@ -131,6 +131,20 @@ impl QueueService {
     }
 }
 
+impl QueueService {
+    /// Creates (or updates) each queue of a batch in turn; the queues refused, with why.
+    async fn each(&self, caller: &Caller, list: QueueList, create: bool) -> Vec<(armada::Queue, String)> {
+        let mut failed = Vec::new();
+        for q in list.queues {
+            let result = if create { self.create(caller, &q).await } else { self.update(caller, &q).await };
+            if let Err(s) = result {
+                failed.push((q, s.message().to_string()));
+            }
+        }
+        failed
+    }
+}
+
 type QueueStream = Pin<Box<dyn Stream<Item = Result<StreamingQueueMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -141,12 +155,8 @@ impl armada::queue_service_server::QueueService for QueueService {
 
     async fn create_queues(&self, req: Request<QueueList>) -> Result<Response<BatchQueueCreateResponse>, Status> {
         let caller = Caller::of(&req);
-        let mut failed_queues = Vec::new();
-        for q in req.into_inner().queues {
-            if let Err(s) = self.create(&caller, &q).await {
-                failed_queues.push(QueueCreateResponse { queue: Some(q), error: s.message().to_string() });
-            }
-        }
+        let failed = self.each(&caller, req.into_inner(), true).await;
+        let failed_queues = failed.into_iter().map(|(queue, error)| QueueCreateResponse { queue: Some(queue), error }).collect();
         Ok(Response::new(BatchQueueCreateResponse { failed_queues }))
     }
 
@@ -156,12 +166,8 @@ impl armada::queue_service_server::QueueService for QueueService {
 
     async fn update_queues(&self, req: Request<QueueList>) -> Result<Response<BatchQueueUpdateResponse>, Status> {
         let caller = Caller::of(&req);
-        let mut failed_queues = Vec::new();
-        for q in req.into_inner().queues {
-            if let Err(s) = self.update(&caller, &q).await {
-                failed_queues.push(QueueUpdateResponse { queue: Some(q), error: s.message().to_string() });
-            }
-        }
+        let failed = self.each(&caller, req.into_inner(), false).await;
+        let failed_queues = failed.into_iter().map(|(queue, error)| QueueUpdateResponse { queue: Some(queue), error }).collect();
         Ok(Response::new(BatchQueueUpdateResponse { failed_queues }))
     }
 
