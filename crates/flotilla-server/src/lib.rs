@@ -577,6 +577,7 @@ async fn start_serving(
     let replica = Replica::open(replica_config).await.context("opening the replica")?;
     let ctx = Arc::new(Context {
         auth: auth.clone(),
+        health: health::reporter().await,
         config: config.clone(),
         replica,
         capacity: Mutex::new(Capacity::default()),
@@ -586,7 +587,6 @@ async fn start_serving(
         started: Instant::now(),
         leader_channel: Mutex::new(None),
         membership_changes: tokio::sync::Mutex::new(()),
-        health: health::reporter().await,
     });
 
     let mut shutdown = Vec::new();
