@@ -103,6 +103,14 @@ impl armada::submit_server::Submit for SubmitService {
     async fn submit_jobs(&self, req: Request<JobSubmitRequest>) -> Result<Response<JobSubmitResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
+        // As SubmitTasks does first: the caller's right, then the request's size, and only
+        // then the work of translating it.
+        self.0.require_on_queue(&caller, &r.queue, flotilla_model::Verb::Submit)?;
+        let most = self.0.config.submit_limits.max_templates_per_submit as usize;
+        if r.job_request_items.len() > most {
+            let problem = format!("{} items exceed the limit of {most} per request", r.job_request_items.len());
+            return Err(invalid(&[FieldError::new("job_request_items", problem)]));
+        }
         let t = jobs::translate(&r.job_request_items).map_err(|e| invalid(&e))?;
         let submit = v1::SubmitTasksRequest {
             queue: r.queue.clone(),
