@@ -1,8 +1,9 @@
 //! A Flotilla scheduler replica.
 //!
 //! One process of the replicated scheduler: it joins the Raft group ([`raft`]), serves the
-//! public gRPC API (`Queues`, `Tasks`, `Clusters`, `Replicas`) and the executor protocol
-//! (`Executor`) on the client port, Raft traffic and the calls followers forward to the
+//! public gRPC API (`Queues`, `Tasks`, `Clusters`, `Replicas`), the executor protocol
+//! (`Executor`), Armada's API ([`armada`]), KEDA's scaler ([`keda`]), gRPC health and
+//! reflection ([`health`]) on the client port, Raft traffic and the calls followers forward to the
 //! leader on the peer port ([`services`]), and `/metrics`, `/healthz`, `/readyz` and a
 //! small read-only web view on the HTTP port. The client and HTTP ports speak TLS with
 //! `--tls-cert`; the peer port speaks mutual TLS with `--peer-tls-*` ([`listen`]). The replica that is Raft leader also runs
