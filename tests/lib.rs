@@ -63,3 +63,26 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, headers: &str) -> 
     let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
     (status, head, body)
 }
+
+/// The `flotilla` binary: `$FLOTILLA_BIN`, else built (or found fresh) by cargo.
+pub fn flotilla_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
+        return p.into();
+    }
+    let cargo = std::env::var("CARGO").ok().or(option_env!("CARGO").map(str::to_string)).unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", "flotilla", "--bin", "flotilla", "--message-format=json-render-diagnostics"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::inherit());
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("running cargo build -p flotilla");
+    assert!(out.status.success(), "cargo build -p flotilla failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "flotilla")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .expect("cargo build names the flotilla executable")
+}

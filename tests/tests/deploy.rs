@@ -50,6 +50,8 @@ struct Rendered {
     network_policies: Vec<NetworkPolicy>,
     /// cert-manager's Issuers and Certificates (no typed structs in k8s-openapi).
     cert_manager: Vec<Value>,
+    /// KEDA's ScaledObjects (likewise).
+    keda: Vec<Value>,
 }
 
 /// Runs `kubectl kustomize deploy/<dir>` and parses every document into its typed struct.
@@ -95,6 +97,7 @@ fn render(dir: &str) -> Rendered {
             "RoleBinding" => r.role_bindings.push(typed(&doc, &at)),
             "NetworkPolicy" => r.network_policies.push(typed(&doc, &at)),
             "Issuer" | "Certificate" if doc["apiVersion"] == "cert-manager.io/v1" => r.cert_manager.push(doc.clone()),
+            "ScaledObject" if doc["apiVersion"] == "keda.sh/v1alpha1" => r.keda.push(doc.clone()),
             _ => panic!("{at}: kind {kind:?} is not one this test knows; add it to `render`"),
         }
     }
@@ -270,6 +273,7 @@ fn every_kustomization_renders_and_parses_as_typed_objects() {
         "executor/overlays/gke-europe",
         "examples/agents-networkpolicy",
         "examples/cert-manager",
+        "examples/keda",
     ];
     for dir in expected {
         assert!(dirs.contains(dir), "deploy/{dir}/kustomization.yaml is missing (found {dirs:?})");
@@ -289,7 +293,8 @@ fn every_kustomization_renders_and_parses_as_typed_objects() {
             + r.roles.len()
             + r.role_bindings.len()
             + r.network_policies.len()
-            + r.cert_manager.len();
+            + r.cert_manager.len()
+            + r.keda.len();
         assert!(count > 0, "deploy/{dir} renders no objects");
     }
 }
@@ -335,9 +340,12 @@ fn the_scheduler_runs_with_auth_and_tls_from_the_secrets_cert_manager_writes() {
         let path = flag(&args, flag_name).unwrap_or_else(|| panic!("--{flag_name}"));
         assert_eq!(mounted_from(pod, c, path, dir), ("secret", secret_of(cert)), "--{flag_name} {path}");
     }
+    // The kubelet's gRPC probes speak neither TLS nor tokens: they use the probe port, which
+    // --tls-cert and --auth-file do not cover (plaintext, health and depths only).
+    let probe_port = flag(&args, "probe-listen").expect("--probe-listen").rsplit(':').next().unwrap().parse::<i32>().unwrap();
     for probe in [&c.startup_probe, &c.liveness_probe, &c.readiness_probe] {
-        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
-        assert_eq!(get.scheme.as_deref(), Some("HTTPS"), "the HTTP port speaks TLS");
+        let grpc = probe.as_ref().and_then(|p| p.grpc.as_ref()).expect("a gRPC probe");
+        assert_eq!(grpc.port, probe_port, "probes use the plaintext probe port");
     }
     assert!(!args.iter().any(|a| a == "--insecure"), "the shipped manifests never run without authentication");
 }
@@ -383,17 +391,23 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
     let grpc = port("grpc").expect("a grpc container port");
     let peer = port("peer").expect("a peer container port");
     let http = port("http").expect("an http container port");
+    let probe = port("probe").expect("a probe container port");
+    assert_eq!(flag(&args, "probe-listen"), Some(format!("0.0.0.0:{probe}").as_str()));
     assert_eq!(flag(&args, "listen"), Some(format!("0.0.0.0:{grpc}").as_str()));
     assert_eq!(flag(&args, "peer-listen"), Some(format!("0.0.0.0:{peer}").as_str()));
     assert_eq!(flag(&args, "http"), Some(format!("0.0.0.0:{http}").as_str()));
     assert_eq!((grpc, peer, http), (50051, 50052, 8080));
-    let probe_path = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
-        let get = p.and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
-        assert_eq!(get.port, IntOrString::String("http".into()), "probes use the http port");
-        get.path.clone().unwrap_or_default()
+    // Readiness asks for the whole server (SERVING once a leader is known); liveness and
+    // startup for "liveness" (SERVING while the process serves), so that replicas waiting
+    // for a quorum are not restarted.
+    let grpc_service = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
+        let g = p.and_then(|p| p.grpc.as_ref()).expect("a gRPC probe");
+        assert_eq!(g.port, probe, "probes use the probe port");
+        g.service.clone().unwrap_or_default()
     };
-    assert_eq!(probe_path(c.readiness_probe.as_ref()), "/readyz");
-    assert_eq!(probe_path(c.liveness_probe.as_ref()), "/healthz");
+    assert_eq!(grpc_service(c.readiness_probe.as_ref()), "");
+    assert_eq!(grpc_service(c.liveness_probe.as_ref()), flotilla_server::health::LIVENESS);
+    assert_eq!(grpc_service(c.startup_probe.as_ref()), flotilla_server::health::LIVENESS);
     let annotations = spec.template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
     assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"));
     assert_eq!(annotations.get("prometheus.io/port"), Some(&http.to_string()));
@@ -416,7 +430,14 @@ fn scheduler_is_three_replicas_whose_ids_peers_and_volumes_agree() {
     assert!(selects(client_spec.selector.as_ref().expect("selector"), &labels));
     let client_ports: BTreeSet<i32> = client_spec.ports.iter().flatten().map(|p| p.port).collect();
     assert_eq!(client_ports, BTreeSet::from([grpc, http]), "clients never see the peer port");
-    assert_eq!(r.services.len(), 2);
+    // KEDA's Service: the probe port only.
+    let scaler = r.services.iter().find(|s| name(&s.metadata) == "flotilla-scheduler-scaler").expect("the scaler Service");
+    let scaler_spec = scaler.spec.as_ref().expect("Service spec");
+    assert!(selects(scaler_spec.selector.as_ref().expect("selector"), &labels));
+    let scaler_ports: Vec<(i32, Option<IntOrString>)> =
+        scaler_spec.ports.iter().flatten().map(|p| (p.port, p.target_port.clone())).collect();
+    assert_eq!(scaler_ports, [(probe, Some(IntOrString::String("probe".into())))], "the scaler Service names the probe port only");
+    assert_eq!(r.services.len(), 3);
 
     // Replica ids: --id is the pod-index label (the ordinal), and --peers lists exactly the
     // ordinals, each at its pod's DNS name in the headless Service.
@@ -588,6 +609,34 @@ fn executor_overlays_run_in_cluster_with_exactly_the_rbac_the_kube_backend_uses(
         assert_eq!(r.cluster_roles.len(), r.cluster_role_bindings.len(), "deploy/{dir}: every ClusterRole is bound");
         assert_eq!(granted, expected_executor_grants(kube.create_namespaces), "deploy/{dir}: RBAC is exactly what the executor calls");
     }
+}
+
+#[test]
+fn keda_example_scales_a_worker_deployment_through_the_schedulers_scaler_service() {
+    let r = render("examples/keda");
+    let scheduler = render("scheduler");
+    let dir = r.dir.as_str();
+    let so = only(&r.keda, "ScaledObject", dir);
+    let worker = only(&r.deployments, "Deployment", dir);
+    assert_eq!(so["spec"]["scaleTargetRef"]["name"].as_str(), Some(name(&worker.metadata)), "it scales the worker");
+    assert_eq!(so["metadata"]["namespace"].as_str(), worker.metadata.namespace.as_deref(), "in the worker's namespace");
+    let trigger = &so["spec"]["triggers"][0];
+    assert!(matches!(trigger["type"].as_str(), Some("external" | "external-push")), "{trigger}");
+    let metadata: std::collections::HashMap<String, String> = trigger["metadata"]
+        .as_object()
+        .expect("trigger metadata")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    // The scaler address is the scheduler's scaler Service, in the scheduler's namespace, on its port.
+    let service = scheduler.services.iter().find(|s| name(&s.metadata) == "flotilla-scheduler-scaler").expect("the scaler Service");
+    let port = service.spec.as_ref().and_then(|s| s.ports.as_ref()).expect("ports")[0].port;
+    let namespace = service.metadata.namespace.clone().expect("a namespace");
+    assert_eq!(metadata["scalerAddress"], format!("flotilla-scheduler-scaler.{namespace}.svc:{port}"));
+    // Flotilla's scaler accepts the metadata as KEDA will send it.
+    let object = flotilla_api::externalscaler::ScaledObjectRef { scaler_metadata: metadata, ..Default::default() };
+    let target = flotilla_server::keda::target_of(&object).unwrap_or_else(|e| panic!("deploy/{dir}: {}", e.message()));
+    assert_eq!(target.queue, "agents");
 }
 
 #[test]

@@ -281,29 +281,6 @@ impl Drop for Harness {
     }
 }
 
-/// The `flotilla` binary: `$FLOTILLA_BIN`, else built (or found fresh) by cargo.
-fn flotilla_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
-        return p.into();
-    }
-    let cargo = std::env::var("CARGO").ok().or(option_env!("CARGO").map(str::to_string)).unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "flotilla", "--bin", "flotilla", "--message-format=json-render-diagnostics"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::inherit());
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().expect("running cargo build -p flotilla");
-    assert!(out.status.success(), "cargo build -p flotilla failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "flotilla")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo build names the flotilla executable")
-}
-
 async fn channel(url: &str) -> Option<Channel> {
     let endpoint = Endpoint::from_shared(url.to_string()).ok()?.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(3));
     endpoint.connect().await.ok()
@@ -389,7 +366,7 @@ async fn leader_partitioned_with_its_cluster_never_runs_a_task_twice_and_the_hea
         }
     };
     let dir = tempfile::Builder::new().prefix("flotilla-partition-").tempdir().expect("a work directory");
-    let mut h = Harness { procs: Default::default(), net, dir: Some(dir), bin: flotilla_bin() };
+    let mut h = Harness { procs: Default::default(), net, dir: Some(dir), bin: flotilla_tests::flotilla_bin() };
     let clusters_file = h.dir().join("clusters.toml");
     std::fs::write(&clusters_file, cluster_toml("a", 1) + "\n" + &cluster_toml("b", 2)).expect("the clusters file");
     let mut timeline: Vec<(u64, String)> = Vec::new();

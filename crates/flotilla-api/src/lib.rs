@@ -22,6 +22,43 @@ pub mod raft {
     tonic::include_proto!("flotilla.raft.v1");
 }
 
+/// Armada's API (package `api`, and the Kubernetes pod-spec messages it carries), written
+/// for Flotilla from Armada's wire facts: served by `flotilla-server`'s `armada` module.
+pub mod armada {
+    pub mod api {
+        tonic::include_proto!("api");
+    }
+    /// Nested as the packages are, so the generated paths between them resolve.
+    pub mod k8s {
+        pub mod io {
+            pub mod api {
+                pub mod core {
+                    pub mod v1 {
+                        tonic::include_proto!("k8s.io.api.core.v1");
+                    }
+                }
+            }
+            pub mod apimachinery {
+                pub mod pkg {
+                    pub mod api {
+                        pub mod resource {
+                            tonic::include_proto!("k8s.io.apimachinery.pkg.api.resource");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// KEDA's external scaler protocol (package `externalscaler`).
+pub mod externalscaler {
+    tonic::include_proto!("externalscaler");
+}
+
+/// Every file of the API above, encoded: what gRPC server reflection serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));
+
 pub mod auth;
 mod convert;
 pub mod dial;

@@ -1,8 +1,9 @@
 //! A Flotilla scheduler replica.
 //!
 //! One process of the replicated scheduler: it joins the Raft group ([`raft`]), serves the
-//! public gRPC API (`Queues`, `Tasks`, `Clusters`, `Replicas`) and the executor protocol
-//! (`Executor`) on the client port, Raft traffic and the calls followers forward to the
+//! public gRPC API (`Queues`, `Tasks`, `Clusters`, `Replicas`), the executor protocol
+//! (`Executor`), Armada's API ([`armada`]), KEDA's scaler ([`keda`]), gRPC health and
+//! reflection ([`health`]) on the client port, Raft traffic and the calls followers forward to the
 //! leader on the peer port ([`services`]), and `/metrics`, `/healthz`, `/readyz` and a
 //! small read-only web view on the HTTP port. The client and HTTP ports speak TLS with
 //! `--tls-cert`; the peer port speaks mutual TLS with `--peer-tls-*` ([`listen`]). The replica that is Raft leader also runs
@@ -21,12 +22,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod armada;
 pub mod auth;
 pub mod backlog;
 pub mod capacity;
 pub mod clock;
 mod convert;
+pub mod health;
 mod http;
+pub mod keda;
 pub mod leader;
 pub mod listen;
 pub mod logs;
@@ -69,6 +73,10 @@ pub struct ServerConfig {
     pub peer_tls: Option<PeerTls>,
     /// HTTP: metrics, health, web view. `None` disables it.
     pub http: Option<SocketAddr>,
+    /// Plaintext gRPC without credentials, read-only: `grpc.health.v1.Health` (Kubernetes'
+    /// gRPC probes speak neither TLS nor tokens) and KEDA's external scaler (queue depths).
+    /// `None` (the default): not served.
+    pub probe_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Every replica of the group by id, including this one: the URL of its peer port
     /// (`http://host:port`, `https://` with `peer_tls`). A URL of this replica ending in
@@ -168,6 +176,7 @@ impl ServerConfig {
             tls: None,
             peer_tls: None,
             http: None,
+            probe_listen: None,
             data_dir,
             peers: BTreeMap::from([(1, format!("http://{peer_listen}"))]),
             schedule_interval: Duration::from_secs(1),
@@ -303,6 +312,8 @@ pub struct Context {
     /// One membership change at a time on this replica (check, then change), whichever
     /// port the call came in on.
     pub(crate) membership_changes: tokio::sync::Mutex<()>,
+    /// `grpc.health.v1.Health` statuses ([`health`]).
+    pub health: tonic_health::server::HealthReporter,
 }
 
 /// The system clock's milliseconds since the Unix epoch (a replica uses `config.clock`).
@@ -406,6 +417,8 @@ pub struct ServerHandle {
     /// The peer gRPC port (Raft, forwarded calls).
     pub peer_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    /// The plaintext health and scaler port (`probe_listen`).
+    pub probe_addr: Option<SocketAddr>,
     shutdown: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -569,6 +582,7 @@ async fn start_serving(
     let replica = Replica::open(replica_config).await.context("opening the replica")?;
     let ctx = Arc::new(Context {
         auth: auth.clone(),
+        health: health::reporter().await,
         config: config.clone(),
         replica,
         capacity: Mutex::new(Capacity::default()),
@@ -589,16 +603,17 @@ async fn start_serving(
     {
         let (tx, rx) = oneshot::channel();
         shutdown.push(tx);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(port, error = %e, "gRPC server stopped");
-            }
-        }));
+        tasks.push(spawn_serving(port, router.serve_with_incoming_shutdown(incoming, stopped(rx))));
+    }
+
+    let mut probe_addr = None;
+    if let Some(addr) = config.probe_listen {
+        let (listener, local) = bind(addr, "--probe-listen").await?;
+        probe_addr = Some(local);
+        let (tx, rx) = oneshot::channel();
+        shutdown.push(tx);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.push(spawn_serving("probe", services::probe_router(ctx.clone()).serve_with_incoming_shutdown(incoming, stopped(rx))));
     }
 
     let mut http_addr = None;
@@ -613,16 +628,35 @@ async fn start_serving(
     ctx.replica.bootstrap();
     tasks.push(tokio::spawn(leader::run(ctx.clone())));
     tasks.push(tokio::spawn(auth.keep_fresh()));
+    tasks.push(tokio::spawn(health::follow_leader(ctx.clone())));
     tracing::info!(
         id = config.id,
         grpc = %local_addr,
         peer = %peer_addr,
         http = ?http_addr,
+        probe = ?probe_addr,
         tls = config.tls.is_some(),
         peer_mtls = config.peer_tls.is_some(),
         "replica started"
     );
-    Ok(ServerHandle { ctx, local_addr, peer_addr, http_addr, shutdown, tasks })
+    Ok(ServerHandle { ctx, local_addr, peer_addr, http_addr, probe_addr, shutdown, tasks })
+}
+
+/// Runs one port's gRPC server; a server that stops with an error says which port.
+fn spawn_serving(
+    port: &'static str,
+    serving: impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            tracing::error!(port, error = %e, "gRPC server stopped");
+        }
+    })
+}
+
+/// Resolves when the shutdown signal `rx` fires (or its sender is dropped).
+async fn stopped(rx: oneshot::Receiver<()>) {
+    let _ = rx.await;
 }
 
 /// Runs a replica until SIGINT or SIGTERM.

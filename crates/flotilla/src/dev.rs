@@ -30,6 +30,7 @@ pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
     config.peer_tls = peer_tls;
     config.peers = peers;
     config.http = Some(a.http);
+    config.probe_listen = a.probe_listen;
     config.schedule_interval = a.schedule_interval;
     config.cluster_lost_after = a.cluster_lost_after;
     config.executor_lease = a.executor_lease;

@@ -159,6 +159,10 @@ pub struct ServerArgs {
     /// HTTP address: /metrics, /healthz, /readyz and the web view.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Plaintext gRPC without credentials, read-only: gRPC health (for Kubernetes' gRPC
+    /// probes) and KEDA's external scaler (queue depths). Off unless given.
+    #[arg(long)]
+    pub probe_listen: Option<SocketAddr>,
     #[arg(long, default_value = "flotilla-data")]
     pub data_dir: PathBuf,
     /// Every replica as ID=URL of its peer port, the same list on each (default: a

@@ -294,6 +294,9 @@ pub fn audit<T>(caller: &Caller, action: &str, target: &str, result: &Result<T, 
 
 /// The executor protocol's gRPC path prefix: the only service executor credentials may call.
 const EXECUTOR_SERVICE_PATH: &str = "/flotilla.v1.Executor/";
+/// gRPC health answers without credentials: Kubernetes' gRPC probes send none. It says only
+/// whether the replica serves (crate::health).
+const HEALTH_SERVICE_PATH: &str = "/grpc.health.v1.Health/";
 
 /// Which listener a request arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,6 +354,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (auth, port) = (self.auth.clone(), self.port);
         Box::pin(async move {
+            if req.uri().path().starts_with(HEALTH_SERVICE_PATH) {
+                return inner.call(req).await;
+            }
             // Raft is served on the peer port only; the client port has no replica callers.
             let caller = match port {
                 Port::Peer => Ok(Caller::Replica),

@@ -1,7 +1,11 @@
 //! The gRPC services of a replica, on two ports.
 //!
 //! - The **client port** ([`client_router`]): `Queues`, `Tasks`, `Clusters`, `Executor` and
-//!   `Replicas`, for users, the CLI and executors. Never the Raft service.
+//!   `Replicas`, for users, the CLI and executors; Armada's API ([`crate::armada`]), KEDA's
+//!   external scaler ([`crate::keda`]), gRPC health and reflection ([`crate::health`]).
+//!   Never the Raft service.
+//! - The **probe port** ([`probe_router`], only with `--probe-listen`): health and the
+//!   scaler, plaintext and without credentials.
 //! - The **peer port** ([`peer_router`]): the internal `flotilla.raft.v1.Raft` service
 //!   (AppendEntries, Vote, InstallSnapshot, forwarded proposals, the bootstrap Hello) and the
 //!   public services a follower forwards to the leader (`Executor.Sync`, `Replicas`,
@@ -11,9 +15,9 @@
 mod clusters;
 pub use clusters::list as clusters_list;
 mod executor;
-mod queues;
+pub(crate) mod queues;
 mod replicas;
-mod tasks;
+pub(crate) mod tasks;
 
 use std::sync::Arc;
 
@@ -38,6 +42,7 @@ type Layers = Stack<AuthLayer, Stack<MapResponseLayer<fn(http::Response<Body>) -
 
 /// The services of the client port: callers are authenticated (`Port::Client`).
 pub fn client_router(ctx: Arc<Context>) -> Router<Layers> {
+    let reflection = crate::health::reflection();
     builder(&ctx, Port::Client)
         .add_service(QueuesServer::new(queues::QueuesService(ctx.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
@@ -48,6 +53,20 @@ pub fn client_router(ctx: Arc<Context>) -> Router<Layers> {
         .add_service(clusters_server(&ctx))
         .add_service(executor_server(&ctx))
         .add_service(replicas_server(&ctx))
+        .add_service(crate::armada::queue_server(&ctx))
+        .add_service(crate::armada::submit_server(&ctx))
+        .add_service(crate::armada::event_server(&ctx))
+        .add_service(crate::keda::server(&ctx))
+        .add_service(crate::health::server(&ctx))
+        .add_service(reflection.0)
+        .add_service(reflection.1)
+}
+
+/// The plaintext port without credentials (`--probe-listen`): health for kubelet probes and
+/// KEDA's scaler, both read-only. No auth layer: nothing here acts or reveals more than
+/// whether the replica serves and how deep a named queue is.
+pub fn probe_router(ctx: Arc<Context>) -> Router {
+    tonic::transport::Server::builder().add_service(crate::health::server(&ctx)).add_service(crate::keda::open_server(&ctx))
 }
 
 /// The services of the peer port: Raft, and what followers forward to the leader (capacity,

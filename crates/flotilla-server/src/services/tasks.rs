@@ -20,7 +20,7 @@ use crate::convert::{event_to_proto, invalid, task_to_proto};
 use crate::{now_ms, Context};
 
 /// Most ids one GetTasks call may ask for; most tasks one ListTasks page returns.
-const MAX_IDS_PER_GET: usize = 10_000;
+pub(crate) const MAX_IDS_PER_GET: usize = 10_000;
 const DEFAULT_PAGE: usize = 1_000;
 const MAX_PAGE: usize = 10_000;
 /// Most task records one ListTasks call looks at: a filter that matches few of a million
@@ -79,12 +79,16 @@ impl TasksService {
 /// defence against a caller forging collisions with their own earlier submission: the id is
 /// theirs to reuse.
 fn submission_digest(queue: &str, task_set: &str, templates: &[TaskTemplate]) -> u64 {
+    let body = serde_json::to_vec(&(queue, task_set, templates)).expect("task templates serialize to JSON");
+    // 0 means "unknown" in the store.
+    fnv1a64(&body).max(1)
+}
+
+/// FNV-1a, 64 bit: a stable hash (the same in every build and process) of a few bytes.
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let body = serde_json::to_vec(&(queue, task_set, templates)).expect("task templates serialize to JSON");
-    let digest = body.iter().fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
-    // 0 means "unknown" in the store.
-    digest.max(1)
+    bytes.iter().fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::TaskEvent, Status>> + Send>>;
