@@ -72,7 +72,12 @@ fn record_and_take_fault(shared: &Shared, method: &Method, uri: &Uri, query: &Pa
     if state.requests.len() >= max {
         state.requests.pop_front();
     }
-    state.requests.push_back(RecordedRequest { method: method.to_string(), path: uri.path().to_string(), query: query.clone(), body: body.clone() });
+    state.requests.push_back(RecordedRequest {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: query.clone(),
+        body: body.clone(),
+    });
     let fault = state.faults.iter_mut().find(|f| f.remaining > 0 && f.method.as_deref().is_none_or(|m| m == method.as_str()))?;
     fault.remaining -= 1;
     let code = fault.code;
@@ -119,7 +124,10 @@ fn key(route: &Route) -> Key {
 
 fn get(shared: &Shared, route: &Route) -> Result<(u16, Value), ApiError> {
     let state = shared.lock();
-    let o = state.store.get(route.kind, &key(route)).ok_or_else(|| ApiError::not_found(route.kind, route.name.as_deref().unwrap_or_default()))?;
+    let o = state
+        .store
+        .get(route.kind, &key(route))
+        .ok_or_else(|| ApiError::not_found(route.kind, route.name.as_deref().unwrap_or_default()))?;
     Ok((200, (**o).clone()))
 }
 
@@ -196,12 +204,20 @@ pub fn list(state: &State, route: &Route, q: &Params) -> Result<Value, ApiError>
         (Some(_), Some(_), _) => return Err(ApiError::bad_request("specifying resource version is not allowed when using continue")),
         (Some((at, _)), _, _) if at < state.store.compacted_rv() => return Err(ApiError::expired(CONTINUE_EXPIRED)),
         (Some((at, after)), _, _) => (at, Some(after)),
-        (None, None, Some(_)) => return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided")),
+        (None, None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ))
+        }
         (None, Some("0"), Some("Exact")) => {
-            return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""))
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ))
         }
         (None, Some(r), m) => {
-            let n: u64 = r.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {:?}: strconv.ParseUint", prefix(r))))?;
+            let n: u64 = r
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {:?}: strconv.ParseUint", prefix(r))))?;
             if n > current {
                 return Err(too_large(n, current));
             }
@@ -230,7 +246,8 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
 
 fn too_large(asked: u64, current: u64) -> ApiError {
     let mut e = ApiError::new(504, "Timeout", format!("Too large resource version: {asked}, current: {current}"));
-    e.details = Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}));
+    e.details =
+        Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}));
     e
 }
 
@@ -291,7 +308,9 @@ pub fn error(e: &ApiError) -> Response {
 /// The log query of a request; `now_ms` turns `sinceSeconds` into a time.
 pub fn log_query(q: &Params, now_ms: u64) -> Result<LogQuery, ApiError> {
     let num = |key: &str| -> Result<Option<u64>, ApiError> {
-        param(q, key).map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{key}: invalid value {:?}", prefix(v))))).transpose()
+        param(q, key)
+            .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{key}: invalid value {:?}", prefix(v)))))
+            .transpose()
     };
     Ok(LogQuery {
         tail_lines: num("tailLines")?.map(|n| n as usize),
@@ -306,7 +325,8 @@ pub fn log_query(q: &Params, now_ms: u64) -> Result<LogQuery, ApiError> {
 pub fn log_refusal(pod: &Value, container: &str, previous: bool, has_previous: bool) -> Option<ApiError> {
     let name = crate::util::name_of(pod);
     if previous {
-        return (!has_previous).then(|| ApiError::bad_request(format!("previous terminated container {container:?} in pod {name:?} not found")));
+        return (!has_previous)
+            .then(|| ApiError::bad_request(format!("previous terminated container {container:?} in pod {name:?} not found")));
     }
     let status = pod["status"]["containerStatuses"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == container));
     let waiting = status.map(|s| &s["state"]["waiting"]).filter(|w| w.is_object());
@@ -326,6 +346,8 @@ pub fn log_container(pod: &Value, q: &Params) -> Result<String, ApiError> {
         Some(c) if names.contains(&c) => Ok(c.to_string()),
         Some(c) => Err(ApiError::bad_request(format!("container {} is not valid for pod {name}", prefix(c)))),
         None if names.len() == 1 => Ok(names[0].to_string()),
-        None => Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", names.join(" ")))),
+        None => {
+            Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", names.join(" "))))
+        }
     }
 }

@@ -87,7 +87,9 @@ impl Kind {
     /// (a subset for pods: the ones clients use).
     pub fn selectable_fields(self) -> &'static [&'static str] {
         match self {
-            Kind::Pod => &["metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "status.phase"],
+            Kind::Pod => {
+                &["metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "status.phase"]
+            }
             Kind::Node => &["metadata.name", "spec.unschedulable"],
             Kind::Namespace => &["metadata.name", "status.phase"],
             Kind::Job => &["metadata.name", "metadata.namespace", "status.successful"],

@@ -218,7 +218,8 @@ impl State {
             object["metadata"]["name"] = json!(format!("{prefix}{}", name_suffix(n)));
         }
         let name = str_at(&object, &["metadata", "name"]).unwrap_or_default().to_string();
-        let namespace = if kind.namespaced() { str_at(&object, &["metadata", "namespace"]).unwrap_or("default").to_string() } else { String::new() };
+        let namespace =
+            if kind.namespaced() { str_at(&object, &["metadata", "namespace"]).unwrap_or("default").to_string() } else { String::new() };
         if kind.namespaced() {
             object["metadata"]["namespace"] = json!(namespace);
             self.check_namespace(kind, &namespace, &name, origin, now_ms)?;
@@ -323,14 +324,19 @@ impl State {
             o
         } else {
             if str_at(&new, &["metadata", "name"]).is_some_and(|n| n != key.1) {
-                return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({})", name_in(&new), key.1)));
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({})",
+                    name_in(&new),
+                    key.1
+                )));
             }
             let mut o = new;
             o["kind"] = json!(kind.kind());
             o["apiVersion"] = json!(kind.api_version());
             // The main resource does not change status; the server keeps its own fields.
             o["status"] = old["status"].clone();
-            for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace"] {
+            for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace"]
+            {
                 match old["metadata"].get(field) {
                     Some(v) => o["metadata"][field] = v.clone(),
                     None => {
@@ -400,7 +406,11 @@ impl State {
         let Some(old) = self.store.get(kind, key).cloned() else { return Err(ApiError::not_found(kind, &key.1)) };
         let policy = opts.propagation_policy.clone().unwrap_or_else(|| default_propagation(kind).to_string());
         if !matches!(policy.as_str(), "Background" | "Foreground" | "Orphan") {
-            return Err(ApiError::invalid(kind, &key.1, &[format!("propagationPolicy: Unsupported value: {:?}", crate::util::prefix(&policy))]));
+            return Err(ApiError::invalid(
+                kind,
+                &key.1,
+                &[format!("propagationPolicy: Unsupported value: {:?}", crate::util::prefix(&policy))],
+            ));
         }
         let grace_s = match kind {
             Kind::Pod if old["spec"]["nodeName"].as_str().is_none_or(str::is_empty) || is_terminal(&old) => 0,

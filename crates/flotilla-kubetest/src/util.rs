@@ -78,14 +78,7 @@ pub fn name_suffix(n: u64) -> String {
 /// A UUID-shaped uid.
 pub fn uid(n: u64) -> String {
     let (a, b) = (mix(n), mix(n ^ 0xdead_beef));
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        b >> 52,
-        b & 0xffff_ffff_ffff
-    )
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 52, b & 0xffff_ffff_ffff)
 }
 
 /// A Kubernetes quantity in milli-units (`"1500m"` → 1500, `"2Gi"` → 2·2³⁰·1000), `None`

@@ -222,7 +222,8 @@ pub async fn logs(shared: Arc<Shared>, route: Route, q: Params) -> Response {
     if !follow {
         return Response::builder().status(200).header("content-type", "text/plain").body(Body::from(first)).expect("valid response");
     }
-    let follower = Follower { shared, key, timestamps: query.timestamps, seq: next_seq, left: limit - first.len(), first: Some(first), done: false };
+    let follower =
+        Follower { shared, key, timestamps: query.timestamps, seq: next_seq, left: limit - first.len(), first: Some(first), done: false };
     let body = futures::stream::unfold(follower, |mut f| async move { f.next().await.map(|b| (Ok::<_, std::io::Error>(b), f)) });
     Response::builder().status(200).header("content-type", "text/plain").body(Body::from_stream(body)).expect("valid response")
 }

@@ -84,7 +84,8 @@ async fn resource_versions_are_global_and_exact_lists_show_the_past() {
     let pods: Api<Pod> = Api::namespaced(server.client(), "a");
     let then = pods.list(&ListParams::default().at(&rv(&created).to_string()).matching(kube::api::VersionMatch::Exact)).await.unwrap();
     assert_eq!(then.items[0].status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
-    let now = pods.list(&ListParams::default().at(&rv(&created).to_string()).matching(kube::api::VersionMatch::NotOlderThan)).await.unwrap();
+    let now =
+        pods.list(&ListParams::default().at(&rv(&created).to_string()).matching(kube::api::VersionMatch::NotOlderThan)).await.unwrap();
     assert_eq!(now.items[0].status.as_ref().unwrap().phase.as_deref(), Some("Running"));
 }
 
@@ -96,7 +97,10 @@ async fn a_watch_from_a_compacted_resource_version_ends_with_a_410_error_event()
     server.update(Kind::Pod, "a", "p", |p| p["status"]["phase"] = json!("Running")).unwrap();
     let pods: Api<Pod> = Api::namespaced(server.client(), "a");
     let events: Vec<_> = pods.watch(&WatchParams::default().timeout(1), &old.to_string()).await.unwrap().take(1).collect().await;
-    assert!(matches!(&events[0], Ok(WatchEvent::Modified(p)) if p.status.as_ref().unwrap().phase.as_deref() == Some("Running")), "{events:?}");
+    assert!(
+        matches!(&events[0], Ok(WatchEvent::Modified(p)) if p.status.as_ref().unwrap().phase.as_deref() == Some("Running")),
+        "{events:?}"
+    );
 
     server.compact();
     let events: Vec<_> = pods.watch(&WatchParams::default().timeout(1), &old.to_string()).await.unwrap().collect().await;
@@ -137,7 +141,10 @@ async fn idle_watches_get_bookmarks_and_end_at_their_timeout() {
     let rv = server.resource_version().to_string();
     let pods: Api<Pod> = Api::all(server.client());
     let events: Vec<_> = pods.watch(&WatchParams::default().timeout(1), &rv).await.unwrap().try_collect().await.unwrap();
-    assert!(!events.is_empty() && events.iter().all(|e| matches!(e, WatchEvent::Bookmark(b) if b.metadata.resource_version == rv)), "{events:?}");
+    assert!(
+        !events.is_empty() && events.iter().all(|e| matches!(e, WatchEvent::Bookmark(b) if b.metadata.resource_version == rv)),
+        "{events:?}"
+    );
 }
 
 use flotilla_kubetest::{ApiServer, Options};
@@ -238,7 +245,10 @@ async fn merge_patches_change_status_only_through_the_status_subresource_and_sta
     let server = bare().await;
     server.apply(pod("a", "p", json!({}), "Pending"));
     let pods: Api<Pod> = Api::namespaced(server.client(), "a");
-    let patched = pods.patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}, "status": {"phase": "Running"}}))).await.unwrap();
+    let patched = pods
+        .patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}, "status": {"phase": "Running"}})))
+        .await
+        .unwrap();
     assert_eq!(patched.metadata.labels.unwrap()["x"], "1");
     assert_eq!(patched.status.as_ref().unwrap().phase.as_deref(), Some("Pending"), "the main resource ignores status");
     let patched = pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}}))).await.unwrap();

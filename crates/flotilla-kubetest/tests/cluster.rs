@@ -62,7 +62,10 @@ async fn the_job_controller_creates_a_labelled_owned_pod_and_completes_the_job_w
     server.set_pod_state("a", name, PodState::Running).unwrap();
     server.set_pod_state("a", name, PodState::Succeeded).unwrap();
     let j = server.get(Kind::Job, "a", &job).unwrap();
-    assert_eq!(conditions(&j), [("SuccessCriteriaMet".into(), "CompletionsReached".into()), ("Complete".into(), "CompletionsReached".into())]);
+    assert_eq!(
+        conditions(&j),
+        [("SuccessCriteriaMet".into(), "CompletionsReached".into()), ("Complete".into(), "CompletionsReached".into())]
+    );
     assert_eq!((j["status"]["succeeded"].clone(), j["status"]["active"].clone()), (json!(1), json!(0)));
     assert!(j["status"]["completionTime"].is_string());
     assert!(server.get(Kind::Pod, "a", name).unwrap()["metadata"]["finalizers"].is_null(), "the tracking finalizer is released");
@@ -139,7 +142,10 @@ async fn a_pod_the_namespace_pod_security_level_forbids_is_a_failed_create_event
     assert!(message.starts_with("Error creating: pods \"priv-") && message.contains("is forbidden: violates PodSecurity \"baseline:latest\": privileged (container \"task\" must not set securityContext.privileged=true)"), "{message}");
     // A client's own pod gets the same answer directly.
     let pods: Api<Pod> = Api::namespaced(server.client(), "locked");
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "securityContext": {"privileged": true}}]}})).unwrap();
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "securityContext": {"privileged": true}}]}}),
+    )
+    .unwrap();
     let Err(kube::Error::Api(s)) = pods.create(&PostParams::default(), &pod).await else { panic!("admitted") };
     assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
 }
@@ -163,13 +169,19 @@ async fn a_pod_that_fits_no_node_stays_pending_with_the_schedulers_message() {
     );
 }
 
-#[tokio::test]
-async fn a_node_that_stops_heartbeats_turns_unknown_then_its_pods_are_evicted_and_stay_terminating() {
+/// A cluster whose Job `name` has a running pod on n1, whose heartbeats have just stopped.
+async fn running_on_a_node_that_stops(name: &str) -> (flotilla_kubetest::ApiServer, String, String) {
     let server = cluster().await;
-    let job = create_job(&server, job("a", "stranded", "n1", json!({}))).await;
+    let job = create_job(&server, job("a", name, "n1", json!({}))).await;
     let pod = only_pod(&server, &job);
     server.set_pod_state("a", &pod, PodState::Running).unwrap();
     server.stop_node_heartbeats("n1");
+    (server, job, pod)
+}
+
+#[tokio::test]
+async fn a_node_that_stops_heartbeats_turns_unknown_then_its_pods_are_evicted_and_stay_terminating() {
+    let (server, job, pod) = running_on_a_node_that_stops("stranded").await;
     server.advance(Duration::from_secs(49));
     assert_eq!(condition(&server.get(Kind::Node, "", "n1").unwrap(), "Ready").unwrap()["status"], "True");
     server.advance(Duration::from_secs(1));
@@ -178,7 +190,10 @@ async fn a_node_that_stops_heartbeats_turns_unknown_then_its_pods_are_evicted_an
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("Unknown"), Some("NodeStatusUnknown")));
     assert_eq!(ready["message"], "Kubelet stopped posting node status.");
     let taints: Vec<_> = n["spec"]["taints"].as_array().unwrap().iter().map(|t| (t["key"].clone(), t["effect"].clone())).collect();
-    assert_eq!(taints, [(json!("node.kubernetes.io/unreachable"), json!("NoSchedule")), (json!("node.kubernetes.io/unreachable"), json!("NoExecute"))]);
+    assert_eq!(
+        taints,
+        [(json!("node.kubernetes.io/unreachable"), json!("NoSchedule")), (json!("node.kubernetes.io/unreachable"), json!("NoExecute"))]
+    );
     assert!(server.get(Kind::Pod, "a", &pod).unwrap()["metadata"]["deletionTimestamp"].is_null(), "tolerated for 300 s");
 
     server.advance(Duration::from_secs(300));
@@ -200,11 +215,7 @@ async fn a_node_that_stops_heartbeats_turns_unknown_then_its_pods_are_evicted_an
 
 #[tokio::test]
 async fn a_force_delete_removes_a_pod_stuck_on_a_lost_node() {
-    let server = cluster().await;
-    let job = create_job(&server, job("a", "stuck", "n1", json!({}))).await;
-    let pod = only_pod(&server, &job);
-    server.set_pod_state("a", &pod, PodState::Running).unwrap();
-    server.stop_node_heartbeats("n1");
+    let (server, _job, pod) = running_on_a_node_that_stops("stuck").await;
     server.advance(Duration::from_secs(360));
     assert!(server.get(Kind::Pod, "a", &pod).is_some());
     let pods: Api<Pod> = Api::namespaced(server.client(), "a");

@@ -1,414 +1,25 @@
-//! The Kubernetes backend against a fake API server (axum on 127.0.0.1:0): lists, watches
-//! (driven by the test), creates and deletes, recorded for assertions. Like the real one,
-//! it admits a Job whatever its pod template, and its "Job controller" runs Pod Security
-//! admission on the Job's pod against the namespace's `enforce` label: a refused pod
-//! becomes a `FailedCreate` event on the Job with the API server's message.
+//! The Kubernetes backend against `flotilla-kubetest`'s API server: what the backend sends,
+//! how it reads statuses, and what survives watch gaps and restarts. Fixtures are in
+//! `test_support.rs`.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use axum::body::{Body, Bytes};
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::Response;
-use flotilla_api::v1::{LeasedTask, ResourceAmounts};
+use flotilla_api::v1::LeasedTask;
 use flotilla_model::{AttemptStatus, FailureKind, Resources, TaskId, Topology};
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
 
 use super::*;
 
-#[derive(Clone, Debug)]
-struct Recorded {
-    method: Method,
-    path: String,
-    body: Value,
-}
+#[path = "test_support.rs"]
+pub(super) mod support;
 
-#[derive(Default)]
-struct FakeState {
-    collections: BTreeMap<&'static str, Vec<Value>>,
-    /// Namespaces by name, with their `pod-security.kubernetes.io/enforce` level ("" if none).
-    namespaces: BTreeMap<String, String>,
-    requests: Vec<Recorded>,
-    refuse_creates: Option<(u16, &'static str)>,
-    resource_version: u64,
-}
-
-struct Fake {
-    state: Mutex<FakeState>,
-    watch: broadcast::Sender<(&'static str, String)>,
-}
-
-const NODES: &str = "nodes";
-const JOBS: &str = "jobs";
-const MANAGED_PODS: &str = "managed pods";
-const OTHER_PODS: &str = "other pods";
-const EVENTS: &str = "events";
-
-impl Fake {
-    async fn start(collections: [(&'static str, Vec<Value>); 4]) -> (Arc<Fake>, Client) {
-        let (watch, _) = broadcast::channel(1024);
-        let mut collections: BTreeMap<_, _> = collections.into();
-        collections.insert(EVENTS, Vec::new());
-        let fake = Arc::new(Fake { state: Mutex::new(FakeState { collections, ..Default::default() }), watch });
-        let app = axum::Router::new().fallback(handle).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-        (fake, client)
-    }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.state.lock().unwrap().requests.clone()
-    }
-
-    /// Adds or replaces an object and tells the watches.
-    fn apply(&self, collection: &'static str, object: Value) {
-        let mut state = self.state.lock().unwrap();
-        self.apply_locked(&mut state, collection, object);
-    }
-
-    fn apply_locked(&self, state: &mut FakeState, collection: &'static str, mut object: Value) {
-        state.resource_version += 1;
-        object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
-        let items = state.collections.entry(collection).or_default();
-        let name = object["metadata"]["name"].clone();
-        let kind = match items.iter_mut().find(|o| o["metadata"]["name"] == name) {
-            Some(o) => {
-                *o = object.clone();
-                "MODIFIED"
-            }
-            None => {
-                items.push(object.clone());
-                "ADDED"
-            }
-        };
-        let _ = self.watch.send((collection, json!({"type": kind, "object": object}).to_string() + "\n"));
-    }
-
-    fn delete(&self, collection: &'static str, name: &str) {
-        let mut state = self.state.lock().unwrap();
-        let items = state.collections.entry(collection).or_default();
-        let Some(i) = items.iter().position(|o| o["metadata"]["name"] == name) else { return };
-        let object = items.remove(i);
-        let _ = self.watch.send((collection, json!({"type": "DELETED", "object": object}).to_string() + "\n"));
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn status_response(code: u16, reason: &str, message: &str) -> Response {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code});
-    Response::builder().status(code).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
-}
-
-fn json_response(code: StatusCode, body: Value) -> Response {
-    Response::builder().status(code).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
-}
-
-async fn handle(axum::extract::State(fake): axum::extract::State<Arc<Fake>>, method: Method, uri: Uri, body: Bytes) -> Response {
-    let path = uri.path().to_string();
-    let query = percent_decode(uri.query().unwrap_or_default());
-    let collection = match path.as_str() {
-        "/api/v1/nodes" => Some(NODES),
-        "/apis/batch/v1/jobs" => Some(JOBS),
-        "/api/v1/pods" if query.contains("installation!=") => Some(OTHER_PODS),
-        "/api/v1/pods" => Some(MANAGED_PODS),
-        "/api/v1/events" => Some(EVENTS),
-        _ => None,
-    };
-    if method == Method::GET {
-        let Some(collection) = collection else { return status_response(404, "NotFound", "no such collection") };
-        if query.contains("watch=true") {
-            let rx = fake.watch.subscribe();
-            let stream = futures::stream::unfold(rx, move |mut rx| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok((c, line)) if c == collection => return Some((Ok::<_, std::io::Error>(Bytes::from(line)), rx)),
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            });
-            return Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap();
-        }
-        let state = fake.state.lock().unwrap();
-        let items = state.collections.get(collection).cloned().unwrap_or_default();
-        return json_response(
-            StatusCode::OK,
-            json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
-        );
-    }
-    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
-    let mut state = fake.state.lock().unwrap();
-    state.requests.push(Recorded { method: method.clone(), path: path.clone(), body: body.clone() });
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        (Method::POST, ["api", "v1", "namespaces"]) => {
-            let enforce = body["metadata"]["labels"][POD_SECURITY_ENFORCE].as_str().unwrap_or_default().to_string();
-            state.namespaces.insert(body["metadata"]["name"].as_str().unwrap().to_string(), enforce);
-            json_response(StatusCode::CREATED, body)
-        }
-        (Method::POST, ["apis", "batch", "v1", "namespaces", ns, "jobs"]) => {
-            if let Some((code, reason)) = state.refuse_creates {
-                return status_response(code, reason, "spec.template.spec.containers[0].image: Required value");
-            }
-            let Some(enforce) = state.namespaces.get(*ns).cloned() else {
-                return status_response(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
-            };
-            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            if state.collections.get(JOBS).is_some_and(|jobs| jobs.iter().any(|j| j["metadata"]["name"] == name.as_str())) {
-                return status_response(409, "AlreadyExists", &format!("jobs.batch \"{name}\" already exists"));
-            }
-            let mut job = body.clone();
-            let uid = format!("uid-{name}-{}", state.resource_version);
-            job["metadata"]["uid"] = json!(uid);
-            fake.apply_locked(&mut state, JOBS, job.clone());
-            // The Job controller creates the pod; Pod Security admission may refuse it.
-            let violations = pod_security_violations(&body["spec"]["template"]["spec"], &enforce);
-            if !violations.is_empty() {
-                let message = format!(
-                    "Error creating: pods \"{name}-x7k2p\" is forbidden: violates PodSecurity \"{enforce}:latest\": {}",
-                    violations.join(", ")
-                );
-                let event = json!({
-                    "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": "FailedCreate", "message": message, "count": 1,
-                    "metadata": {"name": format!("{name}.17a2b3c4d5e6f708"), "namespace": ns},
-                    "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "namespace": ns, "name": name, "uid": uid}
-                });
-                fake.apply_locked(&mut state, EVENTS, event);
-            }
-            json_response(StatusCode::CREATED, job)
-        }
-        (Method::DELETE, ["apis", "batch", "v1", "namespaces", _, "jobs", name]) => json_response(
-            StatusCode::OK,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name}}),
-        ),
-        _ => status_response(405, "MethodNotAllowed", "not faked"),
-    }
-}
-
-const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
-
-/// Pod Security admission of a pod spec at `level`, as the API server words its findings
-/// (the checks of the standards that Flotilla's pods touch): empty when admitted. No label
-/// (or `privileged`) admits everything.
-fn pod_security_violations(pod: &Value, level: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let containers = pod["containers"].as_array().cloned().unwrap_or_default();
-    if !matches!(level, "baseline" | "restricted") {
-        return found;
-    }
-    for c in &containers {
-        if c["securityContext"]["privileged"] == json!(true) {
-            found.push(format!("privileged (container {} must not set securityContext.privileged=true)", c["name"]));
-        }
-        if c["securityContext"]["capabilities"]["add"].as_array().is_some_and(|a| !a.is_empty()) {
-            found.push(format!(
-                "non-default capabilities (container {} must not include capabilities in securityContext.capabilities.add)",
-                c["name"]
-            ));
-        }
-    }
-    if level != "restricted" {
-        return found;
-    }
-    let pod_sc = &pod["securityContext"];
-    let seccomp = |sc: &Value| matches!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault" | "Localhost"));
-    for c in &containers {
-        let (name, sc) = (&c["name"], &c["securityContext"]);
-        if sc["allowPrivilegeEscalation"] != json!(false) {
-            found.push(format!(
-                "allowPrivilegeEscalation != false (container {name} must set securityContext.allowPrivilegeEscalation=false)"
-            ));
-        }
-        if !sc["capabilities"]["drop"].as_array().is_some_and(|d| d.contains(&json!("ALL"))) {
-            found.push(format!("unrestricted capabilities (container {name} must set securityContext.capabilities.drop=[\"ALL\"])"));
-        }
-        if pod_sc["runAsNonRoot"] != json!(true) && sc["runAsNonRoot"] != json!(true) {
-            found.push(format!("runAsNonRoot != true (pod or container {name} must set securityContext.runAsNonRoot=true)"));
-        }
-        if pod_sc["runAsUser"] == json!(0) || sc["runAsUser"] == json!(0) {
-            found.push("runAsUser=0 (pod must not set runAsUser=0)".to_string());
-        }
-        if !seccomp(pod_sc) && !seccomp(sc) {
-            found.push(format!("seccompProfile (pod or container {name} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"));
-        }
-    }
-    found
-}
-
-/// The installation the tests' executor belongs to.
-const INSTALLATION: &str = "0123456789abcdef";
-
-/// Facts for the status mapping: a Ready node, no pending timeout.
-fn facts(now_ms: u64, image_pull_failure_after_ms: u64) -> pods::Facts {
-    pods::Facts {
-        now_ms,
-        image_pull_failure_after_ms,
-        node_lost_after_ms: 300_000,
-        pending_timeout_ms: 0,
-        node: pods::NodeHealth::Ready,
-        node_name: "n1".into(),
-    }
-}
-
-fn settings() -> KubeBackendConfig {
-    KubeBackendConfig {
-        prices: [("p5.48xlarge".to_string(), 98.32), ("n2-standard-16".to_string(), 0.87)].into(),
-        spot_prices: [("n2-standard-16".to_string(), 0.21)].into(),
-        image_pull_failure_after: Duration::from_secs(120),
-        ..Default::default()
-    }
-}
-
-async fn backend(collections: [(&'static str, Vec<Value>); 4]) -> (Arc<Fake>, KubeBackend) {
-    backend_with(collections, settings()).await
-}
-
-async fn backend_with(collections: [(&'static str, Vec<Value>); 4], config: KubeBackendConfig) -> (Arc<Fake>, KubeBackend) {
-    let (fake, client) = Fake::start(collections).await;
-    let backend = KubeBackend::new(client, "eks-us-east", INSTALLATION, config);
-    backend.wait_ready(Duration::from_secs(10)).await.unwrap();
-    // The fake replays nothing: wait until all five watches listen before changing objects.
-    for _ in 0..500 {
-        if fake.watch.receiver_count() >= 5 {
-            return (fake, backend);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the watches did not connect");
-}
-
-fn h100_node() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "ip-10-0-1-23.ec2.internal", "labels": {
-            "kubernetes.io/hostname": "ip-10-0-1-23",
-            "topology.kubernetes.io/region": "us-east-1",
-            "topology.kubernetes.io/zone": "us-east-1a",
-            "topology.flotilla.io/rack": "pg-7",
-            "node.kubernetes.io/instance-type": "p5.48xlarge",
-            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-            "karpenter.sh/capacity-type": "on-demand"
-        }},
-        "spec": {"taints": [{"key": "dedicated", "value": "training", "effect": "NoSchedule"}, {"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}]},
-        "status": {
-            "allocatable": {"cpu": "191450m", "memory": "2000Gi", "nvidia.com/gpu": "8", "pods": "110", "ephemeral-storage": "1Ti", "vpc.amazonaws.com/efa": "32"},
-            "conditions": [{"type": "Ready", "status": "True"}]
-        }
-    })
-}
-
-fn gke_spot_node(name: &str, ready: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "topology.kubernetes.io/zone": "europe-west4-b",
-            "node.kubernetes.io/instance-type": "n2-standard-16",
-            "cloud.google.com/gke-spot": "true"
-        }},
-        "spec": {},
-        "status": {"allocatable": {"cpu": "15890m", "memory": "57Gi", "nvidia.com/gpu": "0"}, "conditions": [{"type": "Ready", "status": ready}]}
-    })
-}
-
-fn other_pod(name: &str, node: &str, cpu: &str, memory: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "kube-system"},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]},
-        "status": {"phase": "Running"}
-    })
-}
-
-fn managed_labels(task_id: u64, attempt: u32) -> Value {
-    json!({"flotilla.io/task-id": task_id.to_string(), "flotilla.io/attempt": attempt.to_string(), "app.kubernetes.io/managed-by": "flotilla",
-           "flotilla.io/installation": INSTALLATION})
-}
-
-fn job(task_id: u64, attempt: u32, conditions: Value) -> Value {
-    json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": format!("flotilla-01234567-{task_id}-{attempt}"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt)},
-        "spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "ip-10-0-1-23"}, "containers": [{"name": "task"}]}}},
-        "status": {"conditions": conditions}
-    })
-}
-
-fn pod(task_id: u64, attempt: u32, status: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("flotilla-01234567-{task_id}-{attempt}-x7k2p"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt),
-                     "creationTimestamp": "2025-01-01T00:00:00Z"},
-        "spec": {"nodeName": "ip-10-0-1-23.ec2.internal", "containers": [{"name": "task"}]},
-        "status": status
-    })
-}
-
-fn terminated(reason: &str, exit_code: i32) -> Value {
-    json!({"phase": "Failed", "containerStatuses": [{"name": "task", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"terminated": {"reason": reason, "exitCode": exit_code, "message": "last words"}}}]})
-}
-
-fn waiting(phase: &str, reason: &str) -> Value {
-    json!({"phase": phase, "containerStatuses": [{"name": "task", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"waiting": {"reason": reason, "message": "pull access denied"}}}]})
-}
-
-fn lease() -> LeasedTask {
-    LeasedTask {
-        task_id: 42,
-        attempt: 3,
-        node: "ip-10-0-1-23.ec2.internal".into(),
-        name: "train-7".into(),
-        index: 7,
-        queue: "research".into(),
-        task_set: "llama-sweep".into(),
-        image: "ghcr.io/acme/train:1.4".into(),
-        command: vec!["python".into(), "train.py".into()],
-        args: vec!["--lr=3e-4".into()],
-        env: [("WANDB_PROJECT".to_string(), "sweep".to_string()), ("FLOTILLA_ATTEMPT".to_string(), "forged".to_string())].into(),
-        requests: Some(ResourceAmounts { cpu_millis: 16_000, memory_bytes: 128 << 30, gpu: 8, ..Default::default() }),
-        limits: Some(ResourceAmounts { memory_bytes: 160 << 30, ..Default::default() }),
-        gang_id: 40,
-        gang_size: 4,
-        gang_rank: 2,
-        checkpoint: true,
-        max_runtime_ms: 7_200_500,
-        termination_grace_ms: 45_000,
-        priority_class: "batch".into(),
-        ..Default::default()
-    }
-}
-
-fn empty() -> [(&'static str, Vec<Value>); 4] {
-    [(NODES, vec![h100_node()]), (JOBS, vec![]), (MANAGED_PODS, vec![]), (OTHER_PODS, vec![])]
-}
+use flotilla_kubetest::pod_security_violations;
+use support::*;
 
 #[tokio::test]
 async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
-    let (fake, backend) = backend(empty()).await;
+    let server = cluster(vec![h100_node()]).await;
+    let backend = backend(&server).await;
     backend.start(lease()).await.unwrap();
-    let requests = fake.requests();
+    let requests = server.writes();
     let paths: Vec<_> = requests.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     assert_eq!(
         paths,
@@ -428,23 +39,19 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
     assert_eq!(requests[1].body["metadata"], json!({"name": "flotilla-research", "labels": namespace_labels}));
     let labels = json!({
         "flotilla.io/task-id": "42", "flotilla.io/attempt": "3", "flotilla.io/queue": "research",
-        "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla",
-        "flotilla.io/installation": INSTALLATION
+        "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla"
     });
     let expected = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": "flotilla-01234567-42-3",
+            "name": "flotilla-42-3",
             "namespace": "flotilla-research",
             "labels": labels,
-            "annotations": {"flotilla.io/task-name": "train-7", "flotilla.io/task-set": "llama-sweep", "flotilla.io/priority-class": "batch",
-                            "flotilla.io/pending-timeout-ms": "600000"}
+            "annotations": {"flotilla.io/task-name": "train-7", "flotilla.io/task-set": "llama-sweep", "flotilla.io/priority-class": "batch"}
         },
         "spec": {
             "backoffLimit": 0,
-            "podFailurePolicy": {"rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
-            "ttlSecondsAfterFinished": 900,
             "completions": 1,
             "parallelism": 1,
             "activeDeadlineSeconds": 7201,
@@ -495,7 +102,7 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
 #[test]
 fn checkpoints_use_a_per_task_directory_of_the_configured_claim() {
     let config = KubeBackendConfig { checkpoint_claim: Some("flotilla-checkpoints".into()), ..Default::default() };
-    let job = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], INSTALLATION, &config)).unwrap();
+    let job = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], &config)).unwrap();
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"], json!([{"name": "flotilla-checkpoint", "persistentVolumeClaim": {"claimName": "flotilla-checkpoints"}}]));
     assert_eq!(
@@ -506,53 +113,56 @@ fn checkpoints_use_a_per_task_directory_of_the_configured_claim() {
 
 #[tokio::test]
 async fn starting_an_existing_attempt_sends_nothing_and_stop_deletes_in_the_background() {
-    let mut collections = empty();
-    collections[1].1.push(job(42, 3, json!([])));
-    let (fake, backend) = backend(collections).await;
+    let server = seeded(vec![h100_node(), job(42, 3, json!([]))]).await;
+    let backend = backend(&server).await;
     backend.start(lease()).await.unwrap();
-    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    assert!(server.writes().is_empty(), "{:?}", server.writes());
     backend.stop(TaskId(42), 3).await.unwrap();
     backend.stop(TaskId(42), 9).await.unwrap();
-    let requests = fake.requests();
+    let requests = server.writes();
     assert_eq!(requests.len(), 1, "{requests:?}");
-    assert_eq!(requests[0].method, Method::DELETE);
-    assert_eq!(requests[0].path, "/apis/batch/v1/namespaces/flotilla-research/jobs/flotilla-01234567-42-3");
+    assert_eq!(requests[0].method, "DELETE");
+    assert_eq!(requests[0].path, "/apis/batch/v1/namespaces/flotilla-research/jobs/flotilla-42-3");
     assert_eq!(requests[0].body, json!({"propagationPolicy": "Background"}));
+    assert!(server.get(Kind::Job, NAMESPACE, "flotilla-42-3").is_none(), "the Job is gone");
 }
 
 #[tokio::test]
 async fn a_refused_job_is_reported_as_a_start_failure() {
-    let (fake, backend) = backend(empty()).await;
-    fake.state.lock().unwrap().refuse_creates = Some((422, "Invalid"));
-    backend.start(lease()).await.unwrap();
+    let server = cluster(vec![h100_node()]).await;
+    let backend = backend(&server).await;
+    // The API server validates before anything else: a Job without an image is invalid.
+    backend.start(LeasedTask { image: String::new(), ..lease() }).await.unwrap();
     let events = backend.pending_events(10).await.unwrap();
     assert_eq!(events.len(), 1);
     assert!(
-        matches!(&events[0].status, AttemptStatus::Failed { kind: FailureKind::StartFailed, message, .. } if message.contains("Required value"))
+        matches!(&events[0].status, AttemptStatus::Failed { kind: FailureKind::StartFailed, message, .. }
+            if message.contains("spec.template.spec.containers[0].image: Required value") && message.ends_with("(422)")),
+        "{events:?}"
     );
     backend.ack_events(&events);
     assert!(backend.pending_events(10).await.unwrap().is_empty());
     // A server error is not final: the scheduler will send the lease again.
-    fake.state.lock().unwrap().refuse_creates = Some((500, "InternalError"));
+    server.fail_next_method("POST", 1, 500);
     assert!(backend.start(lease()).await.is_err());
     assert!(backend.pending_events(10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn nodes_report_capacity_topology_spot_price_and_what_other_pods_hold() {
-    let collections = [
-        (NODES, vec![h100_node(), gke_spot_node("gke-spot-1", "True"), gke_spot_node("gke-spot-2", "False")]),
-        (JOBS, vec![]),
-        (MANAGED_PODS, vec![]),
-        (
-            OTHER_PODS,
-            vec![
-                other_pod("dcgm", "ip-10-0-1-23.ec2.internal", "500m", "1Gi"),
-                other_pod("cni", "ip-10-0-1-23.ec2.internal", "250m", "512Mi"),
-            ],
-        ),
-    ];
-    let (_fake, backend) = backend(collections).await;
+    // A finished pod holds nothing: the field selector leaves it out.
+    let mut finished = other_pod("done", "ip-10-0-1-23.ec2.internal", "4", "1Gi");
+    finished["status"]["phase"] = json!("Succeeded");
+    let server = seeded(vec![
+        h100_node(),
+        gke_spot_node("gke-spot-1", "True"),
+        gke_spot_node("gke-spot-2", "False"),
+        other_pod("dcgm", "ip-10-0-1-23.ec2.internal", "500m", "1Gi"),
+        other_pod("cni", "ip-10-0-1-23.ec2.internal", "250m", "512Mi"),
+        finished,
+    ])
+    .await;
+    let backend = backend(&server).await;
     let nodes = backend.nodes().await.unwrap();
     assert_eq!(nodes.len(), 3);
     let h100 = &nodes[2];
@@ -594,14 +204,16 @@ async fn pod_statuses_become_events_once_each() {
         (7, json!([]), Some(json!({"phase": "Running"}))),
         (8, json!([]), None),
     ];
-    let mut collections = empty();
+    // The pods are set by hand: the server runs no Job controller here.
+    let mut objects = vec![h100_node()];
     for (id, conditions, status) in &cases {
-        collections[1].1.push(job(*id, 1, conditions.clone()));
+        objects.push(job(*id, 1, conditions.clone()));
         if let Some(s) = status {
-            collections[2].1.push(pod(*id, 1, s.clone()));
+            objects.push(pod(*id, 1, s.clone()));
         }
     }
-    let (_fake, backend) = backend(collections).await;
+    let server = seeded(objects).await;
+    let backend = backend(&server).await;
     let events = backend.pending_events(100).await.unwrap();
     let got: Vec<(u64, AttemptStatus)> = events.iter().map(|e| (e.task_id.0, e.status.clone())).collect();
     let failed = |kind, exit_code, message: &str| AttemptStatus::Failed { kind, exit_code, message: message.into() };
@@ -636,14 +248,14 @@ fn image_pull_errors_fail_only_once_they_persist() {
     let job: Job = serde_json::from_value(job(1, 1, json!([]))).unwrap();
     let pod: Pod = serde_json::from_value(pod(1, 1, waiting("Pending", "ErrImagePull"))).unwrap();
     let created_ms = 1_735_689_600_000; // 2025-01-01T00:00:00Z
-    assert_eq!(pods::attempt_status(&job, Some(&pod), &facts(created_ms + 119_000, 120_000)), AttemptStatus::Pending);
+    assert_eq!(pods::attempt_status(&job, Some(&pod), created_ms + 119_000, 120_000), AttemptStatus::Pending);
     assert!(matches!(
-        pods::attempt_status(&job, Some(&pod), &facts(created_ms + 120_000, 120_000)),
+        pods::attempt_status(&job, Some(&pod), created_ms + 120_000, 120_000),
         AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
     ));
     let invalid: Pod = serde_json::from_value(pod_json_waiting("InvalidImageName")).unwrap();
     assert!(matches!(
-        pods::attempt_status(&job, Some(&invalid), &facts(created_ms, 120_000)),
+        pods::attempt_status(&job, Some(&invalid), created_ms, 120_000),
         AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
     ));
 }
@@ -655,7 +267,7 @@ fn pod_json_waiting(reason: &str) -> Value {
 #[test]
 fn pod_reasons_that_are_not_the_tasks_fault_map_to_evicted_and_pod_deadlines_to_deadline() {
     let job: Job = serde_json::from_value(job(1, 1, json!([]))).unwrap();
-    let status = |s: Value| pods::attempt_status(&job, Some(&serde_json::from_value(pod(1, 1, s)).unwrap()), &facts(0, 0));
+    let status = |s: Value| pods::attempt_status(&job, Some(&serde_json::from_value(pod(1, 1, s)).unwrap()), 0, 0);
     let kind = |s: AttemptStatus| match s {
         AttemptStatus::Failed { kind, .. } => Some(kind),
         _ => None,
@@ -670,23 +282,21 @@ fn pod_reasons_that_are_not_the_tasks_fault_map_to_evicted_and_pod_deadlines_to_
 
 #[tokio::test]
 async fn status_changes_are_reported_as_they_happen_and_vanished_jobs_as_lost() {
-    let mut collections = empty();
-    collections[1].1.extend([job(1, 1, json!([])), job(2, 1, json!([]))]);
-    collections[2].1.push(pod(1, 1, json!({"phase": "Pending"})));
-    let (fake, backend) = backend(collections).await;
+    let server = seeded(vec![h100_node(), job(1, 1, json!([])), job(2, 1, json!([])), pod(1, 1, json!({"phase": "Pending"}))]).await;
+    let backend = backend(&server).await;
     let first = backend.pending_events(10).await.unwrap();
     assert_eq!(first.iter().map(|e| e.status.clone()).collect::<Vec<_>>(), [AttemptStatus::Pending, AttemptStatus::Pending]);
     backend.ack_events(&first);
 
-    fake.apply(MANAGED_PODS, pod(1, 1, json!({"phase": "Running"})));
+    server.apply(pod(1, 1, json!({"phase": "Running"})));
     let running = eventually(&backend, |e| !e.is_empty()).await;
     assert_eq!(running.iter().map(|e| (e.task_id.0, e.status.clone())).collect::<Vec<_>>(), [(1, AttemptStatus::Running)]);
     backend.ack_events(&running);
 
     // Deleted by us: no event. Deleted by someone else: lost.
     backend.stop(TaskId(1), 1).await.unwrap();
-    fake.delete(JOBS, "flotilla-01234567-1-1");
-    fake.delete(JOBS, "flotilla-01234567-2-1");
+    assert!(server.get(Kind::Job, NAMESPACE, "flotilla-1-1").is_none());
+    server.delete(Kind::Job, NAMESPACE, "flotilla-2-1", DeleteOptions::default()).unwrap();
     let lost = eventually(&backend, |e| !e.is_empty()).await;
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(lost[0].task_id, TaskId(2));
@@ -696,23 +306,8 @@ async fn status_changes_are_reported_as_they_happen_and_vanished_jobs_as_lost() 
     assert!(backend.attempts().await.unwrap().is_empty());
 }
 
-async fn eventually(backend: &KubeBackend, done: impl Fn(&[AttemptEvent]) -> bool) -> Vec<AttemptEvent> {
-    for _ in 0..500 {
-        let events = backend.pending_events(10).await.unwrap();
-        if done(&events) {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not reached in 5 s");
-}
-
-fn lease_at(pod_security: &str, run_as_user: Option<i64>) -> LeasedTask {
-    LeasedTask { pod_security: pod_security.into(), run_as_user, ..lease() }
-}
-
 fn pod_spec_of(task: &LeasedTask) -> Value {
-    let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], INSTALLATION, &KubeBackendConfig::default())).unwrap();
+    let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], &KubeBackendConfig::default())).unwrap();
     job["spec"]["template"]["spec"].clone()
 }
 
@@ -746,9 +341,10 @@ fn a_task_pod_meets_the_restricted_standard_unless_its_task_asks_for_baseline_or
 #[tokio::test]
 async fn namespaces_enforce_the_configured_level_and_a_default_task_is_admitted_under_restricted() {
     let config = KubeBackendConfig { namespace_pod_security: flotilla_model::PodSecurity::Restricted, ..settings() };
-    let (fake, backend) = backend_with(empty(), config).await;
+    let server = cluster(vec![h100_node()]).await;
+    let backend = backend_with(&server, config).await;
     backend.start(lease()).await.unwrap();
-    let requests = fake.requests();
+    let requests = server.writes();
     let labels = &requests[1].body["metadata"]["labels"];
     assert_eq!(labels[POD_SECURITY_ENFORCE], "restricted");
     assert_eq!(
@@ -758,21 +354,23 @@ async fn namespaces_enforce_the_configured_level_and_a_default_task_is_admitted_
     // The Job is seen; its pod was admitted, so the attempt is pending, not failed.
     let events = eventually(&backend, |e| !e.is_empty()).await;
     assert_eq!(events.iter().map(|e| (e.task_id.0, e.status.clone())).collect::<Vec<_>>(), [(42, AttemptStatus::Pending)]);
-    assert!(fake.state.lock().unwrap().collections[EVENTS].is_empty(), "no pod was refused");
+    assert_eq!(server.pods_of_job(NAMESPACE, "flotilla-42-3").len(), 1, "its pod was created");
+    assert!(server.list(Kind::Event).iter().all(|e| e["reason"] != "FailedCreate"), "no pod was refused");
 }
 
 #[tokio::test]
 async fn a_task_pod_the_namespace_level_forbids_fails_its_attempt_once_with_the_api_servers_message() {
     // Namespaces enforce baseline (the default): a privileged task's Job is created, but
     // admission refuses its pod, and the Job controller would retry that for ever.
-    let (fake, backend) = backend(empty()).await;
+    let server = cluster(vec![h100_node()]).await;
+    let backend = backend(&server).await;
     backend.start(lease_at("privileged", None)).await.unwrap();
     let events = eventually(&backend, |e| e.iter().any(|e| e.status.is_terminal())).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let AttemptStatus::Failed { kind, message, .. } = &events[0].status else { panic!("{events:?}") };
     assert_eq!(*kind, FailureKind::StartFailed);
     assert!(
-        message.starts_with("the API server refused the pod of Job flotilla-research/flotilla-01234567-42-3: Error creating: pods")
+        message.starts_with("the API server refused the pod of Job flotilla-research/flotilla-42-3: Error creating: pods")
             && message.contains("violates PodSecurity \"baseline:latest\": privileged (container \"task\""),
         "{message}"
     );
@@ -781,11 +379,64 @@ async fn a_task_pod_the_namespace_level_forbids_fails_its_attempt_once_with_the_
     assert!(backend.pending_events(10).await.unwrap().is_empty(), "reported once");
     let attempts = backend.attempts().await.unwrap();
     assert_eq!(attempts.iter().map(|a| a.phase.as_str()).collect::<Vec<_>>(), ["failed"], "the scheduler will have it stopped");
-    let creates = fake.requests().iter().filter(|r| r.method == Method::POST && r.path.ends_with("/jobs")).count();
+    let creates = server.writes().iter().filter(|r| r.method == "POST" && r.path.ends_with("/jobs")).count();
     assert_eq!(creates, 2, "one Job create before and one after creating the namespace, none retried");
 
     // A baseline task in the same namespace is admitted.
     backend.start(LeasedTask { task_id: 43, ..lease_at("baseline", None) }).await.unwrap();
     let events = eventually(&backend, |e| e.iter().any(|e| e.task_id == TaskId(43))).await;
     assert_eq!(events.iter().map(|e| (e.task_id.0, e.status.clone())).collect::<Vec<_>>(), [(43, AttemptStatus::Pending)]);
+}
+
+/// Statuses of attempts in `events`, by task id.
+fn statuses(events: &[AttemptEvent]) -> Vec<(u64, AttemptStatus)> {
+    events.iter().map(|e| (e.task_id.0, e.status.clone())).collect()
+}
+
+fn lists_of(server: &ApiServer, path: &str) -> usize {
+    server.requests().iter().filter(|r| r.method == "GET" && r.path == path && !r.is_watch()).count()
+}
+
+#[tokio::test]
+async fn a_relist_after_410_and_an_executor_restart_during_a_watch_gap_lose_no_attempt_event() {
+    let server = cluster(vec![healthy_h100_node()]).await;
+    let first = backend(&server).await;
+    for task_id in [42, 43] {
+        first.start(LeasedTask { task_id, requests: None, limits: None, ..lease() }).await.unwrap();
+        server.set_pod_state(NAMESPACE, &pod_of(&server, task_id, 3), PodState::Running).unwrap();
+    }
+    let running = eventually(&first, |e| e.len() == 2 && e.iter().all(|e| e.status == AttemptStatus::Running)).await;
+    first.ack_events(&running);
+
+    // A watch gap the watches come back from with 410: connections cut, a pod succeeds,
+    // the history is compacted. The reflectors relist and the success is reported.
+    let pod_lists = lists_of(&server, "/api/v1/pods");
+    server.pause_watches();
+    server.drop_connections();
+    server.set_pod_state(NAMESPACE, &pod_of(&server, 42, 3), PodState::Succeeded).unwrap();
+    server.compact();
+    server.resume_watches();
+    let done = eventually(&first, |e| !e.is_empty()).await;
+    assert_eq!(statuses(&done), [(42, AttemptStatus::Succeeded)]);
+    first.ack_events(&done);
+    assert!(lists_of(&server, "/api/v1/pods") > pod_lists, "the pod watches relisted after 410");
+
+    // The executor restarts during a second gap, in which the other attempt fails: the
+    // new backend reports every attempt's current status, the failure included.
+    server.pause_watches();
+    drop(first);
+    server.drop_connections();
+    server.set_pod_state(NAMESPACE, &pod_of(&server, 43, 3), PodState::Failed { exit_code: 3 }).unwrap();
+    server.compact();
+    let second = backend(&server).await;
+    server.resume_watches();
+    let events = eventually(&second, |e| e.len() == 2).await;
+    let failed = AttemptStatus::Failed { kind: FailureKind::Error, exit_code: Some(3), message: "Error (exit code 3)".into() };
+    assert_eq!(statuses(&events), [(42, AttemptStatus::Succeeded), (43, failed)]);
+    second.ack_events(&events);
+
+    // And the restarted backend's watches follow changes after the gap.
+    second.start(LeasedTask { task_id: 44, requests: None, limits: None, ..lease() }).await.unwrap();
+    let pending = eventually(&second, |e| !e.is_empty()).await;
+    assert_eq!(statuses(&pending), [(44, AttemptStatus::Pending)]);
 }

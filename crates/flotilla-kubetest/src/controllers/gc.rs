@@ -40,7 +40,12 @@ fn finish_deletion(state: &mut State, kind: Kind, owner: &Value, all: &[(Kind, A
     if finalizers.iter().any(|f| f == "foregroundDeletion") {
         for (k, d) in &dependents {
             if !is_deleting(d) {
-                let _ = state.delete(*k, &key_of(d), &DeleteOptions { propagation_policy: Some("Background".into()), ..Default::default() }, now_ms);
+                let _ = state.delete(
+                    *k,
+                    &key_of(d),
+                    &DeleteOptions { propagation_policy: Some("Background".into()), ..Default::default() },
+                    now_ms,
+                );
             }
         }
         if dependents.is_empty() {
@@ -49,7 +54,8 @@ fn finish_deletion(state: &mut State, kind: Kind, owner: &Value, all: &[(Kind, A
     } else if finalizers.iter().any(|f| f == "orphan") {
         for (k, d) in &dependents {
             let mut d = (***d).clone();
-            let refs: Vec<Value> = d["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid).cloned().collect();
+            let refs: Vec<Value> =
+                d["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid).cloned().collect();
             d["metadata"]["ownerReferences"] = json!(refs);
             state.store.put(*k, d);
         }
@@ -57,7 +63,8 @@ fn finish_deletion(state: &mut State, kind: Kind, owner: &Value, all: &[(Kind, A
     }
     if kind == Kind::Namespace {
         let ns = crate::util::name_of(owner).to_string();
-        let contents: Vec<(Kind, Key)> = all.iter().filter(|(k, o)| k.namespaced() && namespace_of(o) == ns).map(|(k, o)| (*k, key_of(o))).collect();
+        let contents: Vec<(Kind, Key)> =
+            all.iter().filter(|(k, o)| k.namespaced() && namespace_of(o) == ns).map(|(k, o)| (*k, key_of(o))).collect();
         if contents.is_empty() {
             state.store.remove(Kind::Namespace, &key_of(owner));
         }

@@ -10,11 +10,14 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::controllers::record_event;
+use crate::controllers::{record_event, Note};
 use crate::kinds::Kind;
 use crate::state::{DeleteOptions, Origin, State};
 use crate::store::key_of;
-use crate::util::{condition, has_condition, is_deleting, is_terminal, name_of, name_suffix, namespace_of, parse_rfc3339, rfc3339, set_condition, str_at, uid_of};
+use crate::util::{
+    condition, has_condition, is_deleting, is_terminal, name_of, name_suffix, namespace_of, parse_rfc3339, rfc3339, set_condition, str_at,
+    uid_of,
+};
 
 pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
 pub const LABEL_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
@@ -63,7 +66,7 @@ fn sync_job(state: &mut State, job: &Value, pods: &[Arc<Value>], now_ms: u64) {
         j["status"]["startTime"] = json!(now);
     }
     let (mut succeeded, mut failed) = (j["status"]["succeeded"].as_u64().unwrap_or(0), j["status"]["failed"].as_u64().unwrap_or(0));
-    let mut failure_target = condition(&j, "FailureTarget").filter(|c| c["status"] == "True").map(|c| reason_message(c));
+    let mut failure_target = condition(&j, "FailureTarget").filter(|c| c["status"] == "True").map(reason_message);
     for pod in pods {
         let gone_unfinished = is_deleting(pod) && pod["metadata"]["deletionGracePeriodSeconds"] == 0 && !is_terminal(pod);
         if !(is_terminal(pod) || gone_unfinished) || !state.counted_pods.entry(uid.clone()).or_default().insert(uid_of(pod).to_string()) {
@@ -74,7 +77,8 @@ fn sync_job(state: &mut State, job: &Value, pods: &[Arc<Value>], now_ms: u64) {
             continue;
         }
         match pod_failure_policy_action(job, pod) {
-            Some((action, _)) if action == "Ignore" => {}
+            // Not counted, and replaced without a backoff.
+            Some((action, _)) if action == "Ignore" => continue,
             Some((action, message)) if action == "FailJob" => {
                 failed += 1;
                 failure_target.get_or_insert(("PodFailurePolicy".into(), message));
@@ -108,7 +112,7 @@ fn sync_job(state: &mut State, job: &Value, pods: &[Arc<Value>], now_ms: u64) {
         still_active = 0;
         if still_terminating == 0 {
             set_condition(&mut j, "Failed", "True", reason, message, &now);
-            record_event(state, Kind::Job, job, "Warning", reason, message, "job-controller", now_ms);
+            record_event(state, Kind::Job, job, Note { type_: "Warning", reason, message, component: "job-controller" }, now_ms);
         }
     } else if success {
         let message = "Reached expected number of succeeded pods";
@@ -116,7 +120,13 @@ fn sync_job(state: &mut State, job: &Value, pods: &[Arc<Value>], now_ms: u64) {
         if still_active == 0 && still_terminating == 0 {
             set_condition(&mut j, "Complete", "True", "CompletionsReached", message, &now);
             j["status"]["completionTime"] = json!(now);
-            record_event(state, Kind::Job, job, "Normal", "Completed", "Job completed", "job-controller", now_ms);
+            record_event(
+                state,
+                Kind::Job,
+                job,
+                Note { type_: "Normal", reason: "Completed", message: "Job completed", component: "job-controller" },
+                now_ms,
+            );
         }
     } else if still_active == 0 && still_terminating == 0 && state.next_pod_create_ms.get(&uid).is_none_or(|t| *t <= now_ms) {
         still_active += usize::from(create_pod(state, job, now_ms));
@@ -198,11 +208,33 @@ fn create_pod(state: &mut State, job: &Value, now_ms: u64) -> bool {
     }
     match state.create(Kind::Pod, pod, Origin::Controller, now_ms) {
         Ok(p) => {
-            record_event(state, Kind::Job, job, "Normal", "SuccessfulCreate", &format!("Created pod: {}", name_of(&p)), "job-controller", now_ms);
+            record_event(
+                state,
+                Kind::Job,
+                job,
+                Note {
+                    type_: "Normal",
+                    reason: "SuccessfulCreate",
+                    message: &format!("Created pod: {}", name_of(&p)),
+                    component: "job-controller",
+                },
+                now_ms,
+            );
             true
         }
         Err(e) => {
-            record_event(state, Kind::Job, job, "Warning", "FailedCreate", &format!("Error creating: {}", e.message), "job-controller", now_ms);
+            record_event(
+                state,
+                Kind::Job,
+                job,
+                Note {
+                    type_: "Warning",
+                    reason: "FailedCreate",
+                    message: &format!("Error creating: {}", e.message),
+                    component: "job-controller",
+                },
+                now_ms,
+            );
             state.next_pod_create_ms.insert(uid, now_ms + BACKOFF_BASE_MS);
             false
         }
@@ -229,7 +261,8 @@ fn release_tracked_pods(state: &mut State) {
         .collect();
     for pod in done {
         let mut p = (*pod).clone();
-        let left: Vec<Value> = p["metadata"]["finalizers"].as_array().into_iter().flatten().filter(|f| *f != TRACKING_FINALIZER).cloned().collect();
+        let left: Vec<Value> =
+            p["metadata"]["finalizers"].as_array().into_iter().flatten().filter(|f| *f != TRACKING_FINALIZER).cloned().collect();
         p["metadata"]["finalizers"] = json!(left);
         if left.is_empty() {
             p["metadata"].as_object_mut().map(|m| m.remove("finalizers"));

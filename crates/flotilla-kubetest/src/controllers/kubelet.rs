@@ -9,6 +9,9 @@ use crate::kinds::Kind;
 use crate::state::State;
 use crate::util::{is_deleting, is_terminal, rfc3339, set_condition, str_at};
 
+/// The state each container is given, by container name.
+type ContainerState<'a> = Box<dyn Fn(&str) -> Value + 'a>;
+
 /// A pod state the test sets through the kubelet.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PodState {
@@ -78,7 +81,7 @@ fn apply_state(p: &mut Value, to: &PodState, now_ms: u64) {
         .collect();
     let first = containers.first().map(|c| c.0.clone()).unwrap_or_default();
     let terminated = |exit_code: i32, reason: &str| json!({"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": now}});
-    let (phase, ready, container_state): (&str, bool, Box<dyn Fn(&str) -> Value>) = match to {
+    let (phase, ready, container_state): (&str, bool, ContainerState) = match to {
         PodState::Running => ("Running", true, Box::new(|_| json!({"running": {"startedAt": started}}))),
         PodState::Succeeded => ("Succeeded", false, Box::new(|_| terminated(0, "Completed"))),
         PodState::Failed { exit_code } => {

@@ -48,9 +48,18 @@ pub fn reconcile(state: &mut State, now_ms: u64) {
     }
 }
 
+/// What an Event says: its type (`Normal`/`Warning`), reason, message, and who reports it.
+pub struct Note<'a> {
+    pub type_: &'a str,
+    pub reason: &'a str,
+    pub message: &'a str,
+    pub component: &'a str,
+}
+
 /// Records an Event about `object`, or counts one more of the same (same reason and
 /// message), as the event recorder aggregates them.
-pub fn record_event(state: &mut State, kind: Kind, object: &Value, type_: &str, reason: &str, message: &str, component: &str, now_ms: u64) {
+pub fn record_event(state: &mut State, kind: Kind, object: &Value, note: Note<'_>, now_ms: u64) {
+    let Note { type_, reason, message, component } = note;
     let namespace = if kind.namespaced() { namespace_of(object).to_string() } else { "default".to_string() };
     let uid = uid_of(object).to_string();
     let same = state.store.objects(Kind::Event).values().find(|e| {

@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 
-use crate::controllers::{node_ready, pods_on, record_event};
+use crate::controllers::{node_ready, pods_on, record_event, Note};
 use crate::kinds::Kind;
 use crate::state::{DeleteOptions, State};
 use crate::store::key_of;
@@ -50,7 +50,18 @@ fn mark_silent_nodes_unknown(state: &mut State, now_ms: u64) {
                 state.store.put(Kind::Pod, p);
             }
         }
-        record_event(state, Kind::Node, &node, "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady"), "node-controller", now_ms);
+        record_event(
+            state,
+            Kind::Node,
+            &node,
+            Note {
+                type_: "Normal",
+                reason: "NodeNotReady",
+                message: &format!("Node {name} status is now: NodeNotReady"),
+                component: "node-controller",
+            },
+            now_ms,
+        );
     }
 }
 
@@ -131,9 +142,22 @@ fn evict_untolerating_pods(state: &mut State, now_ms: u64) {
 
 fn evict(state: &mut State, pod: &Value, now_ms: u64) {
     let mut p = pod.clone();
-    set_condition(&mut p, "DisruptionTarget", "True", "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint", &rfc3339(now_ms));
+    set_condition(
+        &mut p,
+        "DisruptionTarget",
+        "True",
+        "DeletionByTaintManager",
+        "Taint manager: deleting due to NoExecute taint",
+        &rfc3339(now_ms),
+    );
     let p = state.store.put(Kind::Pod, p);
     let message = format!("Marking for deletion Pod {}/{}", namespace_of(&p), name_of(&p));
-    record_event(state, Kind::Pod, &p, "Normal", "TaintManagerEviction", &message, "taint-eviction-controller", now_ms);
+    record_event(
+        state,
+        Kind::Pod,
+        &p,
+        Note { type_: "Normal", reason: "TaintManagerEviction", message: &message, component: "taint-eviction-controller" },
+        now_ms,
+    );
     let _ = state.delete(Kind::Pod, &key_of(&p), &DeleteOptions::default(), now_ms);
 }

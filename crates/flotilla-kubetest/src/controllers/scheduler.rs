@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::controllers::nodes::tolerates;
-use crate::controllers::record_event;
+use crate::controllers::{record_event, Note};
 use crate::kinds::Kind;
 use crate::state::State;
 use crate::util::{condition, is_deleting, is_terminal, name_of, namespace_of, quantity_millis, rfc3339, set_condition, str_at};
@@ -62,7 +62,13 @@ fn bind(state: &mut State, pod: &Value, node: &str, now_ms: u64) {
     set_condition(&mut p, "PodScheduled", "True", "", "", &rfc3339(now_ms));
     let p = state.store.put(Kind::Pod, p);
     let message = format!("Successfully assigned {}/{} to {node}", namespace_of(&p), name_of(&p));
-    record_event(state, Kind::Pod, &p, "Normal", "Scheduled", &message, "default-scheduler", now_ms);
+    record_event(
+        state,
+        Kind::Pod,
+        &p,
+        Note { type_: "Normal", reason: "Scheduled", message: &message, component: "default-scheduler" },
+        now_ms,
+    );
 }
 
 fn unschedulable(state: &mut State, pod: &Value, node_count: usize, reasons: &BTreeMap<String, usize>, now_ms: u64) {
@@ -77,7 +83,13 @@ fn unschedulable(state: &mut State, pod: &Value, node_count: usize, reasons: &BT
     let mut p = pod.clone();
     set_condition(&mut p, "PodScheduled", "False", "Unschedulable", &message, &rfc3339(now_ms));
     let p = state.store.put(Kind::Pod, p);
-    record_event(state, Kind::Pod, &p, "Warning", "FailedScheduling", &message, "default-scheduler", now_ms);
+    record_event(
+        state,
+        Kind::Pod,
+        &p,
+        Note { type_: "Warning", reason: "FailedScheduling", message: &message, component: "default-scheduler" },
+        now_ms,
+    );
 }
 
 /// Why `node` cannot take `pod` (the scheduler's wording), or `None` when it can.
@@ -132,7 +144,11 @@ fn selector_admits(pod: &Value, node: &Value) -> bool {
         }
     };
     let term_ok = |t: &Value| {
-        let exprs = t["matchExpressions"].as_array().into_iter().flatten().all(|e| expr_ok(e, labels[e["key"].as_str().unwrap_or_default()].as_str()));
+        let exprs = t["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| expr_ok(e, labels[e["key"].as_str().unwrap_or_default()].as_str()));
         let fields = t["matchFields"].as_array().into_iter().flatten().all(|e| expr_ok(e, str_at(node, &["metadata", "name"])));
         exprs && fields
     };
@@ -142,7 +158,12 @@ fn selector_admits(pod: &Value, node: &Value) -> bool {
 /// A pod's requests: containers summed, at least the largest init container, one pod.
 fn requests(pod: &Value) -> Amounts {
     let of = |c: &Value| -> Amounts {
-        c["resources"]["requests"].as_object().into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), quantity_millis(v.as_str()?)?))).collect()
+        c["resources"]["requests"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), quantity_millis(v.as_str()?)?)))
+            .collect()
     };
     let mut total = Amounts::new();
     for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
