@@ -9,11 +9,14 @@
 //!   replicas, apply) at a large backlog, and listing/metrics reads at that size.
 //! - `chaos`: the deterministic fault simulator over many seeds; exits non-zero on a
 //!   violated invariant.
+//! - `executor`: one Kubernetes backend over a large cluster (`flotilla-kubetest`'s API
+//!   server in a child process): time to list, memory, and the latency of a Sync.
 
 use clap::{Parser, Subcommand};
 
 mod chaos;
 mod e2e;
+mod executor;
 mod leader;
 mod sched;
 mod submit;
@@ -37,6 +40,11 @@ enum Command {
     Leader(leader::Args),
     /// Run the deterministic fault simulator over many seeds and check every invariant.
     Chaos(chaos::Args),
+    /// One Kubernetes executor over thousands of nodes and tens of thousands of pods.
+    Executor(executor::Args),
+    /// The API server process `executor` starts (not for use on its own).
+    #[command(hide = true)]
+    ExecutorServer(executor::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         Command::E2e(args) => e2e::run(&args),
         Command::Leader(args) => leader::run(&args),
         Command::Chaos(args) => chaos::run(&args),
+        Command::Executor(args) => executor::run(&args),
+        Command::ExecutorServer(args) => executor::serve(&args),
     }
 }
 

@@ -7,6 +7,7 @@
 //! tokens). Older than the window is 410 Expired.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -148,10 +149,17 @@ impl Store {
         for c in self.history.range(start..).filter(|c| c.kind == kind) {
             overlay.entry(key_of(c.prev.as_deref().unwrap_or(&c.object))).or_insert_with(|| c.prev.clone());
         }
-        let in_scope = |k: &Key| namespace.is_none_or(|ns| k.0 == ns) && after.is_none_or(|a| k > a);
-        let current = self.objects[&kind].iter().filter(|(k, _)| !overlay.contains_key(*k));
-        let old = overlay.iter().filter_map(|(k, v)| Some((k, v.as_ref()?)));
-        let mut merged = merge_sorted(current, old).filter(|(k, _)| in_scope(k)).map(|(_, v)| v).filter(|v| keep(v));
+        let in_scope = |k: &Key| namespace.is_none_or(|ns| k.0 == ns);
+        // Start after the continue key (or at the namespace), not at the first object.
+        let from = match (after, namespace) {
+            (Some(a), _) => Bound::Excluded(a.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        let range = (from, Bound::Unbounded);
+        let current = self.objects[&kind].range(range.clone()).filter(|(k, _)| !overlay.contains_key(*k));
+        let old = overlay.range(range).filter_map(|(k, v)| Some((k, v.as_ref()?)));
+        let mut merged = merge_sorted(current, old).take_while(|(k, _)| in_scope(k)).map(|(_, v)| v).filter(|v| keep(v));
         let items: Vec<Arc<Value>> = merged.by_ref().take(limit).cloned().collect();
         let more = items.len() == limit && merged.next().is_some();
         (items, more)
