@@ -292,3 +292,21 @@ async fn deletes_propagate_to_dependents_background_foreground_or_orphan() {
     assert!(pods[0]["metadata"]["deletionTimestamp"].is_null());
     assert_eq!(pods[0]["metadata"]["ownerReferences"], json!([]));
 }
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_the_objects_then_the_initial_events_end_bookmark() {
+    let server = bare().await;
+    for i in 0..3 {
+        server.apply(pod("a", &format!("p{i}"), json!({}), "Running"));
+    }
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().streaming_lists();
+    let stream = reflector::reflector(writer, watcher(Api::<Pod>::all(server.client()), config));
+    let task = tokio::spawn(stream.default_backoff().for_each(|_| async {}));
+    tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await.expect("the initial events ended").unwrap();
+    assert_eq!(store.state().len(), 3);
+    let watch = server.requests().into_iter().find(|r| r.is_watch()).expect("a watch");
+    assert_eq!(watch.query_value("sendInitialEvents"), Some("true"));
+    assert!(server.requests().iter().all(|r| r.is_watch()), "no list call");
+    task.abort();
+}
