@@ -63,7 +63,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     let rss_before = rss_bytes();
     let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
     let started = Instant::now();
-    let backend = KubeBackend::new(client, "bench", Default::default());
+    let backend = KubeBackend::new(client, "bench", INSTALLATION, Default::default());
     backend.wait_ready(Duration::from_secs(600)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let ready_s = started.elapsed().as_secs_f64();
     let rss_ready = rss_bytes();
@@ -259,7 +259,14 @@ fn node_conditions() -> Vec<Value> {
 
 fn flotilla_labels(task_id: u64) -> Value {
     json!({"flotilla.io/task-id": task_id.to_string(), "flotilla.io/attempt": "1", "flotilla.io/queue": "bench",
-        "flotilla.io/task-set": "sweep", "app.kubernetes.io/managed-by": "flotilla"})
+        "flotilla.io/task-set": "sweep", "app.kubernetes.io/managed-by": "flotilla", "flotilla.io/installation": INSTALLATION})
+}
+
+/// The installation the benchmark's executor belongs to (its Jobs and pods carry it).
+const INSTALLATION: &str = "5eed0000b0a7c0de";
+
+fn job_name(task_id: u64) -> String {
+    format!("flotilla-{}-{task_id}-1", &INSTALLATION[..8])
 }
 
 fn flotilla_container() -> Value {
@@ -271,7 +278,7 @@ fn flotilla_container() -> Value {
 
 fn flotilla_job(task_id: u64) -> Value {
     json!({"apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": format!("flotilla-{task_id}-1"), "namespace": "flotilla-bench", "labels": flotilla_labels(task_id),
+        "metadata": {"name": job_name(task_id), "namespace": "flotilla-bench", "labels": flotilla_labels(task_id),
             "annotations": {"flotilla.io/task-name": format!("train-{task_id}"), "flotilla.io/task-set": "sweep"}},
         "spec": {"backoffLimit": 0, "completions": 1, "parallelism": 1, "activeDeadlineSeconds": 7201,
             "template": {"metadata": {"labels": flotilla_labels(task_id)}, "spec": {"restartPolicy": "Never",
@@ -281,9 +288,9 @@ fn flotilla_job(task_id: u64) -> Value {
 
 fn flotilla_pod(task_id: u64, node: &str, phase: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("flotilla-{task_id}-1-x7k2p"), "namespace": "flotilla-bench", "labels": flotilla_labels(task_id),
+        "metadata": {"name": format!("{}-x7k2p", job_name(task_id)), "namespace": "flotilla-bench", "labels": flotilla_labels(task_id),
             "creationTimestamp": "2025-01-01T00:00:00Z",
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": format!("flotilla-{task_id}-1"), "uid": "u", "controller": true}]},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name(task_id), "uid": "u", "controller": true}]},
         "spec": {"nodeName": node, "restartPolicy": "Never", "containers": [flotilla_container()]},
         "status": {"phase": phase, "podIP": "10.1.0.1", "startTime": "2025-01-01T00:00:00Z",
             "containerStatuses": [{"name": "task", "image": "ghcr.io/acme/train:1.4", "imageID": "", "ready": phase == "Running", "restartCount": 0,

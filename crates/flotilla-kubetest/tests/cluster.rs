@@ -255,3 +255,16 @@ async fn logs_honour_tail_limit_since_and_follow_until_the_pod_ends() {
     let rest: Vec<String> = tokio::time::timeout(Duration::from_secs(10), lines.try_collect()).await.expect("the stream ends").unwrap();
     assert_eq!(rest, ["last words"]);
 }
+
+#[tokio::test]
+async fn a_finished_job_is_deleted_with_its_pods_ttl_seconds_after_it_finished() {
+    let server = cluster().await;
+    let job = create_job(&server, job("a", "kept", "n1", json!({"ttlSecondsAfterFinished": 900}))).await;
+    let pod = only_pod(&server, &job);
+    server.set_pod_state("a", &pod, PodState::Succeeded).unwrap();
+    server.advance(Duration::from_secs(899));
+    assert!(server.get(Kind::Job, "a", &job).is_some(), "kept for its TTL");
+    assert!(server.get(Kind::Pod, "a", &pod).is_some(), "and so is its pod, with its log");
+    server.advance(Duration::from_secs(1));
+    assert!(server.get(Kind::Job, "a", &job).is_none() && server.get(Kind::Pod, "a", &pod).is_none());
+}

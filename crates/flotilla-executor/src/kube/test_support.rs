@@ -17,8 +17,10 @@ use serde_json::{json, Value};
 pub(crate) use flotilla_kubetest::{ApiServer, DeleteOptions, Kind, Options, PodState, POD_SECURITY_ENFORCE};
 
 use crate::backend::{AttemptEvent, ClusterBackend};
-use crate::config::KubeBackendConfig;
-use crate::kube::KubeBackend;
+use crate::kube::{pods, KubeBackend, KubeBackendConfig};
+
+/// The installation the tests' executor belongs to.
+pub(crate) const INSTALLATION: &str = "0123456789abcdef";
 
 /// The cluster the backend's tests name.
 pub(crate) const CLUSTER: &str = "eks-us-east";
@@ -50,7 +52,7 @@ pub(crate) async fn backend(server: &ApiServer) -> KubeBackend {
 }
 
 pub(crate) async fn backend_with(server: &ApiServer, config: KubeBackendConfig) -> KubeBackend {
-    let backend = KubeBackend::new(server.client(), CLUSTER, config);
+    let backend = KubeBackend::new(server.client(), CLUSTER, INSTALLATION, config);
     backend.wait_ready(Duration::from_secs(10)).await.unwrap();
     backend
 }
@@ -69,8 +71,25 @@ pub(crate) async fn eventually(backend: &KubeBackend, done: impl Fn(&[AttemptEve
 
 /// The name of the newest pod the Job controller made for attempt `attempt` of `task_id`.
 pub(crate) fn pod_of(server: &ApiServer, task_id: u64, attempt: u32) -> String {
-    let pods = server.pods_of_job(NAMESPACE, &format!("flotilla-{task_id}-{attempt}"));
+    let pods = server.pods_of_job(NAMESPACE, &job_of(task_id, attempt));
     pods.last().and_then(|p| p["metadata"]["name"].as_str()).expect("the Job has a pod").to_string()
+}
+
+/// The name of the Job of attempt `attempt` of `task_id` (this installation's).
+pub(crate) fn job_of(task_id: u64, attempt: u32) -> String {
+    crate::kube::jobs::job_name(INSTALLATION, flotilla_model::TaskId(task_id), attempt)
+}
+
+/// Facts for the status mapping: a Ready node, no pending timeout.
+pub(crate) fn facts(now_ms: u64, image_pull_failure_after_ms: u64) -> pods::Facts {
+    pods::Facts {
+        now_ms,
+        image_pull_failure_after_ms,
+        node_lost_after_ms: 300_000,
+        pending_timeout_ms: 0,
+        node: pods::NodeHealth::Ready,
+        node_name: "n1".into(),
+    }
 }
 
 /// `h100_node` without the disk-pressure taint: a node the scheduler binds task pods to.
@@ -132,13 +151,14 @@ pub(crate) fn other_pod(name: &str, node: &str, cpu: &str, memory: &str) -> Valu
 }
 
 pub(crate) fn managed_labels(task_id: u64, attempt: u32) -> Value {
-    json!({"flotilla.io/task-id": task_id.to_string(), "flotilla.io/attempt": attempt.to_string(), "app.kubernetes.io/managed-by": "flotilla"})
+    json!({"flotilla.io/task-id": task_id.to_string(), "flotilla.io/attempt": attempt.to_string(), "app.kubernetes.io/managed-by": "flotilla",
+           "flotilla.io/installation": INSTALLATION})
 }
 
 pub(crate) fn job(task_id: u64, attempt: u32, conditions: Value) -> Value {
     json!({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": format!("flotilla-{task_id}-{attempt}"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt)},
+        "metadata": {"name": job_of(task_id, attempt), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt)},
         "spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "ip-10-0-1-23"}, "containers": [{"name": "task"}]}}},
         "status": {"conditions": conditions}
     })
@@ -147,7 +167,7 @@ pub(crate) fn job(task_id: u64, attempt: u32, conditions: Value) -> Value {
 pub(crate) fn pod(task_id: u64, attempt: u32, status: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("flotilla-{task_id}-{attempt}-x7k2p"), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt),
+        "metadata": {"name": format!("{}-x7k2p", job_of(task_id, attempt)), "namespace": "flotilla-research", "labels": managed_labels(task_id, attempt),
                      "creationTimestamp": "2025-01-01T00:00:00Z"},
         "spec": {"nodeName": "ip-10-0-1-23.ec2.internal", "containers": [{"name": "task"}]},
         "status": status

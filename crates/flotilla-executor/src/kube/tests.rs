@@ -39,19 +39,23 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
     assert_eq!(requests[1].body["metadata"], json!({"name": "flotilla-research", "labels": namespace_labels}));
     let labels = json!({
         "flotilla.io/task-id": "42", "flotilla.io/attempt": "3", "flotilla.io/queue": "research",
-        "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla"
+        "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla",
+        "flotilla.io/installation": INSTALLATION
     });
     let expected = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": "flotilla-42-3",
+            "name": "flotilla-01234567-42-3",
             "namespace": "flotilla-research",
             "labels": labels,
-            "annotations": {"flotilla.io/task-name": "train-7", "flotilla.io/task-set": "llama-sweep", "flotilla.io/priority-class": "batch"}
+            "annotations": {"flotilla.io/task-name": "train-7", "flotilla.io/task-set": "llama-sweep", "flotilla.io/priority-class": "batch",
+                            "flotilla.io/pending-timeout-ms": "600000"}
         },
         "spec": {
             "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+            "ttlSecondsAfterFinished": 900,
             "completions": 1,
             "parallelism": 1,
             "activeDeadlineSeconds": 7201,
@@ -102,7 +106,7 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
 #[test]
 fn checkpoints_use_a_per_task_directory_of_the_configured_claim() {
     let config = KubeBackendConfig { checkpoint_claim: Some("flotilla-checkpoints".into()), ..Default::default() };
-    let job = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], &config)).unwrap();
+    let job = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], INSTALLATION, &config)).unwrap();
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"], json!([{"name": "flotilla-checkpoint", "persistentVolumeClaim": {"claimName": "flotilla-checkpoints"}}]));
     assert_eq!(
@@ -122,9 +126,9 @@ async fn starting_an_existing_attempt_sends_nothing_and_stop_deletes_in_the_back
     let requests = server.writes();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].method, "DELETE");
-    assert_eq!(requests[0].path, "/apis/batch/v1/namespaces/flotilla-research/jobs/flotilla-42-3");
+    assert_eq!(requests[0].path, "/apis/batch/v1/namespaces/flotilla-research/jobs/flotilla-01234567-42-3");
     assert_eq!(requests[0].body, json!({"propagationPolicy": "Background"}));
-    assert!(server.get(Kind::Job, NAMESPACE, "flotilla-42-3").is_none(), "the Job is gone");
+    assert!(server.get(Kind::Job, NAMESPACE, &job_of(42, 3)).is_none(), "the Job is gone");
 }
 
 #[tokio::test]
@@ -248,14 +252,14 @@ fn image_pull_errors_fail_only_once_they_persist() {
     let job: Job = serde_json::from_value(job(1, 1, json!([]))).unwrap();
     let pod: Pod = serde_json::from_value(pod(1, 1, waiting("Pending", "ErrImagePull"))).unwrap();
     let created_ms = 1_735_689_600_000; // 2025-01-01T00:00:00Z
-    assert_eq!(pods::attempt_status(&job, Some(&pod), created_ms + 119_000, 120_000), AttemptStatus::Pending);
+    assert_eq!(pods::attempt_status(&job, Some(&pod), &facts(created_ms + 119_000, 120_000)), AttemptStatus::Pending);
     assert!(matches!(
-        pods::attempt_status(&job, Some(&pod), created_ms + 120_000, 120_000),
+        pods::attempt_status(&job, Some(&pod), &facts(created_ms + 120_000, 120_000)),
         AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
     ));
     let invalid: Pod = serde_json::from_value(pod_json_waiting("InvalidImageName")).unwrap();
     assert!(matches!(
-        pods::attempt_status(&job, Some(&invalid), created_ms, 120_000),
+        pods::attempt_status(&job, Some(&invalid), &facts(created_ms, 120_000)),
         AttemptStatus::Failed { kind: FailureKind::ImagePull, .. }
     ));
 }
@@ -267,7 +271,7 @@ fn pod_json_waiting(reason: &str) -> Value {
 #[test]
 fn pod_reasons_that_are_not_the_tasks_fault_map_to_evicted_and_pod_deadlines_to_deadline() {
     let job: Job = serde_json::from_value(job(1, 1, json!([]))).unwrap();
-    let status = |s: Value| pods::attempt_status(&job, Some(&serde_json::from_value(pod(1, 1, s)).unwrap()), 0, 0);
+    let status = |s: Value| pods::attempt_status(&job, Some(&serde_json::from_value(pod(1, 1, s)).unwrap()), &facts(0, 0));
     let kind = |s: AttemptStatus| match s {
         AttemptStatus::Failed { kind, .. } => Some(kind),
         _ => None,
@@ -295,8 +299,8 @@ async fn status_changes_are_reported_as_they_happen_and_vanished_jobs_as_lost() 
 
     // Deleted by us: no event. Deleted by someone else: lost.
     backend.stop(TaskId(1), 1).await.unwrap();
-    assert!(server.get(Kind::Job, NAMESPACE, "flotilla-1-1").is_none());
-    server.delete(Kind::Job, NAMESPACE, "flotilla-2-1", DeleteOptions::default()).unwrap();
+    assert!(server.get(Kind::Job, NAMESPACE, &job_of(1, 1)).is_none());
+    server.delete(Kind::Job, NAMESPACE, &job_of(2, 1), DeleteOptions::default()).unwrap();
     let lost = eventually(&backend, |e| !e.is_empty()).await;
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(lost[0].task_id, TaskId(2));
@@ -307,7 +311,7 @@ async fn status_changes_are_reported_as_they_happen_and_vanished_jobs_as_lost() 
 }
 
 fn pod_spec_of(task: &LeasedTask) -> Value {
-    let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], &KubeBackendConfig::default())).unwrap();
+    let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], INSTALLATION, &KubeBackendConfig::default())).unwrap();
     job["spec"]["template"]["spec"].clone()
 }
 
@@ -354,7 +358,7 @@ async fn namespaces_enforce_the_configured_level_and_a_default_task_is_admitted_
     // The Job is seen; its pod was admitted, so the attempt is pending, not failed.
     let events = eventually(&backend, |e| !e.is_empty()).await;
     assert_eq!(events.iter().map(|e| (e.task_id.0, e.status.clone())).collect::<Vec<_>>(), [(42, AttemptStatus::Pending)]);
-    assert_eq!(server.pods_of_job(NAMESPACE, "flotilla-42-3").len(), 1, "its pod was created");
+    assert_eq!(server.pods_of_job(NAMESPACE, &job_of(42, 3)).len(), 1, "its pod was created");
     assert!(server.list(Kind::Event).iter().all(|e| e["reason"] != "FailedCreate"), "no pod was refused");
 }
 
@@ -370,7 +374,7 @@ async fn a_task_pod_the_namespace_level_forbids_fails_its_attempt_once_with_the_
     let AttemptStatus::Failed { kind, message, .. } = &events[0].status else { panic!("{events:?}") };
     assert_eq!(*kind, FailureKind::StartFailed);
     assert!(
-        message.starts_with("the API server refused the pod of Job flotilla-research/flotilla-42-3: Error creating: pods")
+        message.starts_with("the API server refused the pod of Job flotilla-research/flotilla-01234567-42-3: Error creating: pods")
             && message.contains("violates PodSecurity \"baseline:latest\": privileged (container \"task\""),
         "{message}"
     );

@@ -57,6 +57,7 @@ fn finished(job: &Value) -> bool {
 
 fn sync_job(state: &mut State, job: &Value, pods: &[Arc<Value>], now_ms: u64) {
     if finished(job) {
+        expire_finished(state, job, now_ms);
         return;
     }
     let uid = uid_of(job).to_string();
@@ -140,6 +141,20 @@ fn sync_job(state: &mut State, job: &Value, pods: &[Arc<Value>], now_ms: u64) {
     if j != *job {
         // Our copy may be stale if creating an event or pod touched nothing of the Job's.
         state.store.put(Kind::Job, j);
+    }
+}
+
+/// The TTL-after-finished controller: a finished Job with `ttlSecondsAfterFinished` is
+/// deleted (foreground, pods first) that long after its `Complete` or `Failed` condition.
+fn expire_finished(state: &mut State, job: &Value, now_ms: u64) {
+    let Some(ttl_s) = job["spec"]["ttlSecondsAfterFinished"].as_u64() else { return };
+    let finished_ms = ["Complete", "Failed"]
+        .iter()
+        .filter_map(|t| condition(job, t).filter(|c| c["status"] == "True"))
+        .find_map(|c| c["lastTransitionTime"].as_str().and_then(parse_rfc3339));
+    if finished_ms.is_some_and(|at| at + ttl_s * 1000 <= now_ms) {
+        let foreground = DeleteOptions { propagation_policy: Some("Foreground".into()), ..Default::default() };
+        let _ = state.delete(Kind::Job, &key_of(job), &foreground, now_ms);
     }
 }
 
