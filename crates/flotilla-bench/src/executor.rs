@@ -132,12 +132,7 @@ fn percentiles(samples: &mut [Duration]) -> Value {
 
 /// Resident memory of this process now (`VmRSS`), in bytes.
 fn rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
+    crate::memory_bytes("VmRSS:")
 }
 
 /// The API server process: seeds, prints `{"url": ...}`, churns after a `churn` line on

@@ -61,10 +61,16 @@ fn main() -> anyhow::Result<()> {
 
 /// Peak resident memory of this process (`VmHWM`), in bytes; 0 where /proc is missing.
 pub fn peak_memory_bytes() -> u64 {
+    memory_bytes("VmHWM:")
+}
+
+/// A memory figure of this process from /proc/self/status (`VmHWM:`, `VmRSS:`), in bytes;
+/// 0 where /proc is missing.
+pub fn memory_bytes(field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }
