@@ -739,4 +739,6 @@ impl ClusterBackend for KubeBackend {
 }
 
 #[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
 mod tests;
