@@ -577,6 +577,8 @@ pub async fn register(config: &ExecutorConfig) -> anyhow::Result<String> {
                 anyhow::bail!("registering cluster {} with the scheduler: {:?}: {}", config.cluster, s.code(), s.message());
             }
             Err(s) => {
+                // It cannot sync before it registers: counted as a failed sync for /healthz.
+                config.status.sync_failed();
                 tracing::warn!(code = ?s.code(), message = s.message(), "cannot register yet; retrying");
                 tokio::time::sleep(config.sync_interval).await;
             }
