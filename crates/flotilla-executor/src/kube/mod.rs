@@ -116,6 +116,10 @@ struct State {
     /// Leases the API server refused for good, as `StartFailed` events.
     start_failures: VecDeque<AttemptEvent>,
     namespaces_created: HashSet<String>,
+    /// When this process first saw each present attempt finished (ms): its Job is kept
+    /// `keep_finished` from then. After a restart the clock starts again; the Job's
+    /// `ttlSecondsAfterFinished` bounds it either way.
+    finished_seen: HashMap<(TaskId, u32), u64>,
 }
 
 /// An attempt as the caches show it now.
@@ -439,16 +443,16 @@ impl KubeBackend {
 
     async fn stop_task(&self, task_id: TaskId, attempt: u32) -> Result<(), BackendError> {
         let key = (task_id, attempt);
+        // A finished attempt's Job stays for `keep_finished`: its output is read from its pod.
+        // The scheduler asks to stop it every Sync; it goes on the first ask after that. O(1):
+        // many finished attempts are asked about every Sync.
+        let finished_ms = self.lock().finished_seen.get(&key).copied();
+        if finished_ms.is_some_and(|t| self.now_ms().saturating_sub(t) < self.config.keep_finished.as_millis() as u64) {
+            return Ok(());
+        }
         let Some(job) = self.jobs.find(|j| attempt_of(&j.metadata) == Some(key)) else { return Ok(()) };
         if job.metadata.deletion_timestamp.is_some() {
             return Ok(());
-        }
-        // A finished attempt's Job stays for `keep_finished`: its output is read from its pod.
-        // The scheduler asks to stop it every Sync; it goes on the first ask after that.
-        if let Some(finished_ms) = self.finished_at(&job) {
-            if self.now_ms().saturating_sub(finished_ms) < self.config.keep_finished.as_millis() as u64 {
-                return Ok(());
-            }
         }
         let (Some(name), Some(namespace)) = (job.metadata.name.clone(), job.metadata.namespace.clone()) else { return Ok(()) };
         // Background: the Job goes now, its pod gets SIGTERM and its own grace period.
@@ -460,26 +464,6 @@ impl KubeBackend {
         }
         self.lock().stopping.insert(key);
         Ok(())
-    }
-
-    /// When the attempt of `job` finished (ms since the epoch): the Job's `Complete` or
-    /// `Failed` condition, else its pod's container end. `None` while it has not, or when
-    /// nothing says when (then it is not kept).
-    fn finished_at(&self, job: &Job) -> Option<u64> {
-        let millis = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| t.0.as_millisecond().max(0) as u64;
-        let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
-        let done = ["Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"];
-        if let Some(c) = conditions.into_iter().flatten().find(|c| done.contains(&c.type_.as_str()) && c.status == "True") {
-            return c.last_transition_time.as_ref().map(millis);
-        }
-        let key = attempt_of(&job.metadata)?;
-        let pod = self.pods.find(|p| attempt_of(&p.metadata) == Some(key))?;
-        let status = pod.status.as_ref()?;
-        if !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-            return None;
-        }
-        let ended = status.container_statuses.as_ref()?.iter().filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref());
-        ended.map(millis).max()
     }
 
     /// The output of the attempt's newest pod, from the API server's log endpoint.
@@ -550,6 +534,9 @@ impl KubeBackend {
         let now_ms = self.now_ms();
         let mut state = self.lock();
         let state = &mut *state;
+        for o in observed.iter().filter(|o| keeps_output(&o.status)) {
+            state.finished_seen.entry(o.key).or_insert(now_ms);
+        }
         let mut out: Vec<AttemptEvent> = state.start_failures.iter().take(max).cloned().collect();
         for o in &observed {
             if out.len() >= max {
@@ -584,6 +571,7 @@ impl KubeBackend {
             }
         }
         state.stopping.retain(|k| present.contains(k));
+        state.finished_seen.retain(|k, _| present.contains(k));
         Ok(out)
     }
 
@@ -654,6 +642,19 @@ fn refusal_of(job: &Job, refusals: &HashMap<(String, String), (Option<String>, S
         return None;
     }
     Some(format!("the API server refused the pod of Job {namespace}/{name}: {message}"))
+}
+
+/// Whether an ended attempt's Job is kept for its output: only when its pod really ran and
+/// stopped. A pod that never started (unschedulable, a bad image, refused) could still start
+/// later, and one on a lost node cannot be read: those go at once.
+fn keeps_output(status: &AttemptStatus) -> bool {
+    match status {
+        AttemptStatus::Succeeded => true,
+        AttemptStatus::Failed { kind, .. } => {
+            matches!(kind, FailureKind::Error | FailureKind::OomKilled | FailureKind::DeadlineExceeded | FailureKind::Evicted)
+        }
+        _ => false,
+    }
 }
 
 fn phase_and_kind(status: &AttemptStatus) -> (AttemptPhase, Option<FailureKind>) {

@@ -324,7 +324,6 @@ impl Tasks for TasksService {
         };
         let (id, rx) = ctx.logs.open(ask)?;
         let ticket = ctx.logs.ticket(id);
-        ctx.schedule_now.notify_one();
         let stream = futures::stream::unfold((rx, ticket, true), |(mut rx, ticket, first)| async move {
             let next = if first {
                 match tokio::time::timeout(FIRST_LOG_CHUNK_WAIT, rx.recv()).await {
