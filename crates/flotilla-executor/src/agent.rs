@@ -566,7 +566,7 @@ pub async fn register(config: &ExecutorConfig) -> anyhow::Result<String> {
             Ok(r) => {
                 let id = r.installation_id;
                 anyhow::ensure!(
-                    id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                    flotilla_model::is_installation_id(&id),
                     "the scheduler answered installation id {} (16 hex digits expected)",
                     flotilla_model::quote(&id)
                 );

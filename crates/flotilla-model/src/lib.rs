@@ -42,3 +42,9 @@ pub use taskfile::{
     SubmitLimits, TaskFile, TaskTemplate, ValidationErrors,
 };
 pub use text::{quote, truncate, MAX_QUOTED_CHARS, MAX_REASON_BYTES};
+
+/// An installation id: 16 lowercase hex digits (64 random bits), so that it fits in label
+/// values and, shortened, in Job names.
+pub fn is_installation_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -27,4 +27,5 @@ pub use blocking::run_blocking;
 pub use command::{
     AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, RejectKind, Request, Response, ScheduleDecisions,
 };
-pub use state::{is_installation_id, ClusterRecord, ClusterState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey};
+pub use flotilla_model::is_installation_id;
+pub use state::{ClusterRecord, ClusterState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey};

@@ -223,7 +223,7 @@ impl State {
         if !self.installation_id.is_empty() {
             return CommandResult::rejected(RejectKind::Conflict, format!("the installation is already {}", self.installation_id));
         }
-        if !is_installation_id(id) {
+        if !flotilla_model::is_installation_id(id) {
             return CommandResult::rejected(
                 RejectKind::Invalid,
                 format!("installation id {} is not 16 lowercase hex digits", flotilla_model::quote(id)),
@@ -232,12 +232,6 @@ impl State {
         self.installation_id = id.to_string();
         CommandResult::Ok
     }
-}
-
-/// An installation id: 16 lowercase hex digits (64 random bits), so that it fits in label
-/// values and, shortened, in Job names.
-pub fn is_installation_id(id: &str) -> bool {
-    id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
