@@ -170,8 +170,11 @@ async fn a_pod_that_fits_no_node_stays_pending_with_the_schedulers_message() {
 }
 
 /// A cluster whose Job `name` has a running pod on n1, whose heartbeats have just stopped.
+/// A pod running on n1, whose heartbeats then stop; n2 stays Ready (with no node Ready the
+/// controller would presume its own disruption and evict nothing).
 async fn running_on_a_node_that_stops(name: &str) -> (flotilla_kubetest::ApiServer, String, String) {
     let server = cluster().await;
+    server.apply(node("n2", "8", "8"));
     let job = create_job(&server, job("a", name, "n1", json!({}))).await;
     let pod = only_pod(&server, &job);
     server.set_pod_state("a", &pod, PodState::Running).unwrap();
@@ -211,6 +214,22 @@ async fn a_node_that_stops_heartbeats_turns_unknown_then_its_pods_are_evicted_an
     assert!(server.get(Kind::Pod, "a", &pod).is_none(), "the kubelet ends it once back");
     let j = server.get(Kind::Job, "a", &job).unwrap();
     assert_eq!(conditions(&j), [("FailureTarget".into(), "BackoffLimitExceeded".into()), ("Failed".into(), "BackoffLimitExceeded".into())]);
+}
+
+#[tokio::test]
+async fn with_no_node_ready_the_node_controller_evicts_nothing() {
+    let server = cluster().await;
+    let job = create_job(&server, job("a", "alone", "n1", json!({}))).await;
+    let pod = only_pod(&server, &job);
+    server.set_pod_state("a", &pod, PodState::Running).unwrap();
+    server.stop_node_heartbeats("n1");
+    server.advance(Duration::from_secs(50 + 3600));
+    let n = server.get(Kind::Node, "", "n1").unwrap();
+    assert_eq!(condition(&n, "Ready").unwrap()["status"], "Unknown");
+    let taints: Vec<_> = n["spec"]["taints"].as_array().unwrap().iter().map(|t| (t["key"].clone(), t["effect"].clone())).collect();
+    assert_eq!(taints, [(json!("node.kubernetes.io/unreachable"), json!("NoSchedule"))], "no NoExecute taint");
+    let p = server.get(Kind::Pod, "a", &pod).unwrap();
+    assert!(p["metadata"]["deletionTimestamp"].is_null() && condition(&p, "DisruptionTarget").is_none(), "an hour later, not evicted");
 }
 
 #[tokio::test]

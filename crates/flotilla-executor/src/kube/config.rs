@@ -44,7 +44,8 @@ pub struct KubeBackendConfig {
     /// its attempts are reported `Lost` (not the task's fault) and retried elsewhere, and
     /// their Jobs deleted. The default, 5 minutes, is Kubernetes' own default toleration of
     /// an unreachable node. Shorter moves work sooner but risks a second copy running while
-    /// a partitioned node's kubelet still runs the first.
+    /// a partitioned node's kubelet still runs the first. Not applied while many nodes are
+    /// not Ready at once (see `nodes::Disruption`).
     #[serde(deserialize_with = "de_duration")]
     pub node_lost_after: Duration,
     /// How long a finished attempt's Job (and pod) is kept, so `kubectl logs` and

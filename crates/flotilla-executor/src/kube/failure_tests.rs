@@ -65,9 +65,19 @@ async fn ack_until(backend: &KubeBackend, done: impl Fn(&AttemptStatus) -> bool)
     events.into_iter().map(|e| e.status).find(|s| done(s)).unwrap()
 }
 
+/// A second node, Ready, in another zone: the cluster is not disrupted when `NODE` stops.
+fn another_ready_node() -> serde_json::Value {
+    let mut n = healthy_h100_node();
+    n["metadata"]["name"] = "ip-10-0-2-7.ec2.internal".into();
+    n["metadata"]["labels"]["kubernetes.io/hostname"] = "ip-10-0-2-7.ec2.internal".into();
+    n["metadata"]["labels"]["topology.kubernetes.io/zone"] = "us-east-1b".into();
+    n
+}
+
 #[tokio::test]
 async fn a_node_silent_for_node_lost_after_has_its_attempt_lost_not_counted_and_its_capacity_withdrawn() {
-    let (server, backend) = setup().await;
+    let server = Arc::new(cluster(vec![healthy_h100_node(), another_ready_node()]).await);
+    let backend = on_clock(&server, INSTALLATION).await;
     running(&server, &backend, INSTALLATION).await;
     ack_until(&backend, |s| *s == AttemptStatus::Running).await;
 
@@ -75,7 +85,7 @@ async fn a_node_silent_for_node_lost_after_has_its_attempt_lost_not_counted_and_
     server.advance(Duration::from_secs(120));
     let mut unschedulable = false;
     for _ in 0..500 {
-        unschedulable = backend.nodes().await.unwrap()[0].unschedulable;
+        unschedulable = backend.nodes().await.unwrap().iter().any(|n| n.name == NODE && n.unschedulable);
         if unschedulable {
             break;
         }
@@ -97,6 +107,43 @@ async fn a_node_silent_for_node_lost_after_has_its_attempt_lost_not_counted_and_
     // The scheduler then stops it: the Job goes (its pod stays Terminating on the dead node).
     backend.stop(TaskId(42), 3).await.unwrap();
     assert!(server.get(Kind::Job, NAMESPACE, &job_of(42, 3)).is_none(), "the lost attempt's Job is deleted");
+}
+
+#[tokio::test]
+async fn when_no_node_of_the_cluster_is_ready_nothing_is_presumed_lost_and_work_resumes_when_they_return() {
+    // One node, silent: as Kubernetes' node lifecycle controller does when no node is Ready,
+    // the executor presumes a control-plane or network fault, not a dead node, and keeps
+    // the attempt (its pod may well be running) instead of starting a second copy elsewhere.
+    let (server, backend) = setup().await;
+    running(&server, &backend, INSTALLATION).await;
+    ack_until(&backend, |s| *s == AttemptStatus::Running).await;
+
+    server.stop_node_heartbeats(NODE);
+    server.advance(Duration::from_secs(30 * 60));
+    let mut unschedulable = false;
+    for _ in 0..500 {
+        unschedulable = backend.nodes().await.unwrap()[0].unschedulable;
+        if unschedulable {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(unschedulable, "the controllers saw the node go Unknown");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(backend.pending_events(10).await.unwrap().is_empty(), "30 minutes without a Ready node: nothing presumed lost");
+    let attempts = backend.attempts().await.unwrap();
+    assert_eq!(attempts.iter().map(|a| a.phase).collect::<Vec<_>>(), [AttemptPhase::Running]);
+
+    server.resume_node_heartbeats(NODE);
+    for _ in 0..500 {
+        server.advance(Duration::from_secs(1));
+        if !backend.nodes().await.unwrap()[0].unschedulable {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!backend.nodes().await.unwrap()[0].unschedulable, "the node is Ready again");
+    assert_eq!(backend.attempts().await.unwrap().iter().map(|a| a.phase).collect::<Vec<_>>(), [AttemptPhase::Running]);
 }
 
 #[tokio::test]

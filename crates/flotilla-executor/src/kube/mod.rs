@@ -120,6 +120,8 @@ struct State {
     /// `keep_finished` from then. After a restart the clock starts again; the Job's
     /// `ttlSecondsAfterFinished` bounds it either way.
     finished_seen: HashMap<(TaskId, u32), u64>,
+    /// The disruption last seen, so its start and end are logged once.
+    disruption: nodes::Disruption,
 }
 
 /// An attempt as the caches show it now.
@@ -274,9 +276,31 @@ impl KubeBackend {
         }
     }
 
+    /// Logs when a disruption begins and ends (see [`nodes::Disruption`]), once each.
+    fn note_disruption(&self, now: &nodes::Disruption) {
+        let mut state = self.lock();
+        if state.disruption == *now {
+            return;
+        }
+        if now.is_normal() {
+            tracing::info!(cluster = %self.cluster, "nodes Ready again: nodes not Ready for node_lost_after are presumed lost again");
+        } else {
+            tracing::warn!(cluster = %self.cluster, whole_cluster = now.whole_cluster, zones = ?now.zones,
+                "many nodes not Ready at once: presuming a control-plane or network fault, not lost nodes; their attempts are kept");
+        }
+        state.disruption = now.clone();
+    }
+
     /// Every Flotilla Job with the status of its attempt, ordered by (task, attempt).
     fn observe(&self) -> Vec<Observed> {
         let now_ms = self.now_ms();
+        let all_nodes = self.nodes.state();
+        let disruption = nodes::Disruption::of(all_nodes.iter().map(|n| n.as_ref()));
+        self.note_disruption(&disruption);
+        let zone_of = |name: &str| -> String {
+            let node = self.nodes.get(&ObjectRef::new(name));
+            node.and_then(|n| n.metadata.labels.as_ref()?.get(nodes::LABEL_ZONE).cloned()).unwrap_or_default()
+        };
         let mut newest_pod: HashMap<(TaskId, u32), Arc<Pod>> = HashMap::new();
         for pod in self.pods.state() {
             let Some(key) = attempt_of(&pod.metadata) else { continue };
@@ -302,6 +326,7 @@ impl KubeBackend {
                     node_lost_after_ms: self.config.node_lost_after.as_millis() as u64,
                     pending_timeout_ms: jobs::pending_timeout_of(job),
                     node: self.node_health(&node, bound),
+                    node_loss_held: if disruption.is_normal() { None } else { disruption.holds(&zone_of(&node)) },
                     node_name: node.clone(),
                 };
                 let mut status = pods::attempt_status(job, pod, &facts);

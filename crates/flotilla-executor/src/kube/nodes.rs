@@ -157,3 +157,124 @@ pub fn pod_is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !matches!(phase, Some("Succeeded" | "Failed"))
 }
+
+/// Whether a node's `Ready` condition is `True`.
+pub fn is_ready(node: &K8sNode) -> bool {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The fraction of a zone's nodes not `Ready` at which its nodes are no longer presumed
+/// lost: Kubernetes' own `--unhealthy-zone-threshold` default.
+pub const UNHEALTHY_ZONE_FRACTION: f64 = 0.55;
+
+/// Where so many nodes stopped being `Ready` at once that the control plane, or the network
+/// between it and the nodes, is the likelier fault than the nodes themselves. Kubernetes'
+/// node lifecycle controller stops evicting in the same cases: when no node of the cluster
+/// is `Ready`, and (in clusters of at most 50 nodes; larger ones only slow down) in a zone
+/// where more than 2 nodes and at least [`UNHEALTHY_ZONE_FRACTION`] of them, but not all, are
+/// not `Ready` (a zone with none `Ready` while others have some is a zone outage).
+/// Nodes there are not presumed lost however long they stay not `Ready`: their pods may be
+/// running still, and a second copy of a task must not start beside them (invariant 2).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Disruption {
+    /// No node of the cluster is `Ready`.
+    pub whole_cluster: bool,
+    /// Zones (`topology.kubernetes.io/zone`, empty for nodes without it) in partial disruption.
+    pub zones: BTreeMap<String, (usize, usize)>,
+}
+
+impl Disruption {
+    pub fn of<'a>(nodes: impl IntoIterator<Item = &'a K8sNode>) -> Disruption {
+        // (not ready, all) per zone
+        let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for node in nodes {
+            let zone = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL_ZONE)).cloned().unwrap_or_default();
+            let c = counts.entry(zone).or_default();
+            c.0 += usize::from(!is_ready(node));
+            c.1 += 1;
+        }
+        let whole_cluster = !counts.is_empty() && counts.values().all(|(not_ready, all)| not_ready == all);
+        // A zone with no node Ready while others have some is a zone outage, which
+        // Kubernetes evicts from at its normal rate: not a disruption here either.
+        counts.retain(|_, &mut (not_ready, all)| {
+            not_ready > 2 && not_ready < all && not_ready as f64 >= UNHEALTHY_ZONE_FRACTION * all as f64
+        });
+        Disruption { whole_cluster, zones: counts }
+    }
+
+    /// Why nodes of `zone` are not presumed lost now, if they are not.
+    pub fn holds(&self, zone: &str) -> Option<String> {
+        if self.whole_cluster {
+            return Some("no node of the cluster is Ready".into());
+        }
+        let (not_ready, all) = self.zones.get(zone)?;
+        Some(format!("{not_ready} of {all} nodes of zone {zone:?} are not Ready"))
+    }
+
+    pub fn is_normal(&self) -> bool {
+        !self.whole_cluster && self.zones.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod disruption_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn node(name: &str, zone: &str, ready: bool) -> K8sNode {
+        K8sNode {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([(LABEL_ZONE.to_string(), zone.to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "Unknown" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_few_nodes_down_are_normal_and_their_loss_is_presumed() {
+        let nodes = [node("a", "z1", false), node("b", "z1", false), node("c", "z1", true), node("d", "z2", true)];
+        let d = Disruption::of(&nodes);
+        assert!(d.is_normal());
+        assert_eq!(d.holds("z1"), None);
+    }
+
+    #[test]
+    fn no_node_ready_holds_every_zone() {
+        let nodes = [node("a", "z1", false), node("b", "z2", false)];
+        let d = Disruption::of(&nodes);
+        assert!(d.whole_cluster);
+        assert_eq!(d.holds("z1").as_deref(), Some("no node of the cluster is Ready"));
+        assert!(d.holds("elsewhere").is_some());
+    }
+
+    #[test]
+    fn a_zone_mostly_not_ready_holds_that_zone_only() {
+        let mut nodes: Vec<K8sNode> = (0..4).map(|i| node(&format!("a{i}"), "z1", i == 0)).collect();
+        nodes.push(node("b", "z2", true));
+        nodes.push(node("c", "z2", false));
+        let d = Disruption::of(&nodes);
+        assert!(!d.whole_cluster);
+        assert_eq!(d.holds("z1").as_deref(), Some("3 of 4 nodes of zone \"z1\" are not Ready"));
+        // One node of two in z2 is below Kubernetes' "more than 2" floor: presumed lost.
+        assert_eq!(d.holds("z2"), None);
+    }
+
+    #[test]
+    fn a_whole_zone_down_while_another_is_ready_is_a_zone_outage() {
+        // Kubernetes evicts from a fully disrupted zone when other zones are healthy.
+        let nodes = [node("a", "z1", false), node("b", "z1", false), node("c", "z1", false), node("d", "z2", true)];
+        assert!(Disruption::of(&nodes).is_normal());
+    }
+}

@@ -9,7 +9,7 @@
 //! | pod `Failed`, reason `Evicted`, `Preempting`, `Shutdown`, `NodeShutdown`, `Terminated`, `NodeAffinity`, `UnexpectedAdmissionError`, `OutOf*`, or pod condition `DisruptionTarget` | failed `Evicted` |
 //! | pod `Failed`, container terminated `OOMKilled`               | failed `OOMKilled` + exit code |
 //! | pod `Failed`, container exit code non-zero                   | failed `Error` + exit code    |
-//! | the pod's node (or the node the Job is pinned to) not `Ready` for `node_lost_after`, or deleted | failed `Lost` |
+//! | the pod's node (or the node the Job is pinned to) not `Ready` for `node_lost_after` (unless its zone or the whole cluster is disrupted: see `nodes::Disruption`), or deleted | failed `Lost` |
 //! | pod being deleted (not by Flotilla) whose containers all stopped | failed `Evicted` (the `DisruptionTarget` reason when there is one) |
 //! | no pod, Job condition `Failed`/`FailureTarget` reason `PodFailurePolicy` (our rule: the pod had `DisruptionTarget`) | failed `Evicted` |
 //! | no pod, Job condition `Failed`/`FailureTarget` for another reason (`BackoffLimitExceeded`) | failed `Error` |
@@ -57,6 +57,9 @@ pub struct Facts {
     pub node: NodeHealth,
     /// The node's name, for messages.
     pub node_name: String,
+    /// Set when the node's zone or the whole cluster is disrupted ([`super::nodes::Disruption`]):
+    /// a node not `Ready` there is not presumed lost, however long.
+    pub node_loss_held: Option<String>,
 }
 
 /// The status of one attempt. `pod` is the Job's newest pod, if any.
@@ -133,6 +136,7 @@ fn node_lost(facts: &Facts) -> Option<String> {
     let name = &facts.node_name;
     match &facts.node {
         NodeHealth::Missing => Some(format!("node {name} no longer exists")),
+        NodeHealth::NotReady { .. } if facts.node_loss_held.is_some() => None,
         NodeHealth::NotReady { since_ms, why } if facts.now_ms.saturating_sub(*since_ms) >= facts.node_lost_after_ms => {
             let for_s = facts.now_ms.saturating_sub(*since_ms) / 1000;
             Some(format!("node {name} not ready for {for_s}s ({why}); presumed gone").replace(" ()", ""))
@@ -205,7 +209,7 @@ fn failed_pod(pod: &Pod) -> AttemptStatus {
     let reason = status.and_then(|s| s.reason.as_deref()).unwrap_or_default();
     let pod_message = status.and_then(|s| s.message.clone()).unwrap_or_default();
     let disrupted =
-        status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"));
+        status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == DISRUPTION_TARGET && c.status == "True"));
     let failed = |kind, exit_code, message: String| AttemptStatus::Failed { kind, exit_code, message };
     let with_reason = |m: &str| if m.is_empty() { reason.to_string() } else { format!("{reason}: {m}") };
     if reason == "DeadlineExceeded" {
@@ -217,7 +221,8 @@ fn failed_pod(pod: &Pod) -> AttemptStatus {
         "Evicted" | "Preempting" | "Shutdown" | "NodeShutdown" | "Terminated" | "NodeAffinity" | "UnexpectedAdmissionError"
     ) || reason.starts_with("OutOf");
     if evicted || disrupted {
-        let message = if pod_message.is_empty() && reason.is_empty() { "DisruptionTarget".to_string() } else { with_reason(&pod_message) };
+        // An eviction through the API or the taint manager sets no pod reason, only the condition.
+        let message = if pod_message.is_empty() && reason.is_empty() { deletion_message(pod) } else { with_reason(&pod_message) };
         return failed(FailureKind::Evicted, terminated(pod).map(|t| t.exit_code), message);
     }
     if let Some(t) = terminated(pod) {
@@ -285,6 +290,7 @@ mod tests {
             pending_timeout_ms: 10 * MINUTE,
             node,
             node_name: "n1".into(),
+            node_loss_held: None,
         }
     }
 
@@ -311,6 +317,14 @@ mod tests {
             since_ms: CREATED_MS + minutes_ago_of * MINUTE,
             why: "NodeStatusUnknown: Kubelet stopped posting node status.".into(),
         }
+    }
+
+    #[test]
+    fn a_node_not_ready_in_a_disrupted_zone_is_never_presumed_lost_but_a_deleted_one_is() {
+        let (job, pod) = (job(json!([])), pod(running(), false));
+        let held = |node| Facts { node_loss_held: Some("3 of 4 nodes of zone \"z1\" are not Ready".into()), ..facts(60, node) };
+        assert_eq!(attempt_status(&job, Some(&pod), &held(not_ready_since(0))), AttemptStatus::Running, "an hour not Ready");
+        assert_eq!(kind(&attempt_status(&job, Some(&pod), &held(NodeHealth::Missing))), Some(FailureKind::Lost));
     }
 
     #[test]
@@ -354,6 +368,23 @@ mod tests {
         let s = attempt_status(&job, Some(&stopped), &facts(1, NodeHealth::Ready));
         assert_eq!(kind(&s), Some(FailureKind::Evicted));
         assert!(message(&s).starts_with("DisruptionTarget: DeletionByTaintManager Taint manager"), "{s:?}");
+    }
+
+    #[test]
+    fn a_pod_failed_by_the_eviction_api_says_which_disruption_it_was() {
+        // What a kubelet leaves after `POST pods/eviction` (seen on a real API server): no pod
+        // reason, only the condition the API server set, and the container killed.
+        let evicted = pod(
+            json!({"phase": "Failed",
+                   "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}],
+                   "containerStatuses": [{"name": "task", "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 137}}}]}),
+            false,
+        );
+        let s = attempt_status(&job(json!([])), Some(&evicted), &facts(1, NodeHealth::Ready));
+        assert_eq!(
+            (kind(&s), message(&s).as_str()),
+            (Some(FailureKind::Evicted), "DisruptionTarget: EvictionByEvictionAPI Eviction API: evicting")
+        );
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub(crate) fn facts(now_ms: u64, image_pull_failure_after_ms: u64) -> pods::Fact
         pending_timeout_ms: 0,
         node: pods::NodeHealth::Ready,
         node_name: "n1".into(),
+        node_loss_held: None,
     }
 }
 

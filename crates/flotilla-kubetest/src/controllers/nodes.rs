@@ -8,6 +8,10 @@
 //! `tolerationSeconds` have passed (300 s by default admission): the pod gets condition
 //! `DisruptionTarget` (reason `DeletionByTaintManager`) and a deletionTimestamp, and stays
 //! Terminating while its node's kubelet is gone.
+//!
+//! When no node is Ready, the controller presumes its own connectivity lost rather than
+//! every node ("master disruption mode"): as the real one does, it removes the NoExecute
+//! condition taints and evicts nothing until a node is Ready again.
 
 use serde_json::{json, Value};
 
@@ -23,8 +27,9 @@ pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub fn run(state: &mut State, now_ms: u64) {
     mark_silent_nodes_unknown(state, now_ms);
     let nodes: Vec<_> = state.store.objects(Kind::Node).values().cloned().collect();
+    let none_ready = !nodes.is_empty() && nodes.iter().all(|n| node_ready(n) != "True");
     for node in nodes {
-        sync_condition_taints(state, &node, now_ms);
+        sync_condition_taints(state, &node, none_ready, now_ms);
     }
     evict_untolerating_pods(state, now_ms);
 }
@@ -66,17 +71,20 @@ fn mark_silent_nodes_unknown(state: &mut State, now_ms: u64) {
 }
 
 /// The taints a node's Ready condition calls for: unreachable for Unknown, not-ready for
-/// False, none for True. Other taints are kept; `timeAdded` of a kept one does not move.
-fn sync_condition_taints(state: &mut State, node: &Value, now_ms: u64) {
+/// False, none for True; NoSchedule only while `none_ready` (no NoExecute: nothing is
+/// evicted). Other taints are kept; `timeAdded` of a kept one does not move.
+fn sync_condition_taints(state: &mut State, node: &Value, none_ready: bool, now_ms: u64) {
     let wanted = match node_ready(node).as_str() {
         "True" => None,
         "False" => Some(TAINT_NOT_READY),
         _ => Some(TAINT_UNREACHABLE),
     };
     let taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
-    let mut out: Vec<Value> = taints.iter().filter(|t| !is_condition_taint(t) || t["key"].as_str() == wanted).cloned().collect();
+    let effects: &[&str] = if none_ready { &["NoSchedule"] } else { &["NoSchedule", "NoExecute"] };
+    let kept = |t: &Value| !is_condition_taint(t) || (t["key"].as_str() == wanted && effects.iter().any(|e| t["effect"] == *e));
+    let mut out: Vec<Value> = taints.iter().filter(|t| kept(t)).cloned().collect();
     if let Some(key) = wanted {
-        for effect in ["NoSchedule", "NoExecute"] {
+        for &effect in effects {
             if !out.iter().any(|t| t["key"] == key && t["effect"] == effect) {
                 out.push(json!({"key": key, "effect": effect, "timeAdded": rfc3339(now_ms)}));
             }
