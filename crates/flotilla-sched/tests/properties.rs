@@ -175,7 +175,7 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
     if g.chance(20) {
         config.max_leases_per_cycle = g.below(10) as usize;
     }
-    Input { queues, nodes, queued, running, config }
+    Input { queues, nodes, queued, running, config, held_queues: Default::default() }
 }
 
 fn inputs() -> impl Strategy<Value = Input> {

@@ -108,7 +108,9 @@ fn bearer_from_basic(headers: &HeaderMap) -> Option<HeaderMap> {
 async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
     crate::leader::refresh_raft_metrics(&ctx);
     crate::leader::refresh_state_metrics(&ctx);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render()).into_response()
+    let mut text = ctx.metrics.render();
+    text.push_str(&ctx.read(crate::cost::metric_text));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Ready once a leader is known: before that, writes cannot commit.

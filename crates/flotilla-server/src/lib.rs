@@ -28,6 +28,7 @@ pub mod backlog;
 pub mod capacity;
 pub mod clock;
 mod convert;
+pub mod cost;
 pub mod health;
 mod http;
 pub mod keda;

@@ -167,12 +167,20 @@ async fn get(client: &Client, a: crate::GetArgs, format: Format) -> Result<ExitC
     let json = matches!(format, Format::Json);
     let mut shown: Vec<v1::Task> = Vec::new();
     let (mut after_id, mut count) = (0, 0usize);
+    let mut set_cost: (f64, f64);
+    // With a task set named and a table: its total cost (every page's answer carries it).
+    let total = |(all, ended): (f64, f64)| {
+        if let (Some(queue), Some(set), false) = (&a.queue, &a.task_set, json) {
+            outln!("task set {queue}/{set} cost {} ({} by ended attempts)", output::dollars(all), output::dollars(ended));
+        }
+    };
     if a.all && json {
         outln!("[");
     }
     loop {
         let want = if a.all { a.limit } else { a.limit - shown.len() };
         let page = list_page(client, &filter, want, after_id, a.linearizable).await?;
+        set_cost = (page.task_set_cost_usd, page.task_set_ended_cost_usd);
         if a.all {
             // Streamed: one JSON object per line inside one array, or table pages.
             if json {
@@ -194,6 +202,7 @@ async fn get(client: &Client, a: crate::GetArgs, format: Format) -> Result<ExitC
         after_id = page.next_after_id;
         if !a.all && shown.len() >= a.limit {
             print_tasks(&shown, format);
+            total(set_cost);
             eprintln!("(the first {} matching tasks; more match: `--all` lists every one)", shown.len());
             return Ok(ExitCode::SUCCESS);
         }
@@ -205,6 +214,7 @@ async fn get(client: &Client, a: crate::GetArgs, format: Format) -> Result<ExitC
     } else {
         print_tasks(&shown, format);
     }
+    total(set_cost);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -282,6 +292,7 @@ fn queue_spec(a: &QueueArgs) -> Result<v1::QueueSpec, Failure> {
                 Ok(v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
             })
             .collect::<Result<_, Failure>>()?,
+        budget_usd_per_day: a.budget_usd_per_day,
     })
 }
 

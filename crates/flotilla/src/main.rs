@@ -295,6 +295,10 @@ pub struct QueueArgs {
     /// `user:alice=admin`; repeat for more subjects. Update replaces the whole list.
     #[arg(long = "permit", value_name = "SUBJECT=VERBS")]
     pub permits: Vec<String>,
+    /// Most dollars the queue may spend per UTC day (0: no budget); once spent, its tasks get
+    /// no new leases until 00:00 UTC.
+    #[arg(long, default_value_t = 0.0)]
+    pub budget_usd_per_day: f64,
 }
 
 #[derive(Args, Debug)]
