@@ -12,7 +12,16 @@ use flotilla_store::{LeaseCost, State};
 
 /// The reason a queued task of a queue over its daily budget gets.
 pub fn budget_reason(budget_usd_per_day: f64) -> String {
-    format!("daily budget ${budget_usd_per_day:.2} spent; resumes at 00:00 UTC")
+    format!("daily budget {} spent; resumes at 00:00 UTC", dollars(budget_usd_per_day))
+}
+
+/// "$12.34", or "$0.0042" under a dollar, so that small sums do not all read $0.00.
+pub fn dollars(usd: f64) -> String {
+    if usd == 0.0 || usd.abs() >= 1.0 {
+        format!("${usd:.2}")
+    } else {
+        format!("${usd:.4}")
+    }
 }
 
 /// Queues whose spend today (UTC, at `now_ms`) reached their daily budget, with the reason

@@ -91,14 +91,7 @@ pub fn task_row(t: &v1::Task) -> Vec<String> {
 
 pub const TASK_HEADERS: [&str; 9] = ["id", "queue", "task set", "name", "state", "attempt", "cluster/node", "cost", "reason"];
 
-/// "$12.34", or "$0.0042" under a dollar, so that small costs do not all read $0.00.
-pub fn dollars(usd: f64) -> String {
-    if usd == 0.0 || usd.abs() >= 1.0 {
-        format!("${usd:.2}")
-    } else {
-        format!("${usd:.4}")
-    }
-}
+pub use flotilla_server::cost::dollars;
 
 fn amounts_json(r: &Option<v1::ResourceAmounts>) -> Value {
     let r = r.clone().unwrap_or_default();
