@@ -15,12 +15,13 @@ pub fn budget_reason(budget_usd_per_day: f64) -> String {
     format!("daily budget {} spent; resumes at 00:00 UTC", dollars(budget_usd_per_day))
 }
 
-/// "$12.34", or "$0.0042" under a dollar, so that small sums do not all read $0.00.
+/// "$12.34"; under a dollar "$0.0042", under a hundredth of a cent "$0.000021": small sums
+/// do not all read $0.00.
 pub fn dollars(usd: f64) -> String {
-    if usd == 0.0 || usd.abs() >= 1.0 {
-        format!("${usd:.2}")
-    } else {
-        format!("${usd:.4}")
+    match usd.abs() {
+        x if x == 0.0 || x >= 1.0 => format!("${usd:.2}"),
+        x if x >= 0.0001 => format!("${usd:.4}"),
+        _ => format!("${usd:.6}"),
     }
 }
 

@@ -368,6 +368,17 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
     let done = |states: &BTreeMap<u64, String>| {
         !states.is_empty() && states.values().all(|s| TaskState::parse(s).is_some_and(TaskState::is_terminal))
     };
+    // On a terminal: the events scroll above a bar of the task set's finished tasks.
+    let bars = crate::progress::live(format)
+        .then(|| crate::progress::Bars::new(&[(format!("{}/{}", a.queue, a.task_set), states.len() as u64)], &[]));
+    let show = |states: &BTreeMap<u64, String>| {
+        if let Some(bars) = &bars {
+            let finished = states.values().filter(|s| TaskState::parse(s).is_some_and(TaskState::is_terminal)).count() as u64;
+            let running = states.values().filter(|s| s.as_str() == "running").count();
+            bars.set(0, finished, states.len() as u64, format!("running {running}"));
+        }
+    };
+    show(&states);
     let mut next_seq = a.from_seq.max(1);
     loop {
         if a.until_done && done(&states) {
@@ -389,9 +400,10 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
             match stream.message().await {
                 Ok(Some(e)) => {
                     next_seq = e.seq + 1;
-                    match format {
-                        Format::Json => outln!("{}", serde_json::to_string(&event_json(&e)).unwrap_or_default()),
-                        Format::Table => outln!("{}", output::event_line(&e)),
+                    match (&bars, format) {
+                        (Some(bars), _) => bars.println(&output::event_line(&e)),
+                        (None, Format::Json) => outln!("{}", serde_json::to_string(&event_json(&e)).unwrap_or_default()),
+                        (None, Format::Table) => outln!("{}", output::event_line(&e)),
                     }
                     if e.task_id != 0 {
                         let known = states.get(&e.task_id).and_then(|s| TaskState::parse(s));
@@ -399,6 +411,7 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
                         if !known.is_some_and(TaskState::is_terminal) {
                             states.insert(e.task_id, e.state.clone());
                         }
+                        show(&states);
                     }
                     if a.until_done && done(&states) {
                         break;
@@ -420,6 +433,9 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
         if !interrupted && !finished {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
+    }
+    if let Some(bars) = &bars {
+        bars.finish();
     }
     let failed = states.values().filter(|s| s.as_str() != "succeeded").count();
     if format == Format::Table {
