@@ -87,7 +87,7 @@ fn layout(ctx: &Context, title: &str, nav: &str, before_live: &str, live: &str) 
 
 /// CPU millis as cores: "12", "0.5".
 fn cores(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{:.1}", millis as f64 / 1000.0)
