@@ -160,3 +160,18 @@ pub fn flotilla_cli(server: &str, args: &[&str]) -> (bool, String, String) {
         .expect("flotilla runs");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// Waits for `child` to exit, killing it after `within`: its output, and whether it was killed.
+pub fn wait_output(mut child: std::process::Child, within: std::time::Duration) -> (std::process::Output, bool) {
+    let started = std::time::Instant::now();
+    let mut killed = false;
+    while child.try_wait().expect("waiting for a child process").is_none() {
+        if started.elapsed() > within {
+            let _ = child.kill();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (child.wait_with_output().expect("the child's output"), killed)
+}

@@ -21,7 +21,7 @@ fn require_chromium() {
 /// The DOM of `url` after its scripts ran for `budget_ms` of virtual time.
 fn dump_dom(url: &str, budget_ms: u32) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new(CHROMIUM)
+    let child = Command::new(CHROMIUM)
         .args([
             "--headless",
             "--no-sandbox",
@@ -41,15 +41,8 @@ fn dump_dom(url: &str, budget_ms: u32) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium starts");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            panic!("chromium did not finish loading {url} within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let (out, killed) = flotilla_tests::wait_output(child, Duration::from_secs(90));
+    assert!(!killed, "chromium did not finish loading {url} within 90 s");
     assert!(out.status.success(), "chromium failed on {url}: {:?}", out.status);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

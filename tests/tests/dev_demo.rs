@@ -3,13 +3,13 @@
 //! whose path is printed once, and without a terminal the progress is plain lines.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn dev_demo_runs_from_any_directory_with_its_log_in_a_file_and_plain_progress_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("dev.log");
-    let mut child = Command::new(flotilla_tests::flotilla_bin())
+    let child = Command::new(flotilla_tests::flotilla_bin())
         .args(["dev", "--demo", "--exit-after-demo", "--speed", "10"])
         .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--log-file")
@@ -20,15 +20,7 @@ fn dev_demo_runs_from_any_directory_with_its_log_in_a_file_and_plain_progress_li
         .stderr(Stdio::piped())
         .spawn()
         .expect("flotilla dev starts");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(240) {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().unwrap();
+    let (out, _) = flotilla_tests::wait_output(child, Duration::from_secs(240));
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("demo tasks finished in"), "the demo ran to its end from {}:\n{all}", dir.path().display());
