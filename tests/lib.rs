@@ -110,13 +110,15 @@ pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Starts `flotilla dev` with `args` (after its free-port flags) in `dir`, and waits until it
-/// printed its addresses. Its output is kept (read continuously so that it never blocks).
+/// Starts `flotilla dev` with `args` (after its free-port flags) in `dir`, its log in
+/// `dir/flotilla-dev.log`, and waits until it printed its addresses. Its output is kept (read continuously so that it never blocks).
 pub fn start_dev(dir: &std::path::Path, args: &[&str]) -> DevProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(flotilla_bin())
         .args(["dev", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--log-file")
+        .arg(dir.join("flotilla-dev.log"))
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
