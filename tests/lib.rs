@@ -86,3 +86,94 @@ pub fn flotilla_bin() -> std::path::PathBuf {
         .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
         .expect("cargo build names the flotilla executable")
 }
+
+/// A `flotilla dev` process on free loopback ports; killed when dropped.
+pub struct DevProcess {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT` of its gRPC port.
+    pub grpc: String,
+    /// Its HTTP port (web console, metrics).
+    pub http: std::net::SocketAddr,
+    /// Every line it wrote to stdout and stderr so far.
+    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository's root (where `clusters.example.toml` and `examples/` are).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Starts `flotilla dev` with `args` (after its free-port flags) in `dir`, its log in
+/// `dir/flotilla-dev.log`, and waits until it printed its addresses. Its output is kept (read continuously so that it never blocks).
+pub fn start_dev(dir: &std::path::Path, args: &[&str]) -> DevProcess {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(flotilla_bin())
+        .args(["dev", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--log-file")
+        .arg(dir.join("flotilla-dev.log"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flotilla dev starts");
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    for reader in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        let (tx, output) = (tx.clone(), output.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("gRPC on ").nth(1) {
+                    let grpc = rest.split(',').next().unwrap_or_default().to_string();
+                    let http = line.split("metrics on http://").nth(1).and_then(|r| r.split(',').next()).unwrap_or_default().to_string();
+                    let _ = tx.send((grpc, http));
+                }
+                output.lock().unwrap().push(line);
+            }
+        });
+    }
+    let Ok((grpc, http)) = rx.recv_timeout(std::time::Duration::from_secs(120)) else {
+        let _ = child.kill();
+        panic!("flotilla dev printed no addresses; its output:\n{}", output.lock().unwrap().join("\n"));
+    };
+    DevProcess { child, grpc, http: http.parse().unwrap_or_else(|e| panic!("HTTP address {http:?}: {e}")), output }
+}
+
+/// Runs the `flotilla` CLI against `server`; (success, stdout, stderr).
+pub fn flotilla_cli(server: &str, args: &[&str]) -> (bool, String, String) {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let out = std::process::Command::new(BIN.get_or_init(flotilla_bin))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("flotilla runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Waits for `child` to exit, killing it after `within`: its output, and whether it was killed.
+pub fn wait_output(mut child: std::process::Child, within: std::time::Duration) -> (std::process::Output, bool) {
+    let started = std::time::Instant::now();
+    let mut killed = false;
+    while child.try_wait().expect("waiting for a child process").is_none() {
+        if started.elapsed() > within {
+            let _ = child.kill();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (child.wait_with_output().expect("the child's output"), killed)
+}

@@ -60,6 +60,9 @@ fn start_dev() -> Dev {
             "127.0.0.1:0",
             "--speed",
             "5",
+            // No log file left behind in the temporary directory for each run.
+            "--log-file",
+            "/dev/null",
         ])
         .current_dir(repo_root())
         .stdin(Stdio::null())

@@ -179,6 +179,7 @@ fn old_input_and_schedule(server: &ServerHandle) -> f64 {
         queued: flotilla_server::backlog::all_schedulable(s, now),
         running: flotilla_server::backlog::running(s),
         config: ctx.config.sched.clone(),
+        held_queues: Default::default(),
     });
     let decisions = flotilla_sched::schedule(&input);
     let ms = start.elapsed().as_secs_f64() * 1000.0;

@@ -238,7 +238,7 @@ fn build_input(args: &Args) -> Input {
         next_id += 1;
     }
 
-    Input { queues, nodes, queued, running, config: Config::default() }
+    Input { queues, nodes, queued, running, config: Config::default(), held_queues: Default::default() }
 }
 
 fn one_task(id: u64, queue: &str, gpus: u64, priority: i32) -> SchedTask {

@@ -25,7 +25,18 @@ pub struct Queue {
     /// Who may submit to, cancel in, watch or administer this queue, besides cluster admins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permits: Vec<Permit>,
+    /// Most dollars the queue may spend per UTC day; 0: no budget. Once the day's spend
+    /// reaches it the queue gets no new leases until 00:00 UTC (running tasks go on).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub budget_usd_per_day: f64,
 }
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// The largest daily budget a queue may have (a typo guard, not a policy).
+pub const MAX_BUDGET_USD_PER_DAY: f64 = 1e9;
 
 pub const DEFAULT_DISRUPTION_BUDGET: u32 = 64;
 
@@ -43,6 +54,7 @@ impl Queue {
             owner: String::new(),
             disruption_budget: DEFAULT_DISRUPTION_BUDGET,
             permits: Vec::new(),
+            budget_usd_per_day: 0.0,
         }
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct QueueState<'a> {
     pub next: usize,
     pub evicted: u32,
     pub version: u32,
+    /// In `Input::held_queues`: takes no turn.
+    pub held: bool,
 }
 
 pub(crate) struct RunState<'a> {
@@ -128,6 +130,7 @@ impl<'a> Cycle<'a> {
                 next: 0,
                 evicted: 0,
                 version: 0,
+                held: input.held_queues.contains_key(&q.name),
             });
         }
 
@@ -233,6 +236,10 @@ impl<'a> Cycle<'a> {
                 self.task_reason[i] = Some(self.reasons.intern(reasons::unknown_queue(&t.queue)));
                 continue;
             };
+            if let Some(reason) = input.held_queues.get(&t.queue) {
+                self.task_reason[i] = Some(self.reasons.intern(reason.clone()));
+                continue;
+            }
             self.task_queue[i] = Some(q);
             let next_id = self.shapes.len() as u32;
             let s = *shape_ids.entry((&t.resources, &t.placement)).or_insert(next_id);
@@ -327,6 +334,9 @@ impl<'a> Cycle<'a> {
 
     /// Whether queue `q` may still offer a unit.
     fn has_units(&self, q: usize) -> bool {
+        if self.queues[q].held {
+            return false;
+        }
         match &self.lazy {
             Some(lazy) => lazy.has_units(q),
             None => self.queues[q].next < self.queues[q].units.len(),
@@ -335,6 +345,9 @@ impl<'a> Cycle<'a> {
 
     /// Queue `q`'s next unit, if any.
     fn next_unit(&mut self, q: usize) -> Option<Unit> {
+        if self.queues[q].held {
+            return None;
+        }
         if self.lazy.is_some() {
             return self.lazy_next_unit(q);
         }

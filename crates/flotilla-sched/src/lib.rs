@@ -75,6 +75,8 @@ mod preempt;
 mod reasons;
 
 pub use backlog::Backlog;
+use std::collections::BTreeMap;
+
 use flotilla_model::{Node, NodeRef, Queue, Resources, SchedTask, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +115,11 @@ pub struct Input {
     pub queued: Vec<SchedTask>,
     pub running: Vec<Running>,
     pub config: Config,
+    /// Queues that take no new leases this cycle, with the reason their queued tasks get
+    /// (a daily budget spent, for example). Their running tasks still count and may still
+    /// be preempted.
+    #[serde(default)]
+    pub held_queues: BTreeMap<String, String>,
 }
 
 /// The scheduler's committed choice: task `task` starts on `node`.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use flotilla_model::*;
 
-use crate::{schedule, Config, Decisions, Input, Running};
+use crate::{schedule, schedule_backlog, Backlog, Config, Decisions, Input, Running};
 
 const GIB: u64 = 1 << 30;
 
@@ -45,7 +45,7 @@ fn running(t: SchedTask, n: &Node) -> Running {
 }
 
 fn input(queues: Vec<Queue>, nodes: Vec<Node>, queued: Vec<SchedTask>, running: Vec<Running>) -> Input {
-    Input { queues, nodes, queued, running, config: Config::default() }
+    Input { queues, nodes, queued, running, config: Config::default(), held_queues: Default::default() }
 }
 
 fn node_of(d: &Decisions, id: u64) -> Option<String> {
@@ -427,4 +427,20 @@ fn the_same_input_gives_the_same_decisions() {
     let queued: Vec<SchedTask> = (0..40).map(|i| task(i, if i % 3 == 0 { "x" } else { "y" }, 1 + i % 4)).collect();
     let i = input(vec![Queue::new("x", 1.0), Queue::new("y", 2.0)], nodes, queued, vec![]);
     assert_eq!(schedule(&i), schedule(&i));
+}
+
+#[test]
+fn a_held_queue_takes_no_lease_its_tasks_get_the_reason_and_others_use_the_room() {
+    let n = node("c", "a", 8, "H100");
+    let mut i = input(vec![Queue::new("held", 1.0), Queue::new("q", 1.0)], vec![n], vec![task(1, "held", 4), task(2, "q", 4)], vec![]);
+    i.held_queues.insert("held".into(), "daily budget $5.00 spent; resumes at 00:00 UTC".into());
+    let mut backlog = Backlog::default();
+    for t in &i.queued {
+        backlog.insert(t.clone());
+    }
+    for d in [schedule(&i), schedule_backlog(&Input { queued: Vec::new(), ..i.clone() }, &backlog)] {
+        assert_eq!(node_of(&d, 1), None, "the held queue's task is not leased");
+        assert_eq!(node_of(&d, 2).as_deref(), Some("c/a"), "another queue still gets the room");
+    }
+    assert_eq!(reason_of(&schedule(&i), 1), "daily budget $5.00 spent; resumes at 00:00 UTC");
 }

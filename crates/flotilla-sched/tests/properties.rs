@@ -175,7 +175,7 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
     if g.chance(20) {
         config.max_leases_per_cycle = g.below(10) as usize;
     }
-    Input { queues, nodes, queued, running, config }
+    Input { queues, nodes, queued, running, config, held_queues: Default::default() }
 }
 
 fn inputs() -> impl Strategy<Value = Input> {
@@ -411,7 +411,7 @@ proptest! {
                 });
             }
         }
-        let input = Input { queues: vec![Queue::new("one", 1.0), Queue::new("three", 3.0)], nodes, queued, running: vec![], config: Config::default() };
+        let input = Input { queues: vec![Queue::new("one", 1.0), Queue::new("three", 3.0)], nodes, queued, running: vec![], config: Config::default(), held_queues: Default::default() };
         let d = schedule(&input);
         let share = |i: usize| d.queue_shares[i].allocated.gpu as f64 / capacity as f64;
         prop_assert!((share(0) - 0.25).abs() <= 0.05, "weight 1 got {}", share(0));

@@ -175,7 +175,12 @@ mod tests {
 
         let lease = |task: TaskId, attempt: u32| {
             Command::Schedule(ScheduleDecisions {
-                leases: vec![LeaseDecision { task, attempt, node: NodeRef { cluster: "a".into(), node: "n".into() } }],
+                leases: vec![LeaseDecision {
+                    task,
+                    attempt,
+                    node: NodeRef { cluster: "a".into(), node: "n".into() },
+                    cost: Default::default(),
+                }],
                 ..Default::default()
             })
         };

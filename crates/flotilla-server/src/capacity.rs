@@ -27,6 +27,10 @@ pub struct CapacitySummary {
     pub gpu_models: std::collections::BTreeSet<String>,
     /// Time since the report.
     pub age: Duration,
+    /// Sum of the nodes' prices per hour.
+    pub price_per_hour_usd: f64,
+    /// By GPU model: (nodes, GPUs allocatable on the schedulable ones).
+    pub gpu_by_model: BTreeMap<String, (u32, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -69,11 +73,25 @@ impl Capacity {
                     }
                     if let Some(m) = &n.gpu_model {
                         summary.gpu_models.insert(m.clone());
+                        let slot = summary.gpu_by_model.entry(m.clone()).or_default();
+                        slot.0 += 1;
+                        if !n.unschedulable {
+                            slot.1 += n.allocatable.gpu;
+                        }
+                    }
+                    if n.price_per_hour_usd.is_finite() {
+                        summary.price_per_hour_usd += n.price_per_hour_usd;
                     }
                 }
                 (name.clone(), summary)
             })
             .collect()
+    }
+
+    /// The GPU model of each GPU node of `cluster`, to count what tasks hold per model.
+    pub fn gpu_model_of_nodes(&self, cluster: &str) -> std::collections::HashMap<String, String> {
+        let nodes = self.reports.get(cluster).map(|r| r.nodes.as_slice()).unwrap_or_default();
+        nodes.iter().filter_map(|n| n.gpu_model.clone().map(|m| (n.name.clone(), m))).collect()
     }
 
     /// Forget everything: called when leadership changes hands.

@@ -3,14 +3,16 @@
 use flotilla_api::v1;
 use flotilla_model::{
     format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, Permit, PriorityClass, Queue, ResourceLimits,
-    Resources, SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_PERMITS_PER_QUEUE,
+    Resources, SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_BUDGET_USD_PER_DAY, MAX_PERMITS_PER_QUEUE,
 };
+use flotilla_store::cost::usd;
 use flotilla_store::{State, TaskEvent, TaskRecord};
 
 /// Longest queue owner accepted: an identity, stored with the queue on every replica.
 const MAX_OWNER_BYTES: usize = 256;
 
-pub fn task_to_proto(t: &TaskRecord) -> v1::Task {
+/// The task as the API shows it at `now_ms` (its cost includes the running attempt so far).
+pub fn task_to_proto(t: &TaskRecord, now_ms: u64) -> v1::Task {
     let (cluster, node) = t.placement();
     v1::Task {
         id: t.id.0,
@@ -30,6 +32,8 @@ pub fn task_to_proto(t: &TaskRecord) -> v1::Task {
         exit_code: t.exit_code,
         gang_id: t.spec.gang.as_ref().map_or(0, |g| g.id.0),
         image: t.spec.image.clone(),
+        cost_usd: usd(t.cost_nano_usd.saturating_add(t.running_cost_nano_usd(now_ms))),
+        cost_per_hour_usd: if t.state.is_active() { t.lease_cost.usd_per_hour() } else { 0.0 },
     }
 }
 
@@ -48,6 +52,7 @@ pub fn event_to_proto(e: &TaskEvent, state: &State) -> v1::TaskEvent {
         exit_code: e.exit_code,
         task_name,
         task_index,
+        cost_usd: usd(e.cost_nano_usd),
     }
 }
 
@@ -134,6 +139,7 @@ pub fn queue_to_spec(q: &Queue) -> v1::QueueSpec {
             .iter()
             .map(|p| v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
             .collect(),
+        budget_usd_per_day: q.budget_usd_per_day,
     }
 }
 
@@ -192,6 +198,12 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
             }
         }
     }
+    if !(spec.budget_usd_per_day.is_finite() && (0.0..=MAX_BUDGET_USD_PER_DAY).contains(&spec.budget_usd_per_day)) {
+        errors.push(FieldError::new(
+            "budget_usd_per_day",
+            format!("{} must be a number of dollars from 0 (no budget) to {MAX_BUDGET_USD_PER_DAY}", spec.budget_usd_per_day),
+        ));
+    }
     let permits = permits_from_proto(&spec.permits, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
@@ -204,6 +216,7 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
         owner: spec.owner.clone(),
         disruption_budget: if spec.disruption_budget == 0 { DEFAULT_DISRUPTION_BUDGET } else { spec.disruption_budget },
         permits,
+        budget_usd_per_day: spec.budget_usd_per_day,
     })
 }
 

@@ -102,6 +102,7 @@ pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBac
             queued: Vec::new(),
             running: crate::backlog::running(s),
             config: ctx.config.sched.clone(),
+            held_queues: crate::cost::held_queues(s, now),
         };
         (input, refresh)
     });
@@ -113,13 +114,15 @@ pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBac
         *backlog = Some(kept);
         return Ok(());
     }
-    let (input, kept, decisions) = flotilla_store::run_blocking(move || {
+    let (mut input, kept, decisions) = flotilla_store::run_blocking(move || {
         let d = flotilla_sched::schedule_backlog(&input, &kept.backlog);
         (input, kept, d)
     })
     .await
     .map_err(|e| tonic::Status::internal(format!("scheduler panicked: {e}")))?;
     *backlog = Some(kept);
+    let leased_nodes = crate::cost::leased_nodes(&input.nodes, decisions.leases.iter().map(|l| &l.node));
+    let held = std::mem::take(&mut input.held_queues);
     drop(input);
     *ctx.shares.lock().unwrap_or_else(|e| e.into_inner()) = decisions.queue_shares.clone();
     for share in &decisions.queue_shares {
@@ -134,20 +137,29 @@ pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBac
         let leases: Vec<LeaseDecision> = decisions
             .leases
             .iter()
-            .filter_map(|l| s.task(l.task).map(|t| LeaseDecision { task: l.task, attempt: t.attempt + 1, node: l.node.clone() }))
+            .filter_map(|l| {
+                s.task(l.task).map(|t| LeaseDecision {
+                    task: l.task,
+                    attempt: t.attempt + 1,
+                    node: l.node.clone(),
+                    cost: crate::cost::lease_cost(&leased_nodes, &l.node, &t.spec.resources),
+                })
+            })
             .collect();
         let preemptions: Vec<PreemptDecision> = decisions
             .preemptions
             .iter()
             .filter_map(|p| s.task(p.task).map(|t| PreemptDecision { task: p.task, attempt: t.attempt, reason: p.reason.clone() }))
             .collect();
-        let reasons: Vec<(TaskId, String)> = decisions
+        let mut reasons: Vec<(TaskId, String)> = decisions
             .unscheduled
             .iter()
             .map(|u| (u.task, flotilla_model::truncate(&u.reason, MAX_REASON_BYTES)))
             .filter(|(id, reason)| s.task(*id).is_some_and(|t| t.reason != *reason))
             .take(MAX_REASONS_PER_ENTRY)
             .collect();
+        // The scheduler did not look at the tasks of queues held by their budget.
+        reasons.extend(crate::cost::held_reasons(s, &held, MAX_REASONS_PER_ENTRY - reasons.len()));
         (leases, preemptions, reasons)
     });
     if leases.is_empty() && preemptions.is_empty() && reasons.is_empty() {

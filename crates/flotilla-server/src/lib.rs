@@ -28,8 +28,8 @@ pub mod backlog;
 pub mod capacity;
 pub mod clock;
 mod convert;
+pub mod cost;
 pub mod health;
-mod http;
 pub mod keda;
 pub mod leader;
 pub mod listen;
@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod planted;
 pub mod raft;
 pub mod services;
+mod web;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -622,7 +623,7 @@ async fn start_serving(
         http_addr = Some(local);
         let (tx, rx) = oneshot::channel();
         shutdown.push(tx);
-        tasks.push(tokio::spawn(http::serve(ctx.clone(), listen::incoming(listener, http_tls, "http"), rx)));
+        tasks.push(tokio::spawn(web::serve(ctx.clone(), listen::incoming(listener, http_tls, "http"), rx)));
     }
 
     ctx.replica.bootstrap();

@@ -6,6 +6,8 @@
 use flotilla_model::{AttemptStatus, NodeRef, Queue, TaskId, TaskSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::cost::LeaseCost;
+
 /// One Raft entry's payload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -104,6 +106,9 @@ pub struct LeaseDecision {
     pub task: TaskId,
     pub attempt: u32,
     pub node: NodeRef,
+    /// The node's price and the task's share of it, for the attempt's cost (`crate::cost`).
+    #[serde(default, skip_serializing_if = "LeaseCost::is_zero")]
+    pub cost: LeaseCost,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@
 
 mod blocking;
 pub mod command;
+pub mod cost;
 pub mod planted;
 pub mod raft;
 pub mod state;
@@ -27,5 +28,6 @@ pub use blocking::run_blocking;
 pub use command::{
     AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, RejectKind, Request, Response, ScheduleDecisions,
 };
+pub use cost::{LeaseCost, QueueCost};
 pub use flotilla_model::is_installation_id;
 pub use state::{ClusterRecord, ClusterState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey};

@@ -14,11 +14,13 @@
 //! request-id dedupe), `attempts` (leases, reports, failures, cancels, clusters), `indexes`
 //! (`transition` and the indexes and event logs it keeps), `compaction`, `queues`, `invariants`
 //! ([`State::check_invariants`]), and
-//! `compact_tasks` (the snapshot encoding of the task table).
+//! `compact_tasks` (the snapshot encoding of the task table), and `costs` (what attempts
+//! cost, summed per task set and queue).
 
 mod attempts;
 mod compact_tasks;
 mod compaction;
+mod costs;
 mod indexes;
 mod invariants;
 mod queues;
@@ -33,6 +35,7 @@ use flotilla_model::{Queue, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 
 use crate::command::*;
+use crate::cost::QueueCost;
 pub use records::{
     held_resources, task_set_key, ClusterRecord, ClusterState, EventKind, Limits, TaskEvent, TaskRecord, TaskSetKey, TaskSetRecord,
 };
@@ -69,6 +72,10 @@ pub struct State {
     /// of the JSON while empty, so snapshots written before it existed read the same.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     installation_id: String,
+    /// What each queue's ended attempts cost (see `crate::cost`). Kept when its task sets
+    /// are compacted away, so the total only grows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    queue_costs: BTreeMap<String, QueueCost>,
     /// Tasks whose schedulability may have changed, for the leader's backlog (not replicated).
     #[serde(skip)]
     sched_feed: SchedFeed,

@@ -167,12 +167,20 @@ async fn get(client: &Client, a: crate::GetArgs, format: Format) -> Result<ExitC
     let json = matches!(format, Format::Json);
     let mut shown: Vec<v1::Task> = Vec::new();
     let (mut after_id, mut count) = (0, 0usize);
+    let mut set_cost: (f64, f64);
+    // With a task set named and a table: its total cost (every page's answer carries it).
+    let total = |(all, ended): (f64, f64)| {
+        if let (Some(queue), Some(set), false) = (&a.queue, &a.task_set, json) {
+            outln!("task set {queue}/{set} cost {} ({} by ended attempts)", output::dollars(all), output::dollars(ended));
+        }
+    };
     if a.all && json {
         outln!("[");
     }
     loop {
         let want = if a.all { a.limit } else { a.limit - shown.len() };
         let page = list_page(client, &filter, want, after_id, a.linearizable).await?;
+        set_cost = (page.task_set_cost_usd, page.task_set_ended_cost_usd);
         if a.all {
             // Streamed: one JSON object per line inside one array, or table pages.
             if json {
@@ -194,6 +202,7 @@ async fn get(client: &Client, a: crate::GetArgs, format: Format) -> Result<ExitC
         after_id = page.next_after_id;
         if !a.all && shown.len() >= a.limit {
             print_tasks(&shown, format);
+            total(set_cost);
             eprintln!("(the first {} matching tasks; more match: `--all` lists every one)", shown.len());
             return Ok(ExitCode::SUCCESS);
         }
@@ -205,6 +214,7 @@ async fn get(client: &Client, a: crate::GetArgs, format: Format) -> Result<ExitC
     } else {
         print_tasks(&shown, format);
     }
+    total(set_cost);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -282,6 +292,7 @@ fn queue_spec(a: &QueueArgs) -> Result<v1::QueueSpec, Failure> {
                 Ok(v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
             })
             .collect::<Result<_, Failure>>()?,
+        budget_usd_per_day: a.budget_usd_per_day,
     })
 }
 
@@ -357,6 +368,17 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
     let done = |states: &BTreeMap<u64, String>| {
         !states.is_empty() && states.values().all(|s| TaskState::parse(s).is_some_and(TaskState::is_terminal))
     };
+    // On a terminal: the events scroll above a bar of the task set's finished tasks.
+    let bars = crate::progress::live(format)
+        .then(|| crate::progress::Bars::new(&[(format!("{}/{}", a.queue, a.task_set), states.len() as u64)], &[]));
+    let show = |states: &BTreeMap<u64, String>| {
+        if let Some(bars) = &bars {
+            let finished = states.values().filter(|s| TaskState::parse(s).is_some_and(TaskState::is_terminal)).count() as u64;
+            let running = states.values().filter(|s| s.as_str() == "running").count();
+            bars.set(0, finished, states.len() as u64, format!("running {running}"));
+        }
+    };
+    show(&states);
     let mut next_seq = a.from_seq.max(1);
     loop {
         if a.until_done && done(&states) {
@@ -378,9 +400,10 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
             match stream.message().await {
                 Ok(Some(e)) => {
                     next_seq = e.seq + 1;
-                    match format {
-                        Format::Json => outln!("{}", serde_json::to_string(&event_json(&e)).unwrap_or_default()),
-                        Format::Table => outln!("{}", output::event_line(&e)),
+                    match (&bars, format) {
+                        (Some(bars), _) => bars.println(&output::event_line(&e)),
+                        (None, Format::Json) => outln!("{}", serde_json::to_string(&event_json(&e)).unwrap_or_default()),
+                        (None, Format::Table) => outln!("{}", output::event_line(&e)),
                     }
                     if e.task_id != 0 {
                         let known = states.get(&e.task_id).and_then(|s| TaskState::parse(s));
@@ -388,6 +411,7 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
                         if !known.is_some_and(TaskState::is_terminal) {
                             states.insert(e.task_id, e.state.clone());
                         }
+                        show(&states);
                     }
                     if a.until_done && done(&states) {
                         break;
@@ -409,6 +433,9 @@ async fn watch(client: &Client, a: crate::WatchArgs, format: Format) -> Result<E
         if !interrupted && !finished {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
+    }
+    if let Some(bars) = &bars {
+        bars.finish();
     }
     let failed = states.values().filter(|s| s.as_str() != "succeeded").count();
     if format == Format::Table {

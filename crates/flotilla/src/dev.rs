@@ -158,15 +158,30 @@ async fn executor_http(listener: tokio::net::TcpListener, status: Arc<ExecutorSt
     }
 }
 
-/// Queues and files of the demo: (queue, weight, file).
-const DEMO: [(&str, f64, &str); 2] = [("agents", 1.0, "examples/agents.yaml"), ("research", 3.0, "examples/train-gang.yaml")];
+/// Queues and files of the demo: (queue, weight, file name, its text). The files are
+/// embedded, so `flotilla dev --demo` works from any directory.
+const DEMO: [(&str, f64, &str, &str); 2] = [
+    ("agents", 1.0, "examples/agents.yaml", include_str!("../../../examples/agents.yaml")),
+    ("research", 3.0, "examples/train-gang.yaml", include_str!("../../../examples/train-gang.yaml")),
+];
+
+/// The federation `flotilla dev` simulates without `--clusters`.
+const EXAMPLE_CLUSTERS: &str = include_str!("../../../clusters.example.toml");
+
+/// Where `flotilla dev` writes its log: `--log-file`, or a new file in the temporary directory.
+pub fn dev_log_path(a: &DevArgs) -> std::path::PathBuf {
+    a.log_file.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("flotilla-dev-{}.log", std::process::id())))
+}
 
 pub async fn dev(a: DevArgs, format: Format) -> Result<ExitCode, Failure> {
     if !(a.speed.is_finite() && a.speed > 0.0) {
         return Err(Failure::Input(format!("--speed: {} must be a number above 0", a.speed)));
     }
-    let clusters = flotilla_executor::load_clusters(&a.clusters)
-        .map_err(|e| Failure::Input(format!("{e} (run from the repository root, or pass --clusters FILE)")))?;
+    let clusters = match &a.clusters {
+        Some(path) => flotilla_executor::load_clusters(path).map_err(|e| Failure::Input(e.to_string()))?,
+        None => flotilla_executor::parse_clusters(EXAMPLE_CLUSTERS, "clusters.example.toml (built in)")
+            .map_err(|e| Failure::Op(e.to_string()))?,
+    };
     let (_tmp, data_dir) = match &a.data_dir {
         Some(d) => (None, d.clone()),
         None => {
@@ -226,16 +241,14 @@ pub async fn dev(a: DevArgs, format: Format) -> Result<ExitCode, Failure> {
 /// Creates the demo queues and submits the example files. Returns (queue, task set) pairs.
 async fn start_demo(channel: &Channel) -> Result<Vec<(String, String)>, Failure> {
     let mut sets = Vec::new();
-    for (queue, weight, file) in DEMO {
+    for (queue, weight, file, text) in DEMO {
         let spec = v1::QueueSpec { name: queue.into(), weight, ..Default::default() };
         match QueuesClient::new(channel.clone()).create_queue(v1::CreateQueueRequest { queue: Some(spec) }).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => return Err(s.into()),
         }
-        let text =
-            std::fs::read_to_string(Path::new(file)).map_err(|e| Failure::Input(format!("{file}: {e} (run from the repository root)")))?;
-        let tf = TaskFile::from_yaml(&text).map_err(|e| Failure::Input(format!("{file}: {}", e.message)))?;
+        let tf = TaskFile::from_yaml(text).map_err(|e| Failure::Op(format!("{file} (built in): {}", e.message)))?;
         let task_set = tf.task_set.clone().unwrap_or_else(|| "demo".into());
         let req = v1::SubmitTasksRequest {
             queue: tf.queue.clone().unwrap_or_else(|| queue.into()),
@@ -250,46 +263,74 @@ async fn start_demo(channel: &Channel) -> Result<Vec<(String, String)>, Failure>
     Ok(sets)
 }
 
-/// Prints progress every two seconds until every demo task is finished.
+/// One demo task set's tasks by state, and what they cost.
+#[derive(Default)]
+struct SetProgress {
+    total: u64,
+    finished: u64,
+    failed: u64,
+    running: u64,
+    queued: u64,
+    cost_usd: f64,
+}
+
+/// Reads every task of the demo's task sets: (per set, by state, active by cluster).
+async fn demo_state(
+    channel: &Channel,
+    sets: &[(String, String)],
+) -> Result<(Vec<SetProgress>, BTreeMap<String, u64>, BTreeMap<String, u64>), Failure> {
+    let mut per_set = Vec::new();
+    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_cluster: BTreeMap<String, u64> = BTreeMap::new();
+    for (queue, task_set) in sets {
+        let mut p = SetProgress::default();
+        let mut after_id = 0;
+        loop {
+            let req =
+                v1::ListTasksRequest { queue: queue.clone(), task_set: task_set.clone(), limit: 10_000, after_id, ..Default::default() };
+            let page = TasksClient::new(channel.clone()).list_tasks(req).await?.into_inner();
+            p.cost_usd = page.task_set_cost_usd;
+            for t in &page.tasks {
+                p.total += 1;
+                *by_state.entry(t.state.clone()).or_default() += 1;
+                if !t.cluster.is_empty() {
+                    *by_cluster.entry(t.cluster.clone()).or_default() += 1;
+                }
+                match t.state.as_str() {
+                    "succeeded" => p.finished += 1,
+                    "failed" | "cancelled" => {
+                        p.finished += 1;
+                        p.failed += 1;
+                    }
+                    "running" => p.running += 1,
+                    "queued" => p.queued += 1,
+                    _ => {}
+                }
+            }
+            if page.next_after_id == 0 {
+                break;
+            }
+            after_id = page.next_after_id;
+        }
+        per_set.push(p);
+    }
+    Ok((per_set, by_state, by_cluster))
+}
+
+/// Shows progress until every demo task is finished: bars redrawn in place on a terminal,
+/// plain lines every two seconds otherwise.
 async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: Format) -> Result<bool, Failure> {
     let started = Instant::now();
+    let bars = crate::progress::live(format).then(|| {
+        let items: Vec<(String, u64)> = sets.iter().map(|(q, s)| (format!("{q}/{s}"), 1)).collect();
+        crate::progress::Bars::new(&items, &["clusters", "shares"])
+    });
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
-        let mut by_cluster: BTreeMap<String, u64> = BTreeMap::new();
-        let mut total = 0;
-        let mut finished = 0;
-        let mut failed = 0;
-        for (queue, task_set) in sets {
-            let mut after_id = 0;
-            loop {
-                let req = v1::ListTasksRequest {
-                    queue: queue.clone(),
-                    task_set: task_set.clone(),
-                    limit: 10_000,
-                    after_id,
-                    ..Default::default()
-                };
-                let page = TasksClient::new(channel.clone()).list_tasks(req).await?.into_inner();
-                for t in &page.tasks {
-                    total += 1;
-                    *by_state.entry(t.state.clone()).or_default() += 1;
-                    if !t.cluster.is_empty() {
-                        *by_cluster.entry(t.cluster.clone()).or_default() += 1;
-                    }
-                    if matches!(t.state.as_str(), "succeeded" | "failed" | "cancelled") {
-                        finished += 1;
-                        if t.state != "succeeded" {
-                            failed += 1;
-                        }
-                    }
-                }
-                if page.next_after_id == 0 {
-                    break;
-                }
-                after_id = page.next_after_id;
-            }
-        }
+        tokio::time::sleep(if bars.is_some() { Duration::from_millis(500) } else { Duration::from_secs(2) }).await;
+        let (per_set, by_state, by_cluster) = demo_state(channel, sets).await?;
+        let total: u64 = per_set.iter().map(|p| p.total).sum();
+        let finished: u64 = per_set.iter().map(|p| p.finished).sum();
+        let failed: u64 = per_set.iter().map(|p| p.failed).sum();
         let queues = QueuesClient::new(channel.clone()).list_queues(v1::ListQueuesRequest {}).await?.into_inner().queues;
         let clusters = ClustersClient::new(channel.clone()).list_clusters(v1::ListClustersRequest {}).await?.into_inner().clusters;
         let shares: Vec<String> = queues
@@ -310,12 +351,26 @@ async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: For
                 format!("{} {}/{} GPUs", c.name, c.used.clone().unwrap_or_default().gpu, c.allocatable.clone().unwrap_or_default().gpu)
             })
             .collect();
-        match format {
-            Format::Json => outln!(
+        match (&bars, format) {
+            (Some(bars), _) => {
+                for (i, p) in per_set.iter().enumerate() {
+                    let msg = format!(
+                        "running {}, queued {}, did not succeed {} · {}",
+                        p.running,
+                        p.queued,
+                        p.failed,
+                        crate::output::dollars(p.cost_usd)
+                    );
+                    bars.set(i, p.finished, p.total, msg);
+                }
+                bars.line(0, gpus.join(" · "));
+                bars.line(1, shares.join(" · "));
+            }
+            (None, Format::Json) => outln!(
                 "{}",
                 serde_json::json!({"elapsedS": started.elapsed().as_secs(), "tasks": by_state, "activeByCluster": by_cluster, "total": total})
             ),
-            Format::Table => {
+            (None, Format::Table) => {
                 let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 let active: Vec<String> = by_cluster.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 outln!("[{:>4}s] tasks: {}", started.elapsed().as_secs(), states.join(", "));
@@ -324,6 +379,9 @@ async fn demo_progress(channel: &Channel, sets: &[(String, String)], format: For
             }
         }
         if total > 0 && finished == total {
+            if let Some(bars) = &bars {
+                bars.finish();
+            }
             outln!("all {total} demo tasks finished in {}s: {} succeeded, {failed} did not", started.elapsed().as_secs(), total - failed);
             return Ok(failed == 0);
         }

@@ -15,6 +15,7 @@ mod client;
 mod commands;
 mod dev;
 mod output;
+mod progress;
 mod replicas;
 
 use std::net::SocketAddr;
@@ -241,8 +242,13 @@ pub struct ExecutorArgs {
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    #[arg(long, default_value = "clusters.example.toml")]
-    pub clusters: PathBuf,
+    /// The federation to simulate (default: the built-in copy of clusters.example.toml).
+    #[arg(long)]
+    pub clusters: Option<PathBuf>,
+    /// Where the log goes (default: flotilla-dev-PID.log in the temporary directory); its
+    /// path is printed once, so the terminal shows only the demo's progress.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
     /// Keep state here (default: a temporary directory removed on exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -295,6 +301,10 @@ pub struct QueueArgs {
     /// `user:alice=admin`; repeat for more subjects. Update replaces the whole list.
     #[arg(long = "permit", value_name = "SUBJECT=VERBS")]
     pub permits: Vec<String>,
+    /// Most dollars the queue may spend per UTC day (0: no budget); once spent, its tasks get
+    /// no new leases until 00:00 UTC.
+    #[arg(long, default_value_t = 0.0)]
+    pub budget_usd_per_day: f64,
 }
 
 #[derive(Args, Debug)]
@@ -413,13 +423,36 @@ fn parse_pod_security(s: &str) -> Result<flotilla_model::PodSecurity, String> {
         .ok_or_else(|| format!("{} is not one of restricted, baseline, privileged", flotilla_model::quote(s)))
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr, or to `file` (plain text, no colours) when given.
+fn init_tracing(format: LogFormat, file: Option<std::fs::File>) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let to_file = file.is_some();
+    let writer = match file {
+        Some(f) => BoxMakeWriter::new(std::sync::Arc::new(f)),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(!to_file);
     match format {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
         LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+/// `flotilla dev` logs to a file, so that its own lines and the demo's progress are not
+/// interleaved with log lines; the file's path is printed once.
+fn dev_log_file(a: &DevArgs) -> Option<std::fs::File> {
+    let path = dev::dev_log_path(a);
+    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(f) => {
+            eprintln!("flotilla dev: logging to {}", path.display());
+            Some(f)
+        }
+        Err(e) => {
+            eprintln!("flotilla dev: cannot write the log to {} ({e}); logging to stderr", path.display());
+            None
+        }
     }
 }
 
@@ -432,8 +465,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if matches!(cli.command, Command::Server(_) | Command::Executor(_) | Command::Dev(_)) {
-        init_tracing(cli.log_format);
+    match &cli.command {
+        Command::Dev(a) => init_tracing(cli.log_format, dev_log_file(a)),
+        Command::Server(_) | Command::Executor(_) => init_tracing(cli.log_format, None),
+        _ => {}
     }
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,

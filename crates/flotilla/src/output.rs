@@ -69,6 +69,8 @@ pub fn task_json(t: &v1::Task) -> Value {
         "priorityClass": t.priority_class,
         "gangId": if t.gang_id == 0 { Value::Null } else { json!(t.gang_id) },
         "submittedAtMs": t.submitted_at_ms,
+        "costUsd": t.cost_usd,
+        "costPerHourUsd": t.cost_per_hour_usd,
     })
 }
 
@@ -82,11 +84,14 @@ pub fn task_row(t: &v1::Task) -> Vec<String> {
         t.state.clone(),
         t.attempt.to_string(),
         place,
+        dollars(t.cost_usd),
         t.reason.clone(),
     ]
 }
 
-pub const TASK_HEADERS: [&str; 8] = ["id", "queue", "task set", "name", "state", "attempt", "cluster/node", "reason"];
+pub const TASK_HEADERS: [&str; 9] = ["id", "queue", "task set", "name", "state", "attempt", "cluster/node", "cost", "reason"];
+
+pub use flotilla_server::cost::dollars;
 
 fn amounts_json(r: &Option<v1::ResourceAmounts>) -> Value {
     let r = r.clone().unwrap_or_default();
@@ -103,6 +108,8 @@ pub fn cluster_json(c: &v1::Cluster) -> Value {
         "activeTasks": c.active_tasks,
         "gpuModels": c.gpu_models,
         "lastSyncAgeMs": c.last_sync_age_ms,
+        "pricePerHourUsd": c.price_per_hour_usd,
+        "gpuCapacity": c.gpu_capacity.iter().map(|g| json!({"model": g.model, "nodes": g.nodes, "allocatable": g.allocatable, "used": g.used})).collect::<Vec<_>>(),
     })
 }
 
@@ -139,6 +146,10 @@ pub fn queue_json(q: &v1::Queue) -> Value {
         "tasks": status.tasks_by_state,
         "fairShare": status.fair_share,
         "actualShare": status.actual_share,
+        "budgetUsdPerDay": spec.budget_usd_per_day,
+        "costUsd": status.cost_usd,
+        "costTodayUsd": status.cost_today_usd,
+        "runningCostUsd": status.running_cost_usd,
     })
 }
 
@@ -157,11 +168,20 @@ pub fn queue_row(q: &v1::Queue) -> Vec<String> {
         count("running"),
         count("succeeded"),
         count("failed"),
+        dollars(status.cost_usd),
+        if spec.budget_usd_per_day > 0.0 {
+            format!("{}/{}", dollars(status.cost_today_usd), dollars(spec.budget_usd_per_day))
+        } else {
+            dollars(status.cost_today_usd)
+        },
         limit.join(","),
     ]
 }
 
-pub const QUEUE_HEADERS: [&str; 9] = ["queue", "weight", "fair share", "actual share", "queued", "running", "succeeded", "failed", "limit"];
+/// COST: the queue's ended attempts (the `flotilla_cost_usd_total` metric); TODAY: its UTC
+/// day's spend with running attempts so far, over its daily budget when it has one.
+pub const QUEUE_HEADERS: [&str; 11] =
+    ["queue", "weight", "fair share", "actual share", "queued", "running", "succeeded", "failed", "cost", "today", "limit"];
 
 pub fn event_line(e: &v1::TaskEvent) -> String {
     let place = if e.cluster.is_empty() { String::new() } else { format!(" on {}/{}", e.cluster, e.node) };

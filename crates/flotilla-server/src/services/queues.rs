@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use flotilla_api::v1::{self, queues_server::Queues};
 use flotilla_model::{TaskState, Verb};
+use flotilla_store::cost::usd;
 use flotilla_store::Command;
 use tonic::{Request, Response, Status};
 
@@ -16,6 +17,7 @@ pub struct QueuesService(pub Arc<Context>);
 impl QueuesService {
     fn queue_message(&self, name: &str) -> Option<v1::Queue> {
         let shares = self.0.shares.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now_ms = self.0.config.clock.now_ms();
         self.0.read(|s| {
             let q = s.queue(name)?;
             let counts = s.counts(name);
@@ -27,6 +29,9 @@ impl QueuesService {
                     fair_share: share.map_or(0.0, |x| x.fair_share),
                     actual_share: share.map_or(0.0, |x| x.actual_share),
                     allocated: share.map(|x| (&x.allocated).into()),
+                    cost_usd: usd(s.queue_cost(name).total_nano_usd),
+                    cost_today_usd: usd(s.queue_spent_today_nano_usd(name, now_ms)),
+                    running_cost_usd: usd(s.queue_running_cost_nano_usd(name, now_ms)),
                 }),
             })
         })

@@ -146,11 +146,12 @@ impl Tasks for TasksService {
         self.linearize(r.linearizable).await?;
         // A task in a queue the caller may not watch is answered as if it did not exist.
         let mut may_see = QueueCheck::new(&self.0, &caller, Verb::Watch);
+        let now_ms = self.0.config.clock.now_ms();
         let (tasks, missing): (Vec<_>, Vec<_>) = self.0.read(|s| {
             let found: Vec<_> = r
                 .task_ids
                 .iter()
-                .map(|id| (id, s.task(TaskId(*id)).filter(|t| may_see.allows(s, &t.spec.queue)).map(task_to_proto)))
+                .map(|id| (id, s.task(TaskId(*id)).filter(|t| may_see.allows(s, &t.spec.queue)).map(|t| task_to_proto(t, now_ms))))
                 .collect();
             found.into_iter().partition(|(_, t)| t.is_some())
         });
@@ -185,7 +186,8 @@ impl Tasks for TasksService {
         let page = if r.limit == 0 { DEFAULT_PAGE } else { (r.limit as usize).min(MAX_PAGE) };
         // Without a queue, the listing holds only tasks of queues the caller may watch.
         let mut may_see = QueueCheck::new(&self.0, &caller, Verb::Watch);
-        let (tasks, next) = self.0.read(|s| {
+        let now_ms = self.0.config.clock.now_ms();
+        let (tasks, next, set_cost) = self.0.read(|s| {
             let mut matches = |t: &&flotilla_store::TaskRecord| {
                 may_see.allows(s, &t.spec.queue)
                     && (r.queue.is_empty() || t.spec.queue == r.queue)
@@ -208,7 +210,7 @@ impl Tasks for TasksService {
                 }
                 scanned += 1;
                 if matches(&t) {
-                    out.push(task_to_proto(t));
+                    out.push(task_to_proto(t, now_ms));
                 }
                 true
             };
@@ -231,9 +233,16 @@ impl Tasks for TasksService {
                     }
                 }
             }
-            (out, next)
+            let set_cost = (!r.task_set.is_empty()).then(|| crate::cost::task_set_cost(s, &r.queue, &r.task_set, now_ms)).flatten();
+            (out, next, set_cost)
         });
-        Ok(Response::new(v1::ListTasksResponse { tasks, next_after_id: next }))
+        let (ended, all) = set_cost.unwrap_or_default();
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks,
+            next_after_id: next,
+            task_set_cost_usd: flotilla_store::cost::usd(all),
+            task_set_ended_cost_usd: flotilla_store::cost::usd(ended),
+        }))
     }
 
     type WatchStream = EventStream;

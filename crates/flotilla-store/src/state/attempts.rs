@@ -131,6 +131,8 @@ impl State {
     fn lease(&mut self, now: u64, l: &LeaseDecision) {
         if let Some(t) = self.tasks.get_mut(&l.task) {
             t.attempt = l.attempt;
+            t.lease_cost = l.cost;
+            t.running_since_ms = None;
         }
         self.transition(now, l.task, TaskState::Leased, Some(l.node.clone()), EventKind::Leased, String::new(), None);
     }

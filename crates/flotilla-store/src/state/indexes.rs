@@ -50,6 +50,15 @@ impl State {
             reason = %reason,
             "task state changed"
         );
+        // An attempt ends when its task leaves the active states: it costs what it ran.
+        let mut cost_nano_usd = 0;
+        if from.is_active() && !to.is_active() {
+            cost_nano_usd = t.running_cost_nano_usd(now);
+            t.cost_nano_usd = t.cost_nano_usd.saturating_add(cost_nano_usd);
+            t.running_since_ms = None;
+        } else if to == TaskState::Running && from != TaskState::Running {
+            t.running_since_ms = Some(now);
+        }
         t.lease = lease;
         t.state = to;
         t.updated_ms = now;
@@ -74,7 +83,11 @@ impl State {
         let counts = self.counts.entry(t.spec.queue.clone()).or_default();
         counts[state_index(from)] -= 1;
         counts[state_index(to)] += 1;
-        self.push_task_event(now, id, kind, reason, exit_code);
+        if cost_nano_usd > 0 {
+            let key = t.task_set_key();
+            self.add_cost(now, &key, cost_nano_usd);
+        }
+        self.push_task_event(now, id, kind, reason, exit_code, cost_nano_usd);
     }
 
     /// Requeues a task whose attempt a decision ended while its executor may still run it:
@@ -108,11 +121,30 @@ impl State {
         true
     }
 
-    pub(super) fn push_task_event(&mut self, now: u64, id: TaskId, kind: EventKind, reason: String, exit_code: Option<i32>) {
+    pub(super) fn push_task_event(
+        &mut self,
+        now: u64,
+        id: TaskId,
+        kind: EventKind,
+        reason: String,
+        exit_code: Option<i32>,
+        cost_nano_usd: u64,
+    ) {
         let Some(t) = self.tasks.get(&id) else { return };
         let (cluster, node) = t.placement();
-        let event =
-            TaskEvent { seq: 0, task: id, attempt: t.attempt, kind, state: t.state, cluster, node, reason, time_ms: now, exit_code };
+        let event = TaskEvent {
+            seq: 0,
+            task: id,
+            attempt: t.attempt,
+            kind,
+            state: t.state,
+            cluster,
+            node,
+            reason,
+            time_ms: now,
+            exit_code,
+            cost_nano_usd,
+        };
         let key = t.task_set_key();
         self.push_event(&key, event);
     }
@@ -132,6 +164,7 @@ impl State {
             reason,
             time_ms: now,
             exit_code: None,
+            cost_nano_usd: 0,
         };
         self.push_event(key, event);
     }

@@ -18,6 +18,12 @@ impl State {
         if !(queue.weight.is_finite() && queue.weight >= 0.0) {
             return CommandResult::rejected(RejectKind::Invalid, format!("weight: {} must be a number >= 0", queue.weight));
         }
+        if !(queue.budget_usd_per_day.is_finite() && (0.0..=flotilla_model::MAX_BUDGET_USD_PER_DAY).contains(&queue.budget_usd_per_day)) {
+            return CommandResult::rejected(
+                RejectKind::Invalid,
+                format!("budget_usd_per_day: {} must be from 0 to {}", queue.budget_usd_per_day, flotilla_model::MAX_BUDGET_USD_PER_DAY),
+            );
+        }
         self.queues.insert(queue.name.clone(), queue.clone());
         CommandResult::Ok
     }

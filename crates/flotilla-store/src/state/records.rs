@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use flotilla_model::{NodeRef, Resources, TaskId, TaskSpec, TaskState};
 use serde::{Deserialize, Serialize};
 
+use crate::cost::LeaseCost;
+
 /// Bounds and thresholds of the state machine. Part of the replicated state so that every
 /// replica applies the same rules.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,11 +95,29 @@ pub struct TaskRecord {
     /// attempt gone, or the cluster is lost (invariant 2).
     #[serde(default)]
     pub stopping: Option<NodeRef>,
+    /// The current attempt's price and share, from its lease (see `crate::cost`).
+    #[serde(default, skip_serializing_if = "LeaseCost::is_zero")]
+    pub lease_cost: LeaseCost,
+    /// When the current attempt was reported running (the entry's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since_ms: Option<u64>,
+    /// What the task's ended attempts cost, in nano-dollars.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cost_nano_usd: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TaskRecord {
     pub fn task_set_key(&self) -> TaskSetKey {
         task_set_key(&self.spec.queue, &self.spec.task_set)
+    }
+
+    /// What the running attempt has cost so far at `now_ms` (0 unless it runs).
+    pub fn running_cost_nano_usd(&self, now_ms: u64) -> u64 {
+        self.running_since_ms.map_or(0, |since| self.lease_cost.cost_nano_usd(now_ms.saturating_sub(since)))
     }
 
     /// (cluster, node) of the current attempt, or of the latest one once it ended.
@@ -171,6 +191,9 @@ pub struct TaskEvent {
     pub reason: String,
     pub time_ms: u64,
     pub exit_code: Option<i32>,
+    /// What the attempt this event ended cost, in nano-dollars (0 for other events).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cost_nano_usd: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -183,6 +206,9 @@ pub struct TaskSetRecord {
     pub paused: bool,
     /// Times of recent failures, for the circuit breaker.
     pub recent_failures_ms: VecDeque<u64>,
+    /// What its tasks' ended attempts cost, in nano-dollars.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cost_nano_usd: u64,
 }
 
 impl TaskSetRecord {

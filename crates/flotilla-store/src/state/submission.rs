@@ -115,7 +115,7 @@ impl State {
         self.counts.entry(queue.clone()).or_default()[state_index(TaskState::Queued)] += 1;
         let set = self.task_sets.entry(key).or_insert_with(|| TaskSetRecord { queue, task_set, next_seq: 1, ..Default::default() });
         set.tasks.push(id);
-        self.push_task_event(now, id, EventKind::Submitted, String::new(), None);
+        self.push_task_event(now, id, EventKind::Submitted, String::new(), None, 0);
     }
 }
 
@@ -141,6 +141,9 @@ fn new_record(now: u64, id: TaskId, spec: TaskSpec, blocked_on: Vec<TaskId>) -> 
         avoid_nodes: Vec::new(),
         cluster_failures: BTreeMap::new(),
         avoid_until_ms: BTreeMap::new(),
+        lease_cost: Default::default(),
+        running_since_ms: None,
+        cost_nano_usd: 0,
     }
 }
 

@@ -50,7 +50,10 @@ fn lease(s: &mut State, now: u64, id: TaskId, attempt: u32, at: NodeRef) -> Comm
     apply(
         s,
         now,
-        Command::Schedule(ScheduleDecisions { leases: vec![LeaseDecision { task: id, attempt, node: at }], ..Default::default() }),
+        Command::Schedule(ScheduleDecisions {
+            leases: vec![LeaseDecision { task: id, attempt, node: at, cost: Default::default() }],
+            ..Default::default()
+        }),
     )
 }
 
@@ -285,7 +288,7 @@ fn failure_spike_pauses_the_task_set_until_resumed() {
 
 /// Leases every task of `ids` (a whole gang) at attempt 1, in one decision.
 fn lease_whole(s: &mut State, ids: &[TaskId]) -> CommandResult {
-    let leases = ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect();
+    let leases = ids.iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1"), cost: Default::default() }).collect();
     apply(s, 2, Command::Schedule(ScheduleDecisions { leases, ..Default::default() }))
 }
 
@@ -302,7 +305,10 @@ fn a_gang_is_leased_whole_or_not_at_all() {
     let g = s.task(ids[1]).unwrap().spec.gang.clone().unwrap();
     assert_eq!((g.id, g.rank, g.topology), (ids[0], 1, TopologyLevel::Rack));
     let partial = ScheduleDecisions {
-        leases: ids[..2].iter().map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1") }).collect(),
+        leases: ids[..2]
+            .iter()
+            .map(|id| LeaseDecision { task: *id, attempt: 1, node: node("a", "n1"), cost: Default::default() })
+            .collect(),
         ..Default::default()
     };
     assert_eq!(apply(&mut s, 2, Command::Schedule(partial)), CommandResult::Count(0));
@@ -452,6 +458,7 @@ fn a_gang_member_failing_after_another_finished_is_not_retried_alone() {
     assert_eq!(s.task(ids[0]).unwrap().state, TaskState::Succeeded);
 }
 
+mod cost;
 mod random_commands;
 
 #[test]
@@ -460,8 +467,8 @@ fn a_gang_leased_across_two_clusters_is_not_leased_at_all() {
     let ids = submit(&mut s, "r", &[gang(2)]);
     let split = ScheduleDecisions {
         leases: vec![
-            LeaseDecision { task: ids[0], attempt: 1, node: node("a", "n1") },
-            LeaseDecision { task: ids[1], attempt: 1, node: node("b", "n1") },
+            LeaseDecision { task: ids[0], attempt: 1, node: node("a", "n1"), cost: Default::default() },
+            LeaseDecision { task: ids[1], attempt: 1, node: node("b", "n1"), cost: Default::default() },
         ],
         ..Default::default()
     };
@@ -719,7 +726,7 @@ fn a_leader_decision_committed_in_another_term_is_dropped() {
     assert_eq!(s.cluster("a").unwrap().state, ClusterState::Ready);
     let lease_in_2 = ScheduleDecisions {
         term: Some(2),
-        leases: vec![LeaseDecision { task: id[0], attempt: 1, node: node("a", "n1") }],
+        leases: vec![LeaseDecision { task: id[0], attempt: 1, node: node("a", "n1"), cost: Default::default() }],
         ..Default::default()
     };
     let r = apply_in_term(&mut s, 5, 3, Command::Schedule(lease_in_2.clone()));

@@ -79,7 +79,7 @@ fn random_schedule(rng: &mut Rng, s: &State, now: u64, reached: &mut Reached) ->
             }
             let attempt = if rng.chance(5) { mt.attempt } else { mt.attempt + 1 };
             let cluster = if rng.chance(5) { *rng.pick(&CLUSTERS).unwrap() } else { cluster };
-            d.leases.push(LeaseDecision { task: m, attempt, node: node(cluster, &format!("n{}", rng.below(4))) });
+            d.leases.push(LeaseDecision { task: m, attempt, node: node(cluster, &format!("n{}", rng.below(4))), cost: Default::default() });
         }
     }
     let active: Vec<&TaskRecord> = s.active().collect();
