@@ -163,6 +163,9 @@ struct ClusterView {
     cpu_used_millis: u64,
     active_tasks: u32,
     last_sync_age_ms: u64,
+    /// schedulable | cordoned | draining | drained
+    drain_state: String,
+    tasks_left: u32,
 }
 
 fn cluster_views(ctx: &Context) -> Vec<ClusterView> {
@@ -181,6 +184,8 @@ fn cluster_views(ctx: &Context) -> Vec<ClusterView> {
                 cpu_used_millis: u.cpu_millis,
                 active_tasks: c.active_tasks,
                 last_sync_age_ms: c.last_sync_age_ms,
+                drain_state: c.drain_state,
+                tasks_left: c.tasks_left,
             }
         })
         .collect()

@@ -19,6 +19,7 @@
 mod attempts;
 mod compact_tasks;
 mod compaction;
+mod cordon;
 mod indexes;
 mod invariants;
 mod queues;
@@ -33,6 +34,7 @@ use flotilla_model::{Queue, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 
 use crate::command::*;
+pub use cordon::{ClusterDrain, DrainState};
 pub use records::{
     held_resources, task_set_key, ClusterRecord, ClusterState, EventKind, Limits, TaskEvent, TaskRecord, TaskSetKey, TaskSetRecord,
 };
@@ -208,6 +210,8 @@ impl State {
                 Command::AttemptsGone { cluster, attempts } => self.attempts_gone(cluster, attempts),
                 Command::Compact { finished_before_ms, max_tasks, .. } => self.compact(*finished_before_ms, *max_tasks),
                 Command::SetInstallation { id } => self.set_installation(id),
+                Command::CordonCluster { cluster, cordoned } => self.cordon_cluster(now, cluster, *cordoned),
+                Command::DrainCluster { cluster } => self.drain_cluster(now, cluster),
             })
             .collect();
         // Assert on the way into storage (STYLE.md): a broken index found here names the

@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod client;
+mod cluster;
 mod commands;
 mod dev;
 mod output;
@@ -93,6 +94,27 @@ pub enum Command {
     /// Helpers for the auth file.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Cordon, uncordon or drain one cluster (cluster admins).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Stop new leases on the cluster; running tasks stay.
+    Cordon { name: String },
+    /// Let the cluster take new leases again (ends a drain).
+    Uncordon { name: String },
+    /// Cordon the cluster and move its preemptible tasks elsewhere, each stopped with its own
+    /// termination grace and requeued as a new attempt (not a failure), within the queues'
+    /// disruption budgets. Non-preemptible tasks are not stopped: they are listed and waited for.
+    Drain {
+        name: String,
+        /// Wait up to this long (e.g. 10m) for the cluster to be drained, showing what is left;
+        /// exit 1 if it is not drained by then. It never shortens a task's own grace.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -125,7 +125,7 @@ impl State {
         let Some(t) = self.tasks.get(&l.task) else { return false };
         self.is_schedulable(t, now)
             && t.attempt + 1 == l.attempt
-            && self.clusters.get(&l.node.cluster).is_some_and(|c| c.state == ClusterState::Ready)
+            && self.clusters.get(&l.node.cluster).is_some_and(|c| c.state == ClusterState::Ready && !c.cordoned)
     }
 
     fn lease(&mut self, now: u64, l: &LeaseDecision) {
@@ -328,7 +328,14 @@ impl State {
             None => {
                 self.clusters.insert(
                     cluster.to_string(),
-                    ClusterRecord { name: cluster.to_string(), state: ClusterState::Ready, first_seen_ms: now, changed_ms: now },
+                    ClusterRecord {
+                        name: cluster.to_string(),
+                        state: ClusterState::Ready,
+                        first_seen_ms: now,
+                        changed_ms: now,
+                        cordoned: false,
+                        draining: false,
+                    },
                 );
             }
         }

@@ -211,6 +211,12 @@ pub struct ClusterRecord {
     pub state: ClusterState,
     pub first_seen_ms: u64,
     pub changed_ms: u64,
+    /// No new leases here (`flotilla cluster cordon`); running tasks stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
+    /// Cordoned, and its preemptible tasks are being moved elsewhere (`flotilla cluster drain`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// The resources a task holds while active, for capacity accounting.
