@@ -220,3 +220,57 @@ async fn drained_cluster_ends_empty_moved_tasks_resume_elsewhere_as_new_attempts
     assert_eq!(names, ["new", "old"].into());
     fleet.shutdown().await;
 }
+
+/// A simulated agent that signals progress every second, for `duration`, stalling after
+/// `stall_after` if given, with a 5 s progress deadline.
+fn signalling(name: &str, duration: &str, stall_after: Option<&str>) -> TaskTemplate {
+    TaskTemplate {
+        progress_deadline: Some("5s".into()),
+        retry: Some(flotilla_model::RetryTemplate { max_attempts: Some(3), backoff: Some("1s".into()), ..Default::default() }),
+        sim: Some(SimTemplate {
+            duration: Some(duration.into()),
+            progress_every: Some("1s".into()),
+            stall_after: stall_after.map(str::to_string),
+            ..Default::default()
+        }),
+        ..task(name, duration)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_stops_signalling_is_retried_elsewhere_after_its_deadline_and_one_that_signals_runs_on() {
+    let mut fleet = Fleet::start(&[("a", 1, 8), ("b", 1, 8)], 64).await;
+    fleet.start_executor("a").await;
+    fleet.start_executor("b").await;
+    let stuck = fleet.submit("stuck", vec![signalling("stuck", "120s", Some("2s"))]).await[0];
+    let busy = fleet.submit("busy", vec![signalling("busy", "12s", None)]).await[0];
+
+    wait_until(Duration::from_secs(20), "the stuck agent runs again as attempt 2", || {
+        fleet.read(|s| s.task(stuck).is_some_and(|t| t.attempt == 2 && t.state == TaskState::Running))
+    })
+    .await;
+    let events = fleet.events("stuck");
+    let ended = events.iter().find(|e| e.kind == EventKind::Retrying).expect("the first attempt ended as a failure to retry");
+    assert_eq!(ended.attempt, 1);
+    assert!(ended.reason.contains("NoProgress") && ended.reason.contains("no progress for 5s"), "reason: {}", ended.reason);
+    let running_at = events.iter().find(|e| e.kind == EventKind::Running && e.attempt == 1).expect("attempt 1 ran").time_ms;
+    let stalled_for = ended.time_ms.saturating_sub(running_at);
+    assert!((6_000..12_000).contains(&stalled_for), "stopped {stalled_for} ms after it began running: 2 s of signals + the 5 s deadline");
+    let first = events.iter().find(|e| e.kind == EventKind::Leased && e.attempt == 1).unwrap();
+    let second = events.iter().find(|e| e.kind == EventKind::Leased && e.attempt == 2).unwrap();
+    assert_ne!((&first.cluster, &first.node), (&second.cluster, &second.node), "the retry avoids the node it stalled on");
+    assert_eq!(fleet.read(|s| s.task(stuck).unwrap().failures), 1, "no progress counts as the task's failure");
+    assert!(fleet.sims[&first.cluster]
+        .run_history()
+        .iter()
+        .any(|r| r.task_id == stuck && r.attempt == 1 && r.ended_by.as_deref() == Some("stopped")));
+
+    wait_until(Duration::from_secs(20), "the signalling agent succeeded", || {
+        fleet.read(|s| s.task(busy).unwrap().state == TaskState::Succeeded)
+    })
+    .await;
+    let t = fleet.read(|s| s.task(busy).unwrap().clone());
+    assert_eq!((t.attempt, t.failures), (1, 0), "an agent that keeps signalling is never stopped");
+    assert!(!fleet.events("busy").iter().any(|e| e.kind == EventKind::Retrying));
+    fleet.shutdown().await;
+}

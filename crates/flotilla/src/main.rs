@@ -259,6 +259,11 @@ pub struct ExecutorArgs {
     /// stuck executor). Keep it well above a scheduler leader election.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
     pub unhealthy_after: Duration,
+    /// The URL tasks reach this executor's `--http` port at (e.g. http://flotilla-executor.flotilla:8080/progress):
+    /// tasks with `progressDeadline` get it and a per-attempt token to signal progress. Without
+    /// it a Kubernetes executor does not enforce progress deadlines (a warning says so).
+    #[arg(long, requires = "http")]
+    pub progress_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
