@@ -272,5 +272,38 @@ async fn an_agent_that_stops_signalling_is_retried_elsewhere_after_its_deadline_
     let t = fleet.read(|s| s.task(busy).unwrap().clone());
     assert_eq!((t.attempt, t.failures), (1, 0), "an agent that keeps signalling is never stopped");
     assert!(!fleet.events("busy").iter().any(|e| e.kind == EventKind::Retrying));
+
+    // The per-cluster dispatch metrics after this run: three attempts started (the stuck
+    // agent twice, the busy one once), one NoProgress failure where it stalled, sane
+    // lease-to-running times and sync ages.
+    wait_until(Duration::from_secs(5), "the metrics caught up", || {
+        metric(&fleet.server.ctx.metrics.render(), "flotilla_cluster_attempts_started_total", &[]) >= 3.0
+    })
+    .await;
+    let text = fleet.server.ctx.metrics.render();
+    assert_eq!(metric(&text, "flotilla_cluster_attempts_started_total", &[]), 3.0, "{text}");
+    let stalled_in = format!("cluster=\"{}\"", first.cluster);
+    assert_eq!(metric(&text, "flotilla_cluster_attempt_failures_total", &[&stalled_in, "reason=\"NoProgress\""]), 1.0, "{text}");
+    assert_eq!(metric(&text, "flotilla_cluster_attempt_failures_total", &[]), 1.0, "no other failure: {text}");
+    let (count, sum) = (
+        metric(&text, "flotilla_cluster_lease_to_running_seconds_count", &[]),
+        metric(&text, "flotilla_cluster_lease_to_running_seconds_sum", &[]),
+    );
+    assert_eq!(count, 3.0, "{text}");
+    assert!(sum / count > 0.05 && sum / count < 5.0, "mean lease-to-running {} s: the pending time (100 ms) plus syncs", sum / count);
+    for c in ["a", "b"] {
+        let age = metric(&text, "flotilla_executor_sync_age_seconds", &[&format!("cluster=\"{c}\"")]);
+        assert!(age < 2.0, "cluster {c} synced {age} s ago");
+        assert!(text.contains(&format!("flotilla_cluster_unacknowledged{{cluster=\"{c}\",kind=\"stop\"}} 0")), "{text}");
+    }
     fleet.shutdown().await;
+}
+
+/// The sum of a metric's samples whose line has every one of `labels` (`cluster="a"`).
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -266,12 +266,9 @@ pub fn refresh_state_metrics(ctx: &Context) {
             }
         }
         ctx.metrics.events_trimmed_total.set(s.events_trimmed as i64);
+        ctx.metrics.clusters.refresh(s);
         for c in s.clusters() {
             ctx.metrics.cluster_ready.with_label_values(&[c.name.as_str()]).set(i64::from(c.state == ClusterState::Ready));
-            let cm = &ctx.metrics.clusters;
-            cm.cordoned.with_label_values(&[c.name.as_str()]).set(i64::from(c.cordoned));
-            cm.draining.with_label_values(&[c.name.as_str()]).set(i64::from(c.draining));
-            cm.tasks_left.with_label_values(&[c.name.as_str()]).set(s.cluster_drain(&c.name).map_or(0, |d| d.tasks_left as i64));
             let summary = capacity.get(&c.name);
             let allocatable = summary.map(|r| r.allocatable.clone()).unwrap_or_default();
             let mut used = Resources::default();

@@ -28,4 +28,6 @@ pub use command::{
     AttemptEvent, CancelTarget, Command, CommandResult, LeaseDecision, PreemptDecision, RejectKind, Request, Response, ScheduleDecisions,
 };
 pub use flotilla_model::is_installation_id;
-pub use state::{ClusterDrain, ClusterRecord, ClusterState, DrainState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey};
+pub use state::{
+    ClusterDrain, ClusterRecord, ClusterState, DispatchStats, DrainState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey,
+};

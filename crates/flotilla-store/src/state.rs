@@ -20,6 +20,7 @@ mod attempts;
 mod compact_tasks;
 mod compaction;
 mod cordon;
+mod dispatch;
 mod indexes;
 mod invariants;
 mod queues;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::*;
 pub use cordon::{ClusterDrain, DrainState};
+pub use dispatch::DispatchStats;
 pub use records::{
     held_resources, task_set_key, ClusterRecord, ClusterState, EventKind, Limits, TaskEvent, TaskRecord, TaskSetKey, TaskSetRecord,
 };
@@ -74,6 +76,9 @@ pub struct State {
     /// Tasks whose schedulability may have changed, for the leader's backlog (not replicated).
     #[serde(skip)]
     sched_feed: SchedFeed,
+    /// Dispatch counters for metrics (not replicated; see `dispatch`).
+    #[serde(skip)]
+    dispatch: DispatchStats,
 }
 
 impl State {
@@ -152,6 +157,11 @@ impl State {
     /// The feed of tasks the scheduler may see differently since a cursor (see `sched_feed`).
     pub fn sched_feed(&self) -> &SchedFeed {
         &self.sched_feed
+    }
+
+    /// What applying observed about dispatch, per cluster (for metrics).
+    pub fn dispatch_stats(&self) -> &DispatchStats {
+        &self.dispatch
     }
 
     /// Task counts of a queue by state, in `TaskState::ALL` order.

@@ -131,6 +131,7 @@ impl State {
     fn lease(&mut self, now: u64, l: &LeaseDecision) {
         if let Some(t) = self.tasks.get_mut(&l.task) {
             t.attempt = l.attempt;
+            t.leased_ms = now;
         }
         self.transition(now, l.task, TaskState::Leased, Some(l.node.clone()), EventKind::Leased, String::new(), None);
     }
@@ -154,6 +155,8 @@ impl State {
                     self.transition(now, e.task, TaskState::Pending, lease, EventKind::Pending, String::new(), None);
                 }
                 AttemptStatus::Running if matches!(t.state, TaskState::Leased | TaskState::Pending) => {
+                    let waited_ms = if t.leased_ms > 0 { now.saturating_sub(t.leased_ms) } else { 0 };
+                    self.dispatch.started(cluster, waited_ms);
                     self.transition(now, e.task, TaskState::Running, lease, EventKind::Running, String::new(), None);
                 }
                 AttemptStatus::Succeeded => {
@@ -161,6 +164,7 @@ impl State {
                     self.unblock_dependents(now, e.task);
                 }
                 AttemptStatus::Failed { kind, exit_code, message } => {
+                    self.dispatch.failed(cluster, *kind);
                     self.attempt_failed(now, e.task, *kind, *exit_code, message);
                 }
                 _ => continue,

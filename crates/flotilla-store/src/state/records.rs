@@ -93,6 +93,14 @@ pub struct TaskRecord {
     /// attempt gone, or the cluster is lost (invariant 2).
     #[serde(default)]
     pub stopping: Option<NodeRef>,
+    /// When the current (or latest) attempt was leased (the leader's clock), for the
+    /// lease-to-running metric; 0 in records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leased_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl TaskRecord {
