@@ -163,7 +163,7 @@ async fn drained_cluster_ends_empty_moved_tasks_resume_elsewhere_as_new_attempts
     let (_, again) = fleet.cli(&["cluster", "drain", "old"]);
     assert!(again.contains("draining ("), "a second drain is harmless: {again}");
 
-    wait_until(Duration::from_secs(20), "every movable task runs in cluster new", || {
+    let moved_in = wait_until(Duration::from_secs(20), "every movable task runs in cluster new", || {
         fleet.read(|s| movable.iter().all(|id| on(s, id, "new", TaskState::Running)))
     })
     .await;
@@ -202,6 +202,7 @@ async fn drained_cluster_ends_empty_moved_tasks_resume_elsewhere_as_new_attempts
     assert_eq!(per_cycle.values().sum::<usize>(), movable.len(), "each movable task was moved once: {per_cycle:?}");
     assert!(per_cycle.values().all(|n| *n <= BUDGET), "more than the budget moved in one cycle: {per_cycle:?}");
     assert!(per_cycle.len() >= movable.len().div_ceil(BUDGET), "the drain took several cycles: {per_cycle:?}");
+    eprintln!("drain: {} tasks moved in {moved_in:?}, preempted per cycle {:?}", movable.len(), per_cycle.values().collect::<Vec<_>>());
     assert!(!fleet.events("critical").iter().any(|e| e.kind == EventKind::Preempted), "the critical task was not preempted");
 
     // Uncordon: the cluster takes work again.
@@ -290,6 +291,7 @@ async fn an_agent_that_stops_signalling_is_retried_elsewhere_after_its_deadline_
         metric(&text, "flotilla_cluster_lease_to_running_seconds_sum", &[]),
     );
     assert_eq!(count, 3.0, "{text}");
+    eprintln!("lease to running: {count} samples, mean {:.3} s; stalled attempt stopped {stalled_for} ms after running", sum / count);
     assert!(sum / count > 0.05 && sum / count < 5.0, "mean lease-to-running {} s: the pending time (100 ms) plus syncs", sum / count);
     for c in ["a", "b"] {
         let age = metric(&text, "flotilla_executor_sync_age_seconds", &[&format!("cluster=\"{c}\"")]);
