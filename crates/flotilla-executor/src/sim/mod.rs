@@ -19,6 +19,10 @@
 //! - else failed with `sim_exit_code` when that is non-zero, else succeeded;
 //! - and in every case `DeadlineExceeded` if that would take longer than `max_runtime_ms`.
 //!
+//! A task with `sim.progressEvery` signals progress (a counter per attempt, read through
+//! `ClusterBackend::progress_signals`) every that long of simulated running time, until
+//! `sim.stallAfter`; the executor's progress deadline logic (`crate::progress`) does the rest.
+//!
 //! Events wait in the cluster until an executor acknowledges them (at most three per started
 //! attempt), and finished pods stay, like finished Jobs, until the scheduler stops them.
 //!
