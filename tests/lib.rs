@@ -177,3 +177,27 @@ pub fn wait_output(mut child: std::process::Child, within: std::time::Duration) 
     }
     (child.wait_with_output().expect("the child's output"), killed)
 }
+
+/// Submits `templates` as one request to `queue`/`task_set` (request id `submit-<task_set>`)
+/// and returns the task ids in order.
+pub async fn submit_templates(
+    channel: &tonic::transport::Channel,
+    queue: &str,
+    task_set: &str,
+    templates: &[TaskTemplate],
+) -> Vec<flotilla_model::TaskId> {
+    use flotilla_api::v1;
+    let req = v1::SubmitTasksRequest {
+        queue: queue.into(),
+        task_set: task_set.into(),
+        tasks: templates.iter().map(flotilla_api::template_to_proto).collect(),
+        client_request_id: format!("submit-{task_set}"),
+    };
+    let resp = v1::tasks_client::TasksClient::new(channel.clone()).submit_tasks(req).await.expect("submit").into_inner();
+    resp.task_ids.into_iter().map(flotilla_model::TaskId).collect()
+}
+
+/// A task set's whole event log, oldest first (empty when the set is unknown).
+pub fn task_set_events(state: &flotilla_store::State, queue: &str, task_set: &str) -> Vec<flotilla_store::TaskEvent> {
+    state.task_set(queue, task_set).map(|t| t.events.iter().cloned().collect()).unwrap_or_default()
+}

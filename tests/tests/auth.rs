@@ -400,3 +400,29 @@ async fn a_watch_stream_ends_when_its_permit_is_taken_away() {
     assert_eq!(ended.map(|e| e.code()), Some(Code::PermissionDenied), "the open stream is cut with the reason");
     s.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_cluster_admin_cordons_uncordons_and_drains_and_refusals_change_nothing() {
+    let s = server().await;
+    ExecutorClient::new(s.channel.clone()).sync(req(Some(LAB), sync("onprem-lab"))).await.expect("the lab registers");
+    let mut clusters = flotilla_api::v1::clusters_client::ClustersClient::new(s.channel.clone());
+    let name = || "onprem-lab".to_string();
+    for who in [Some(ALICE), Some(BOB), Some(LAB), None] {
+        let codes = [
+            clusters.cordon_cluster(req(who, v1::CordonClusterRequest { name: name() })).await.map(|_| ()).unwrap_err().code(),
+            clusters.uncordon_cluster(req(who, v1::UncordonClusterRequest { name: name() })).await.map(|_| ()).unwrap_err().code(),
+            clusters.drain_cluster(req(who, v1::DrainClusterRequest { name: name() })).await.map(|_| ()).unwrap_err().code(),
+        ];
+        let expected = if who.is_none() { Code::Unauthenticated } else { Code::PermissionDenied };
+        assert_eq!(codes, [expected; 3], "{who:?}");
+    }
+    assert!(!s.handle.ctx.read(|st| st.is_cordoned("onprem-lab")), "the refused calls changed nothing");
+    let drained = clusters.drain_cluster(req(Some(ADMIN), v1::DrainClusterRequest { name: name() })).await.expect("the admin drains");
+    assert_eq!(drained.into_inner().cluster.expect("the cluster").drain_state, "drained", "nothing runs there");
+    let e = clusters.cordon_cluster(req(Some(ADMIN), v1::CordonClusterRequest { name: "nowhere".into() })).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let e = clusters.drain_cluster(req(Some(ADMIN), v1::DrainClusterRequest { name: String::new() })).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().starts_with("name:"), "{}", e.message());
+    s.handle.shutdown().await;
+}

@@ -84,19 +84,12 @@ impl Federation {
     }
 
     async fn submit(&self, task_set: &str, templates: Vec<TaskTemplate>) -> Vec<TaskId> {
-        let req = v1::SubmitTasksRequest {
-            queue: QUEUE.into(),
-            task_set: task_set.into(),
-            tasks: templates.iter().map(flotilla_api::template_to_proto).collect(),
-            client_request_id: format!("submit-{task_set}"),
-        };
-        let resp = TasksClient::new(self.channel.clone()).submit_tasks(req).await.expect("submit").into_inner();
-        resp.task_ids.into_iter().map(TaskId).collect()
+        flotilla_tests::submit_templates(&self.channel, QUEUE, task_set, &templates).await
     }
 
     /// The task set's event log (all of it: these tests stay far below the trim limit).
     fn events(&self, task_set: &str) -> Vec<TaskEvent> {
-        self.read(|s| s.task_set(QUEUE, task_set).map(|t| t.events.iter().cloned().collect()).unwrap_or_default())
+        self.read(|s| flotilla_tests::task_set_events(s, QUEUE, task_set))
     }
 
     fn states(&self, ids: &[TaskId]) -> Vec<TaskState> {

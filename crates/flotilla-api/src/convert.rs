@@ -79,9 +79,12 @@ pub fn template_from_proto(t: &v1::TaskTemplate) -> m::TaskTemplate {
             duration: opt(&s.duration),
             exit_code: s.exit_code,
             memory_peak: opt(&s.memory_peak),
+            progress_every: opt(&s.progress_every),
+            stall_after: opt(&s.stall_after),
         }),
         pod_security: opt(&t.pod_security),
         run_as_user: t.run_as_user,
+        progress_deadline: opt(&t.progress_deadline),
     }
 }
 
@@ -130,9 +133,12 @@ pub fn template_to_proto(t: &m::TaskTemplate) -> v1::TaskTemplate {
             duration: s.duration.clone().unwrap_or_default(),
             exit_code: s.exit_code,
             memory_peak: s.memory_peak.clone().unwrap_or_default(),
+            progress_every: s.progress_every.clone().unwrap_or_default(),
+            stall_after: s.stall_after.clone().unwrap_or_default(),
         }),
         pod_security: t.pod_security.clone().unwrap_or_default(),
         run_as_user: t.run_as_user,
+        progress_deadline: t.progress_deadline.clone().unwrap_or_default(),
     }
 }
 

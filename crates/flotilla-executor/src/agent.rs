@@ -89,6 +89,9 @@ pub struct ExecutorConfig {
     pub dial: flotilla_api::dial::Dial,
     /// This cluster's executor credential, for schedulers with authentication on.
     pub token: flotilla_api::auth::BearerToken,
+    /// Progress deadlines of the attempts this process started (`crate::progress`), shared
+    /// with the HTTP endpoint tasks signal to.
+    pub progress: Arc<crate::progress::ProgressTracker>,
 }
 
 impl ExecutorConfig {
@@ -111,6 +114,7 @@ impl ExecutorConfig {
             status: Arc::default(),
             dial: flotilla_api::dial::Dial::tcp(),
             token: flotilla_api::auth::BearerToken::none(),
+            progress: Arc::default(),
         }
     }
 
@@ -203,6 +207,8 @@ pub async fn run(config: ExecutorConfig, backend: Arc<dyn ClusterBackend>, shutd
             serve_logs(&config, &backend, &log_reads, log_requests);
             if !lease.holds(Instant::now()) {
                 expire(&config, backend.as_ref(), &mut lease).await;
+            } else {
+                stop_stalled(&config, backend.as_ref(), &mut lease).await;
             }
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -268,6 +274,33 @@ async fn expire(config: &ExecutorConfig, backend: &dyn ClusterBackend, lease: &m
                 message: "stopped by its executor: the executor's lease expired (no scheduler reachable)".into(),
             },
             time_ms: now_ms,
+        });
+    }
+}
+
+/// Stops the attempts silent for their progress deadline (grace honoured: an ordinary stop)
+/// and remembers each to report as failed with `NoProgress`, like a lost one: it is never
+/// started again, and the report goes out before the next Sync.
+async fn stop_stalled(config: &ExecutorConfig, backend: &dyn ClusterBackend, lease: &mut Lease) {
+    let overdue = config.progress.overdue(Instant::now());
+    for o in overdue {
+        let span = tracing::info_span!("stop", task_id = o.task_id.0, attempt = o.attempt);
+        let message = o.message();
+        tracing::warn!(parent: &span, deadline = ?o.deadline, "stopping an attempt that signalled no progress");
+        let result = tokio::time::timeout(config.backend_timeout, backend.stop(o.task_id, o.attempt)).await;
+        config.status.stopped(matches!(result, Ok(Ok(()))));
+        if !matches!(result, Ok(Ok(()))) {
+            tracing::warn!(parent: &span, "stop failed; reported anyway, and the scheduler stops it on its next Sync");
+        }
+        if lease.lost.len() >= MAX_LOST_EVENTS {
+            continue;
+        }
+        lease.lost.push(AttemptEvent {
+            task_id: o.task_id,
+            attempt: o.attempt,
+            node: String::new(),
+            status: AttemptStatus::Failed { kind: FailureKind::NoProgress, exit_code: None, message },
+            time_ms: crate::backend::unix_now_ms(),
         });
     }
 }
@@ -390,7 +423,7 @@ async fn report_events(config: &ExecutorConfig, backend: &dyn ClusterBackend, se
         if !send_events(config, servers, &lost[..n]).await {
             return;
         }
-        tracing::info!(reported = n, "reported attempts lost to an expired lease");
+        tracing::info!(reported = n, "reported attempts this executor stopped (lease expired, or no progress)");
         lost.drain(..n);
     }
     for _ in 0..config.max_reports_per_sync {
@@ -452,6 +485,8 @@ async fn sync(
             return None;
         }
     };
+    let backend_signals = backend.progress_signals();
+    config.progress.observe(&attempts, backend_signals.as_deref(), Instant::now());
     let request = SyncRequest {
         cluster: config.cluster.clone(),
         nodes: nodes.iter().map(node_to_report).collect(),
@@ -522,6 +557,7 @@ async fn sync(
     // elsewhere while this one would run.
     let expired: HashSet<(u64, u32)> = lease.lost.iter().map(|e| (e.task_id.0, e.attempt)).collect();
     let expired = &expired;
+    let signals_itself = backend_signals.is_some();
     futures::stream::iter(response.start)
         .for_each_concurrent(config.max_concurrent_changes, |t| {
             let span = tracing::info_span!("start", task_id = t.task_id, attempt = t.attempt, node = %t.node, queue = %t.queue);
@@ -534,6 +570,8 @@ async fn sync(
                     tracing::info!("not started: stopped when the lease expired, reported as lost");
                     return;
                 }
+                let mut t = t;
+                config.progress.register(&mut t, signals_itself);
                 let result = tokio::time::timeout(config.backend_timeout, backend.start(t)).await;
                 config.status.started(matches!(result, Ok(Ok(()))));
                 match result {

@@ -125,6 +125,12 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// Stops the attempt and forgets it. A no-op when it does not exist.
     fn stop(&self, task_id: TaskId, attempt: u32) -> BoxFuture<'_, Result<(), BackendError>>;
 
+    /// Progress signals the backend itself sees: per attempt, a counter that grows with each
+    /// signal (see `crate::progress`). `None`: this backend has none (tasks signal over HTTP).
+    fn progress_signals(&self) -> Option<Vec<(TaskId, u32, u64)>> {
+        None
+    }
+
     /// Stops the attempt like [`stop`](Self::stop), but gives it at most `max_grace` to
     /// checkpoint however long its own grace is: what an executor whose lease expired does,
     /// because a scheduler re-leases its work elsewhere after a bounded time. The default

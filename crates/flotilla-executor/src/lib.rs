@@ -43,6 +43,7 @@ pub mod backend;
 pub mod config;
 pub mod kube;
 pub mod planted;
+pub mod progress;
 pub mod sim;
 pub mod status;
 
@@ -55,6 +56,7 @@ pub use agent::{event_to_proto, run, spawn, ExecutorConfig, ExecutorHandle};
 pub use backend::{Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBackend, LogOptions, LogStream};
 pub use config::ConfigError;
 pub use kube::{KubeBackend, KubeBackendConfig, KubeSource};
+pub use progress::ProgressTracker;
 pub use sim::config::{cluster_names, load_clusters, parse_clusters, ClusterConfig, ClustersFile, Faults, PoolConfig};
 pub use sim::{SimCluster, SimOptions};
 pub use status::ExecutorStatus;

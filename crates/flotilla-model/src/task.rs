@@ -258,6 +258,12 @@ pub struct SimSpec {
     /// Grow in memory and be OOM-killed unless the memory limit is at least this.
     #[serde(default)]
     pub memory_peak_bytes: Option<u64>,
+    /// Signal progress this often (simulated time); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_every_ms: Option<u64>,
+    /// Stop signalling this long after running began (simulated time); `None`: never stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_after_ms: Option<u64>,
 }
 
 /// Everything needed to run a task: what a user wrote, expanded for one task.
@@ -315,6 +321,9 @@ pub struct TaskSpec {
     /// The UID the container runs as (`securityContext.runAsUser`); `None`: the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<i64>,
+    /// A running attempt without a progress signal for this long is stopped as `NoProgress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_ms: Option<u64>,
 }
 
 pub const DEFAULT_TERMINATION_GRACE_MS: u64 = 30_000;
@@ -367,6 +376,9 @@ pub enum FailureKind {
     /// it, its image never came, a volume could not attach): the cluster's fault, not the
     /// task's, so it is retried elsewhere without using up an attempt.
     Unschedulable,
+    /// A running attempt signalled no progress for its `progressDeadline`: stopped (grace
+    /// honoured) and counted as the task's failure.
+    NoProgress,
 }
 
 impl FailureKind {
@@ -380,6 +392,7 @@ impl FailureKind {
             FailureKind::Lost => "Lost",
             FailureKind::StartFailed => "StartFailed",
             FailureKind::Unschedulable => "Unschedulable",
+            FailureKind::NoProgress => "NoProgress",
         }
     }
 

@@ -148,6 +148,10 @@ pub struct TaskTemplate {
     pub pod_security: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<i64>,
+    /// A running attempt that signals no progress for this long is stopped and retried
+    /// (`FailureKind::NoProgress`); see docs/task-file.md. Not written when absent (digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -197,6 +201,12 @@ pub struct SimTemplate {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub memory_peak: Option<String>,
+    /// The simulated task signals progress this often (simulated time)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_every: Option<String>,
+    /// ...and stops signalling this long after it started running (simulated time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_after: Option<String>,
 }
 
 /// YAML scalars in maps (`cpu: 32`, `cpu: 1.5`, `cpu: 500m`) all become strings.
@@ -536,7 +546,10 @@ fn validate_template(
                 None
             }
         }),
+        progress_every_ms: sim_duration(p, "progressEvery", s.progress_every.as_deref(), errors),
+        stall_after_ms: sim_duration(p, "stallAfter", s.stall_after.as_deref(), errors),
     });
+    let progress_deadline_ms = progress_deadline(p, t.progress_deadline.as_deref(), errors);
 
     let (pod_security, run_as_user) = validate_pod_security(p, t, errors);
 
@@ -563,7 +576,44 @@ fn validate_template(
         sim,
         pod_security,
         run_as_user,
+        progress_deadline_ms,
     })
+}
+
+/// Shortest and longest `progressDeadline`: shorter would stop tasks for a slow call,
+/// longer is no deadline for an agent.
+pub const MIN_PROGRESS_DEADLINE_MS: u64 = 5_000;
+pub const MAX_PROGRESS_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
+
+fn progress_deadline(p: &str, s: Option<&str>, errors: &mut Vec<FieldError>) -> Option<u64> {
+    let s = s?;
+    match parse_duration_ms(s) {
+        Ok(ms) if (MIN_PROGRESS_DEADLINE_MS..=MAX_PROGRESS_DEADLINE_MS).contains(&ms) => Some(ms),
+        Ok(_) => {
+            errors.push(FieldError::new(format!("{p}.progressDeadline"), format!("{} must be between 5s and 7d", quote(s))));
+            None
+        }
+        Err(e) => {
+            errors.push(FieldError::new(format!("{p}.progressDeadline"), e));
+            None
+        }
+    }
+}
+
+/// `sim.progressEvery` / `sim.stallAfter`: a duration longer than zero.
+fn sim_duration(p: &str, field: &str, s: Option<&str>, errors: &mut Vec<FieldError>) -> Option<u64> {
+    let s = s?;
+    match parse_duration_ms(s) {
+        Ok(0) => {
+            errors.push(FieldError::new(format!("{p}.sim.{field}"), "must be longer than zero"));
+            None
+        }
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            errors.push(FieldError::new(format!("{p}.sim.{field}"), e));
+            None
+        }
+    }
 }
 
 /// `podSecurity` and `runAsUser`: a known level, and a UID Kubernetes accepts that the level
@@ -646,6 +696,22 @@ mod tests {
 
     fn errors_of(templates: &[TaskTemplate]) -> Vec<String> {
         expand("q", "s", templates, &SubmitLimits::default()).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn progress_deadline_is_a_duration_between_5s_and_7d_and_sim_progress_fields_are_positive_durations() {
+        let with = |deadline: &str| TaskTemplate { progress_deadline: Some(deadline.into()), ..template("a") };
+        let ok = expand("q", "s", &[with("10m")], &SubmitLimits::default()).unwrap();
+        assert_eq!(ok[0].progress_deadline_ms, Some(600_000));
+        assert_eq!(expand("q", "s", &[template("a")], &SubmitLimits::default()).unwrap()[0].progress_deadline_ms, None);
+        for (bad, problem) in [("4s", "between 5s and 7d"), ("8d", "between 5s and 7d"), ("soon", "not a duration")] {
+            let errors = errors_of(&[with(bad)]);
+            assert!(errors.iter().any(|e| e.contains("tasks[0].progressDeadline") && e.contains(problem)), "{bad}: {errors:?}");
+        }
+        let sim = SimTemplate { progress_every: Some("0s".into()), stall_after: Some("x".into()), ..Default::default() };
+        let errors = errors_of(&[TaskTemplate { sim: Some(sim), ..template("a") }]);
+        assert!(errors.iter().any(|e| e.contains("sim.progressEvery") && e.contains("longer than zero")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("sim.stallAfter")), "{errors:?}");
     }
 
     #[test]

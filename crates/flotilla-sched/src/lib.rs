@@ -65,6 +65,7 @@
 mod amount;
 mod backlog;
 mod cycle;
+mod drain;
 mod fairness;
 mod gang;
 mod index;
@@ -75,6 +76,7 @@ mod preempt;
 mod reasons;
 
 pub use backlog::Backlog;
+pub use drain::drain_preemptions;
 use std::collections::BTreeMap;
 
 use flotilla_model::{Node, NodeRef, Queue, Resources, SchedTask, TaskId};

@@ -87,6 +87,8 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         sim_memory_peak_bytes: sim.memory_peak_bytes.unwrap_or(0),
         pod_security: s.pod_security.as_str().to_string(),
         run_as_user: s.run_as_user,
+        progress_deadline_ms: s.progress_deadline_ms.unwrap_or(0),
+        sim_progress: sim.progress_every_ms.map(|every_ms| v1::SimProgress { every_ms, stall_after_ms: sim.stall_after_ms.unwrap_or(0) }),
     }
 }
 

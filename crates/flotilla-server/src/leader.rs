@@ -93,9 +93,11 @@ pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBac
     let fresh_within = ctx.config.executor_lease();
     let fresh_nodes = ctx.capacity.lock().unwrap_or_else(|e| e.into_inner()).fresh_nodes(Instant::now(), fresh_within);
     let mut kept = backlog.take().unwrap_or_default();
-    let (input, refresh) = ctx.read(|s| {
+    let (input, refresh, draining) = ctx.read(|s| {
         let refresh = kept.refresh(s, now);
-        let ready = |c: &str| s.cluster(c).is_some_and(|r| r.state == ClusterState::Ready);
+        // A cordoned cluster's nodes are left out: it gets no new lease (the store refuses
+        // one too), and the scheduler does not pick victims there (the drain does).
+        let ready = |c: &str| s.cluster(c).is_some_and(|r| r.state == ClusterState::Ready && !r.cordoned);
         let input = Input {
             queues: s.queues().cloned().collect(),
             nodes: fresh_nodes.into_iter().filter(|n| ready(&n.cluster)).collect(),
@@ -104,7 +106,8 @@ pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBac
             config: ctx.config.sched.clone(),
             held_queues: crate::cost::held_queues(s, now),
         };
-        (input, refresh)
+        let draining: std::collections::BTreeSet<String> = s.draining_clusters().map(str::to_string).collect();
+        (input, refresh, draining)
     });
     if refresh.rebuilt {
         tracing::info!(queued = refresh.read, elapsed_ms = started.elapsed().as_millis() as u64, "scheduling backlog rebuilt");
@@ -115,7 +118,11 @@ pub async fn cycle(ctx: &Arc<Context>, term: u64, backlog: &mut Option<LeaderBac
         return Ok(());
     }
     let (mut input, kept, decisions) = flotilla_store::run_blocking(move || {
-        let d = flotilla_sched::schedule_backlog(&input, &kept.backlog);
+        let mut d = flotilla_sched::schedule_backlog(&input, &kept.backlog);
+        // Drains move tasks through the same preemption path, within what the cycle's own
+        // preemptions left of each queue's disruption budget.
+        let drained = flotilla_sched::drain_preemptions(&input, &draining, &d.preemptions);
+        d.preemptions.extend(drained);
         (input, kept, d)
     })
     .await
@@ -271,6 +278,7 @@ pub fn refresh_state_metrics(ctx: &Context) {
             }
         }
         ctx.metrics.events_trimmed_total.set(s.events_trimmed as i64);
+        ctx.metrics.clusters.refresh(s);
         for c in s.clusters() {
             ctx.metrics.cluster_ready.with_label_values(&[c.name.as_str()]).set(i64::from(c.state == ClusterState::Ready));
             let summary = capacity.get(&c.name);

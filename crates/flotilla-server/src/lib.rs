@@ -27,6 +27,7 @@ pub mod auth;
 pub mod backlog;
 pub mod capacity;
 pub mod clock;
+pub mod cluster_metrics;
 mod convert;
 pub mod cost;
 pub mod health;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub rejected_requests_total: IntCounterVec,
     pub clusters_lost_total: IntCounter,
     pub schedulable_tasks: Gauge,
+    /// Cordon, drain and dispatch health by cluster.
+    pub clusters: crate::cluster_metrics::ClusterMetrics,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -71,6 +73,7 @@ impl Metrics {
             rejected_requests_total: must(IntCounterVec::new(Opts::new("rejected_requests_total", "Requests rejected"), &["reason"])),
             clusters_lost_total: must(IntCounter::new("clusters_lost_total", "Times a cluster was declared lost")),
             schedulable_tasks: must(Gauge::new("schedulable_tasks", "Queued tasks handed to the last scheduling cycle")),
+            clusters: crate::cluster_metrics::ClusterMetrics::new(&registry),
             registry,
         };
         let r = &m.registry;

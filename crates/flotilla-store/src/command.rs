@@ -76,6 +76,12 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
     },
+    /// Cordon (`cordoned: true`: no new leases there) or uncordon (also ends a drain) a
+    /// known cluster. Idempotent.
+    CordonCluster { cluster: String, cordoned: bool },
+    /// Cordon the cluster and move its preemptible tasks elsewhere (the leader preempts
+    /// them over its cycles within disruption budgets). Idempotent.
+    DrainCluster { cluster: String },
 }
 
 impl Command {

@@ -30,4 +30,6 @@ pub use command::{
 };
 pub use cost::{LeaseCost, QueueCost};
 pub use flotilla_model::is_installation_id;
-pub use state::{ClusterRecord, ClusterState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey};
+pub use state::{
+    ClusterDrain, ClusterRecord, ClusterState, DispatchStats, DrainState, EventKind, Limits, State, TaskEvent, TaskRecord, TaskSetKey,
+};

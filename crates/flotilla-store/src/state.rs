@@ -20,7 +20,9 @@
 mod attempts;
 mod compact_tasks;
 mod compaction;
+mod cordon;
 mod costs;
+mod dispatch;
 mod indexes;
 mod invariants;
 mod queues;
@@ -36,6 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::*;
 use crate::cost::QueueCost;
+pub use cordon::{ClusterDrain, DrainState};
+pub use dispatch::DispatchStats;
 pub use records::{
     held_resources, task_set_key, ClusterRecord, ClusterState, EventKind, Limits, TaskEvent, TaskRecord, TaskSetKey, TaskSetRecord,
 };
@@ -79,6 +83,9 @@ pub struct State {
     /// Tasks whose schedulability may have changed, for the leader's backlog (not replicated).
     #[serde(skip)]
     sched_feed: SchedFeed,
+    /// Dispatch counters for metrics (not replicated; see `dispatch`).
+    #[serde(skip)]
+    dispatch: DispatchStats,
 }
 
 impl State {
@@ -159,6 +166,11 @@ impl State {
         &self.sched_feed
     }
 
+    /// What applying observed about dispatch, per cluster (for metrics).
+    pub fn dispatch_stats(&self) -> &DispatchStats {
+        &self.dispatch
+    }
+
     /// Task counts of a queue by state, in `TaskState::ALL` order.
     pub fn counts(&self, queue: &str) -> [u64; 7] {
         self.counts.get(queue).copied().unwrap_or_default()
@@ -215,6 +227,8 @@ impl State {
                 Command::AttemptsGone { cluster, attempts } => self.attempts_gone(cluster, attempts),
                 Command::Compact { finished_before_ms, max_tasks, .. } => self.compact(*finished_before_ms, *max_tasks),
                 Command::SetInstallation { id } => self.set_installation(id),
+                Command::CordonCluster { cluster, cordoned } => self.cordon_cluster(now, cluster, *cordoned),
+                Command::DrainCluster { cluster } => self.drain_cluster(now, cluster),
             })
             .collect();
         // Assert on the way into storage (STYLE.md): a broken index found here names the

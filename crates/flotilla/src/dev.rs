@@ -116,9 +116,16 @@ pub async fn executor(
     config.sync_interval = a.sync_interval;
     config.dial = dial(ca_cert)?;
     config.token = token;
+    if let Some(url) = &a.progress_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+            return Err(Failure::Input("--progress-url: an http:// or https:// URL of at most 2,048 bytes".into()));
+        }
+        config.progress = Arc::new(flotilla_executor::ProgressTracker::new(Some(url.clone())));
+    }
     if let Some(addr) = a.http {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure::Op(format!("--http {addr}: {e}")))?;
-        tokio::spawn(executor_http(listener, config.status.clone(), a.cluster.clone(), a.unhealthy_after));
+        let http = executor_http(listener, config.status.clone(), config.progress.clone(), a.cluster.clone(), a.unhealthy_after);
+        tokio::spawn(http);
     }
     let sim = SimOptions { speed: Some(a.speed), ..SimOptions::default() };
     if let (Some(history), BackendSource::Sim { file }) = (&a.sim_history, &source) {
@@ -137,8 +144,15 @@ pub async fn executor(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The executor's `/healthz` (503 once syncs stop succeeding) and `/metrics`.
-async fn executor_http(listener: tokio::net::TcpListener, status: Arc<ExecutorStatus>, cluster: String, unhealthy_after: Duration) {
+/// The executor's `/healthz` (503 once syncs stop succeeding), `/metrics` and `POST /progress`
+/// (a task's progress signal, see `flotilla_executor::progress`).
+async fn executor_http(
+    listener: tokio::net::TcpListener,
+    status: Arc<ExecutorStatus>,
+    progress: Arc<flotilla_executor::ProgressTracker>,
+    cluster: String,
+    unhealthy_after: Duration,
+) {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
     let health = {
@@ -152,7 +166,26 @@ async fn executor_http(listener: tokio::net::TcpListener, status: Arc<ExecutorSt
     };
     let metrics =
         move || async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], status.render_metrics(&cluster)).into_response() };
-    let app = axum::Router::new().route("/healthz", axum::routing::get(health)).route("/metrics", axum::routing::get(metrics));
+    let signal = move |headers: axum::http::HeaderMap, _body: axum::body::Bytes| async move {
+        use flotilla_executor::progress::SignalError;
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 128);
+        let Some(token) = token else { return (StatusCode::UNAUTHORIZED, "send Authorization: Bearer $FLOTILLA_PROGRESS_TOKEN\n") };
+        match progress.signal(token, tokio::time::Instant::now()) {
+            Ok(()) => (StatusCode::OK, "ok\n"),
+            Err(SignalError::Unknown) => (StatusCode::UNAUTHORIZED, "unknown or expired token\n"),
+            Err(SignalError::TooSoon) => (StatusCode::TOO_MANY_REQUESTS, "at most one signal per second\n"),
+        }
+    };
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(health))
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/progress", axum::routing::post(signal))
+        .layer(axum::extract::DefaultBodyLimit::max(flotilla_executor::progress::MAX_SIGNAL_BODY_BYTES));
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "executor HTTP server stopped");
     }

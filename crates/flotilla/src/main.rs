@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod client;
+mod cluster;
 mod commands;
 mod dev;
 mod output;
@@ -94,6 +95,27 @@ pub enum Command {
     /// Helpers for the auth file.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Cordon, uncordon or drain one cluster (cluster admins).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Stop new leases on the cluster; running tasks stay.
+    Cordon { name: String },
+    /// Let the cluster take new leases again (ends a drain).
+    Uncordon { name: String },
+    /// Cordon the cluster and move its preemptible tasks elsewhere, each stopped with its own
+    /// termination grace and requeued as a new attempt (not a failure), within the queues'
+    /// disruption budgets. Non-preemptible tasks are not stopped: they are listed and waited for.
+    Drain {
+        name: String,
+        /// Wait up to this long (e.g. 10m) for the cluster to be drained, showing what is left;
+        /// exit 1 if it is not drained by then. It never shortens a task's own grace.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,6 +260,11 @@ pub struct ExecutorArgs {
     /// stuck executor). Keep it well above a scheduler leader election.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
     pub unhealthy_after: Duration,
+    /// The URL tasks reach this executor's `--http` port at (e.g. http://flotilla-executor.flotilla:8080/progress):
+    /// tasks with `progressDeadline` get it and a per-attempt token to signal progress. Without
+    /// it a Kubernetes executor does not enforce progress deadlines (a warning says so).
+    #[arg(long, requires = "http")]
+    pub progress_url: Option<String>,
 }
 
 #[derive(Args, Debug)]

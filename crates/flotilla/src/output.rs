@@ -110,6 +110,10 @@ pub fn cluster_json(c: &v1::Cluster) -> Value {
         "lastSyncAgeMs": c.last_sync_age_ms,
         "pricePerHourUsd": c.price_per_hour_usd,
         "gpuCapacity": c.gpu_capacity.iter().map(|g| json!({"model": g.model, "nodes": g.nodes, "allocatable": g.allocatable, "used": g.used})).collect::<Vec<_>>(),
+        "cordoned": c.cordoned,
+        "draining": c.draining,
+        "drainState": c.drain_state,
+        "tasksLeft": c.tasks_left,
     })
 }
 
@@ -118,7 +122,7 @@ pub fn cluster_row(c: &v1::Cluster) -> Vec<String> {
     let u = c.used.clone().unwrap_or_default();
     vec![
         c.name.clone(),
-        c.state.clone(),
+        cluster_state_text(c),
         c.nodes.to_string(),
         format!("{}/{}", u.gpu, a.gpu),
         format!("{}/{}", format_cpu_millis(u.cpu_millis), format_cpu_millis(a.cpu_millis)),
@@ -127,6 +131,15 @@ pub fn cluster_row(c: &v1::Cluster) -> Vec<String> {
         c.gpu_models.join(","),
         format!("{:.1}s", c.last_sync_age_ms as f64 / 1000.0),
     ]
+}
+
+/// "ready", "ready, cordoned", "ready, draining (3 left)", "lost, drained".
+pub fn cluster_state_text(c: &v1::Cluster) -> String {
+    match c.drain_state.as_str() {
+        "" | "schedulable" => c.state.clone(),
+        "draining" => format!("{}, draining ({} left)", c.state, c.tasks_left),
+        other => format!("{}, {other}", c.state),
+    }
 }
 
 pub const CLUSTER_HEADERS: [&str; 9] =

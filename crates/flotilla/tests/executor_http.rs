@@ -98,3 +98,37 @@ async fn executor_health_follows_its_syncs_and_metrics_count_them() {
     child.wait().unwrap();
     server.shutdown().await;
 }
+
+/// `POST path` with extra header lines and a body: the status code.
+async fn post(port: u16, path: &str, headers: &str, body: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("POST {path} HTTP/1.0\r\nHost: t\r\nContent-Length: {}\r\n{headers}\r\n{body}", body.len());
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_endpoint_refuses_missing_and_unknown_tokens_and_large_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clusters.toml");
+    std::fs::write(&file, CLUSTERS).unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["--server", &format!("http://127.0.0.1:{}", free_port()), "executor", "--cluster", "sim-a"])
+        .arg("--sim")
+        .arg(&file)
+        .args(["--http", &format!("127.0.0.1:{port}"), "--progress-url", &format!("http://127.0.0.1:{port}/progress")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until(port, "/healthz", Duration::from_secs(20), |_, _| true).await;
+    assert_eq!(post(port, "/progress", "", "").await, Some(401), "no token");
+    assert_eq!(post(port, "/progress", "Authorization: Bearer 00ff\r\n", "").await, Some(401), "a token no attempt holds");
+    assert_eq!(post(port, "/progress", "Authorization: Bearer 00ff\r\n", &"x".repeat(4096)).await, Some(413), "a body over 1 KiB");
+    assert_eq!(get(port, "/progress").await.map(|(c, _)| c), Some(405), "signals are POSTs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -142,6 +142,13 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], i
     } else {
         (None, None)
     };
+    // The progress endpoint and this attempt's token, put there by the executor loop
+    // (`crate::progress`); a user's own FLOTILLA_* variables are dropped below.
+    for key in [crate::progress::ENV_PROGRESS_URL, crate::progress::ENV_PROGRESS_TOKEN] {
+        if let Some(v) = task.env.get(key).filter(|_| task.progress_deadline_ms > 0) {
+            env.push(env_var(key, v.clone()));
+        }
+    }
     let mut user_env: Vec<_> = task.env.iter().filter(|(k, _)| !k.starts_with("FLOTILLA_")).collect();
     user_env.sort();
     env.extend(user_env.into_iter().map(|(k, v)| env_var(k, v.clone())));

@@ -444,3 +444,34 @@ async fn a_relist_after_410_and_an_executor_restart_during_a_watch_gap_lose_no_a
     let pending = eventually(&second, |e| !e.is_empty()).await;
     assert_eq!(statuses(&pending), [(44, AttemptStatus::Pending)]);
 }
+
+#[test]
+fn the_progress_url_and_token_reach_the_container_only_from_the_tracker_and_only_with_a_deadline() {
+    let env_of = |task: &LeasedTask| -> Vec<String> {
+        let job = serde_json::to_value(jobs::job_for_lease(task, "h", &[], INSTALLATION, &KubeBackendConfig::default())).unwrap();
+        job["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                e["name"].as_str().filter(|n| n.starts_with("FLOTILLA_PROGRESS")).map(|n| format!("{n}={}", e["value"].as_str().unwrap()))
+            })
+            .collect()
+    };
+    // A task's own values never pass for them.
+    let mut own = lease();
+    own.env.insert("FLOTILLA_PROGRESS_TOKEN".into(), "mine".into());
+    assert!(env_of(&own).is_empty());
+    let tracker = crate::progress::ProgressTracker::new(Some("http://executor:8080/progress".into()));
+    let mut task = LeasedTask { progress_deadline_ms: 600_000, ..lease() };
+    task.env.insert("FLOTILLA_PROGRESS_TOKEN".into(), "mine".into());
+    tracker.register(&mut task, false);
+    let env = env_of(&task);
+    assert_eq!(env.len(), 2, "{env:?}");
+    assert_eq!(env[0], "FLOTILLA_PROGRESS_URL=http://executor:8080/progress");
+    assert!(
+        env[1].starts_with("FLOTILLA_PROGRESS_TOKEN=")
+            && env[1].len() == "FLOTILLA_PROGRESS_TOKEN=".len() + 64
+            && !env[1].ends_with("mine")
+    );
+}

@@ -19,6 +19,10 @@
 //! - else failed with `sim_exit_code` when that is non-zero, else succeeded;
 //! - and in every case `DeadlineExceeded` if that would take longer than `max_runtime_ms`.
 //!
+//! A task with `sim.progressEvery` signals progress (a counter per attempt, read through
+//! `ClusterBackend::progress_signals`) every that long of simulated running time, until
+//! `sim.stallAfter`; the executor's progress deadline logic (`crate::progress`) does the rest.
+//!
 //! Events wait in the cluster until an executor acknowledges them (at most three per started
 //! attempt), and finished pods stay, like finished Jobs, until the scheduler stops them.
 //!
@@ -201,6 +205,22 @@ struct Pod {
     /// How long it runs once running, and how it ends.
     run_ms: u64,
     end: AttemptStatus,
+    /// When it began running (simulated ms).
+    running_at_ms: Option<u64>,
+    /// `(every_ms, stall_after_ms)`: signals progress every `every_ms` until `stall_after_ms`
+    /// after it began running (0: never stops). See `crate::progress`.
+    progress: Option<(u64, u64)>,
+}
+
+impl Pod {
+    /// Progress signals sent by simulated time `now_ms`: one per `every_ms` of running, up
+    /// to the stall.
+    fn progress_signals(&self, now_ms: u64) -> Option<u64> {
+        let (every_ms, stall_after_ms) = self.progress?;
+        let running_for = now_ms.saturating_sub(self.running_at_ms?);
+        let signalling_for = if stall_after_ms == 0 { running_for } else { running_for.min(stall_after_ms) };
+        Some(signalling_for / every_ms.max(1))
+    }
 }
 
 impl SimCluster {
@@ -302,6 +322,16 @@ impl SimCluster {
         out
     }
 
+    /// Progress signals of running attempts that signal (`sim.progressEvery`), as counters.
+    pub fn progress_counters(&self) -> Vec<(TaskId, u32, u64)> {
+        let state = self.advanced();
+        let now = self.inner.clock.now_ms();
+        let mut out: Vec<(TaskId, u32, u64)> =
+            state.pods.iter().filter_map(|((t, a), pod)| pod.progress_signals(now).map(|n| (*t, *a, n))).collect();
+        out.sort();
+        out
+    }
+
     /// Starts an attempt (no-op when it exists). See the module docs for how it ends.
     pub fn start_attempt(&self, task: &LeasedTask) {
         let inner = &self.inner;
@@ -330,7 +360,9 @@ impl SimCluster {
         let (run_ms, end) = plan_run(task, inner.default_duration_ms, &inner.faults, &mut state.rng);
         let serial = state.next_serial;
         state.next_serial += 1;
-        state.pods.insert(key, Pod { serial, node: task.node.clone(), status: AttemptStatus::Pending, run_ms, end });
+        let progress = task.sim_progress.as_ref().map(|p| (p.every_ms.max(1), p.stall_after_ms));
+        let pod = Pod { serial, node: task.node.clone(), status: AttemptStatus::Pending, run_ms, end, running_at_ms: None, progress };
+        state.pods.insert(key, pod);
         state.record_start(RunRecord {
             task_id: key.0,
             attempt: key.1,
@@ -445,6 +477,7 @@ impl SimCluster {
             debug_assert_eq!(pod.serial, serial);
             let next_status = match pod.status {
                 AttemptStatus::Pending => {
+                    pod.running_at_ms = Some(at);
                     state_ref.timers.push(Reverse((at.saturating_add(pod.run_ms), serial)));
                     state_ref.timer_pods.insert(serial, key);
                     AttemptStatus::Running
@@ -544,6 +577,10 @@ impl ClusterBackend for SimCluster {
             self.stop_attempt(task_id, attempt);
             Ok(())
         })
+    }
+
+    fn progress_signals(&self) -> Option<Vec<(TaskId, u32, u64)>> {
+        Some(self.progress_counters())
     }
 
     fn pending_events(&self, max: usize) -> BoxFuture<'_, Result<Vec<AttemptEvent>, BackendError>> {

@@ -6,10 +6,16 @@ use tokio::time::Instant;
 
 use flotilla_api::v1::{self, clusters_server::Clusters};
 use flotilla_model::Resources;
-use flotilla_store::ClusterState;
+use flotilla_store::{ClusterState, Command, DrainState};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit, Caller};
 use crate::Context;
+
+/// Most non-preemptible tasks a drain's answer lists (`tasks_left` counts them all).
+const MAX_WAITING_LISTED: usize = 1_000;
+/// Longest cluster name accepted (a Kubernetes name).
+const MAX_CLUSTER_NAME_BYTES: usize = 253;
 
 pub struct ClustersService(pub Arc<Context>);
 
@@ -25,6 +31,7 @@ pub fn list(ctx: &Context) -> Vec<v1::Cluster> {
     ctx.read(|s| {
         s.clusters()
             .map(|c| {
+                let drain = s.cluster_drain(&c.name);
                 let report = capacity.get(&c.name);
                 let model_of = models.get(&c.name);
                 let mut used = Resources::default();
@@ -63,14 +70,91 @@ pub fn list(ctx: &Context) -> Vec<v1::Cluster> {
                     gpu_models: report.map(|r| r.gpu_models.iter().cloned().collect()).unwrap_or_default(),
                     price_per_hour_usd: report.map_or(0.0, |r| r.price_per_hour_usd),
                     gpu_capacity,
+                    cordoned: c.cordoned,
+                    draining: c.draining,
+                    tasks_left: drain.as_ref().map_or(0, |d| d.tasks_left as u32),
+                    drain_state: drain.map_or(DrainState::Schedulable, |d| d.state).as_str().to_string(),
                 }
             })
             .collect()
     })
 }
 
+fn cluster_named(ctx: &Context, name: &str) -> Result<v1::Cluster, Status> {
+    list(ctx).into_iter().find(|c| c.name == name).ok_or_else(|| Status::internal("cluster vanished after commit"))
+}
+
+fn valid_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > MAX_CLUSTER_NAME_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "name: must be a cluster name of 1 to {MAX_CLUSTER_NAME_BYTES} bytes, got {} bytes",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+impl ClustersService {
+    /// Cordon or uncordon, for a cluster admin.
+    async fn cordon(&self, caller: &Caller, name: &str, cordoned: bool) -> Result<Response<v1::CordonClusterResponse>, Status> {
+        self.0.authorizer().require_admin(caller, if cordoned { "CordonCluster" } else { "UncordonCluster" })?;
+        valid_name(name)?;
+        self.0.propose_ok(Command::CordonCluster { cluster: name.to_string(), cordoned }).await?;
+        // Uncordoned capacity may take queued work at once.
+        self.0.schedule_now.notify_one();
+        Ok(Response::new(v1::CordonClusterResponse { cluster: Some(cluster_named(&self.0, name)?) }))
+    }
+
+    async fn drain(&self, caller: &Caller, name: &str) -> Result<Response<v1::DrainClusterResponse>, Status> {
+        self.0.authorizer().require_admin(caller, "DrainCluster")?;
+        valid_name(name)?;
+        self.0.propose_ok(Command::DrainCluster { cluster: name.to_string() }).await?;
+        self.0.schedule_now.notify_one();
+        let waiting = self.0.read(|s| {
+            let ids = s.cluster_drain(name).map(|d| d.waiting_for).unwrap_or_default();
+            ids.iter()
+                .take(MAX_WAITING_LISTED)
+                .filter_map(|id| s.task(*id))
+                .map(|t| v1::DrainWaiting {
+                    task_id: t.id.0,
+                    queue: t.spec.queue.clone(),
+                    task_set: t.spec.task_set.clone(),
+                    name: t.spec.name.clone(),
+                    priority_class: t.spec.priority_class.clone(),
+                    state: t.state.as_str().to_string(),
+                })
+                .collect()
+        });
+        Ok(Response::new(v1::DrainClusterResponse { cluster: Some(cluster_named(&self.0, name)?), waiting }))
+    }
+}
+
 #[tonic::async_trait]
 impl Clusters for ClustersService {
+    async fn cordon_cluster(&self, req: Request<v1::CordonClusterRequest>) -> Result<Response<v1::CordonClusterResponse>, Status> {
+        let caller = Caller::of(&req);
+        let name = req.into_inner().name;
+        let result = self.cordon(&caller, &name, true).await;
+        audit(&caller, "CordonCluster", &format!("cluster/{}", flotilla_model::truncate(&name, 64)), &result);
+        result
+    }
+
+    async fn uncordon_cluster(&self, req: Request<v1::UncordonClusterRequest>) -> Result<Response<v1::CordonClusterResponse>, Status> {
+        let caller = Caller::of(&req);
+        let name = req.into_inner().name;
+        let result = self.cordon(&caller, &name, false).await;
+        audit(&caller, "UncordonCluster", &format!("cluster/{}", flotilla_model::truncate(&name, 64)), &result);
+        result
+    }
+
+    async fn drain_cluster(&self, req: Request<v1::DrainClusterRequest>) -> Result<Response<v1::DrainClusterResponse>, Status> {
+        let caller = Caller::of(&req);
+        let name = req.into_inner().name;
+        let result = self.drain(&caller, &name).await;
+        audit(&caller, "DrainCluster", &format!("cluster/{}", flotilla_model::truncate(&name, 64)), &result);
+        result
+    }
+
     /// Every user may see the clusters and their capacity: submitters size work by them.
     async fn list_clusters(&self, _req: Request<v1::ListClustersRequest>) -> Result<Response<v1::ListClustersResponse>, Status> {
         if !self.0.is_leader() {

@@ -82,6 +82,7 @@ pub fn failure_kind(s: &str) -> FailureKind {
         "Lost" => FailureKind::Lost,
         "StartFailed" => FailureKind::StartFailed,
         "Unschedulable" => FailureKind::Unschedulable,
+        "NoProgress" => FailureKind::NoProgress,
         _ => FailureKind::Error,
     }
 }

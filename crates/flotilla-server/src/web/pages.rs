@@ -320,7 +320,7 @@ pub async fn clusters(State(ctx): State<Arc<Context>>) -> Html<String> {
              <td class=r>{} / {}</td><td class=r>{} / {}</td><td class=r>{}</td><td class=r>{}</td><td>{:.1}s ago</td></tr>",
             link("/tasks", &[("cluster", &c.name)]),
             esc(&c.name),
-            esc(&c.state),
+            esc(&c.state_text()),
             c.nodes,
             cores(c.cpu_used_millis),
             cores(c.cpu_allocatable_millis),

@@ -91,6 +91,21 @@ pub struct ClusterView {
     pub last_sync_age_ms: u64,
     pub price_per_hour_usd: f64,
     pub gpu_models: Vec<GpuModelView>,
+    /// schedulable | cordoned | draining | drained
+    pub drain_state: String,
+    /// Flotilla tasks still holding the cluster (what a drain waits for).
+    pub tasks_left: u32,
+}
+
+impl ClusterView {
+    /// "ready", "ready, cordoned", "ready, draining (3 left)", "lost, drained"...
+    pub fn state_text(&self) -> String {
+        match self.drain_state.as_str() {
+            "" | "schedulable" => self.state.clone(),
+            "draining" => format!("{}, draining ({} left)", self.state, self.tasks_left),
+            other => format!("{}, {other}", self.state),
+        }
+    }
 }
 
 pub fn clusters(ctx: &Context) -> Vec<ClusterView> {
@@ -117,6 +132,8 @@ pub fn clusters(ctx: &Context) -> Vec<ClusterView> {
                     .into_iter()
                     .map(|g| GpuModelView { model: g.model, nodes: g.nodes, allocatable: g.allocatable, used: g.used })
                     .collect(),
+                drain_state: c.drain_state,
+                tasks_left: c.tasks_left,
             }
         })
         .collect()

@@ -125,7 +125,7 @@ impl State {
         let Some(t) = self.tasks.get(&l.task) else { return false };
         self.is_schedulable(t, now)
             && t.attempt + 1 == l.attempt
-            && self.clusters.get(&l.node.cluster).is_some_and(|c| c.state == ClusterState::Ready)
+            && self.clusters.get(&l.node.cluster).is_some_and(|c| c.state == ClusterState::Ready && !c.cordoned)
     }
 
     fn lease(&mut self, now: u64, l: &LeaseDecision) {
@@ -133,6 +133,7 @@ impl State {
             t.attempt = l.attempt;
             t.lease_cost = l.cost;
             t.running_since_ms = None;
+            t.leased_ms = now;
         }
         self.transition(now, l.task, TaskState::Leased, Some(l.node.clone()), EventKind::Leased, String::new(), None);
     }
@@ -156,6 +157,8 @@ impl State {
                     self.transition(now, e.task, TaskState::Pending, lease, EventKind::Pending, String::new(), None);
                 }
                 AttemptStatus::Running if matches!(t.state, TaskState::Leased | TaskState::Pending) => {
+                    let waited_ms = if t.leased_ms > 0 { now.saturating_sub(t.leased_ms) } else { 0 };
+                    self.dispatch.started(cluster, waited_ms);
                     self.transition(now, e.task, TaskState::Running, lease, EventKind::Running, String::new(), None);
                 }
                 AttemptStatus::Succeeded => {
@@ -163,6 +166,7 @@ impl State {
                     self.unblock_dependents(now, e.task);
                 }
                 AttemptStatus::Failed { kind, exit_code, message } => {
+                    self.dispatch.failed(cluster, *kind);
                     self.attempt_failed(now, e.task, *kind, *exit_code, message);
                 }
                 _ => continue,
@@ -330,7 +334,14 @@ impl State {
             None => {
                 self.clusters.insert(
                     cluster.to_string(),
-                    ClusterRecord { name: cluster.to_string(), state: ClusterState::Ready, first_seen_ms: now, changed_ms: now },
+                    ClusterRecord {
+                        name: cluster.to_string(),
+                        state: ClusterState::Ready,
+                        first_seen_ms: now,
+                        changed_ms: now,
+                        cordoned: false,
+                        draining: false,
+                    },
                 );
             }
         }

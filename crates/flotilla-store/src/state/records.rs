@@ -104,6 +104,10 @@ pub struct TaskRecord {
     /// What the task's ended attempts cost, in nano-dollars.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cost_nano_usd: u64,
+    /// When the current (or latest) attempt was leased (the leader's clock), for the
+    /// lease-to-running metric; 0 in records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leased_ms: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -237,6 +241,12 @@ pub struct ClusterRecord {
     pub state: ClusterState,
     pub first_seen_ms: u64,
     pub changed_ms: u64,
+    /// No new leases here (`flotilla cluster cordon`); running tasks stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
+    /// Cordoned, and its preemptible tasks are being moved elsewhere (`flotilla cluster drain`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// The resources a task holds while active, for capacity accounting.

@@ -129,6 +129,7 @@ fn new_record(now: u64, id: TaskId, spec: TaskSpec, blocked_on: Vec<TaskId>) -> 
         attempt: 0,
         lease: None,
         stopping: None,
+        leased_ms: 0,
         last_lease: None,
         reason,
         exit_code: None,

@@ -795,3 +795,5 @@ fn a_cancelled_task_no_longer_waits_for_its_stopping_attempt() {
     assert_eq!(s.stopping_in("a").count(), 0);
     s.check_invariants().unwrap();
 }
+
+mod cordon;
