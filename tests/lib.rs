@@ -64,8 +64,14 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, headers: &str) -> 
     (status, head, body)
 }
 
-/// The `flotilla` binary: `$FLOTILLA_BIN`, else built (or found fresh) by cargo.
+/// The `flotilla` binary: `$FLOTILLA_BIN`, else built (or found fresh) by cargo, once per
+/// test process.
 pub fn flotilla_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(find_flotilla_bin).clone()
+}
+
+fn find_flotilla_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
         return p.into();
     }
@@ -85,4 +91,74 @@ pub fn flotilla_bin() -> std::path::PathBuf {
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "flotilla")
         .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
         .expect("cargo build names the flotilla executable")
+}
+
+/// The repository's root directory (relative paths in `flotilla dev` flags start there).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `flotilla dev` on free loopback ports; killed when dropped.
+pub struct DevProcess {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`: its gRPC address.
+    pub grpc: String,
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DevProcess {
+    /// Starts `flotilla dev --clusters CLUSTERS --speed SPEED` (a path relative to the
+    /// repository's root) and waits for its gRPC address.
+    pub fn start(clusters: &str, speed: &str) -> DevProcess {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(flotilla_bin())
+            .args(["dev", "--clusters", clusters, "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--speed", speed])
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flotilla dev starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keeps reading (the logs go to stderr) so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("gRPC on http://").nth(1) {
+                    let _ = tx.send(rest.split(',').next().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let grpc = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("flotilla dev prints its gRPC address");
+        DevProcess { child, grpc }
+    }
+
+    /// Runs the `flotilla` CLI against this process: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(flotilla_bin())
+            .arg("--server")
+            .arg(format!("http://{}", self.grpc))
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .expect("the flotilla CLI runs");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    /// Runs the CLI with `-o json`, which must succeed, and parses its output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let (code, out, err) = self.cli(&full);
+        assert_eq!(code, 0, "{args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
 }

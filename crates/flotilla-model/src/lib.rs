@@ -27,7 +27,10 @@ pub use node::{
     check_nodes, normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology, MAX_LABELS_PER_NODE, MAX_LABEL_KEY_BYTES,
     MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_NODE_NAME_BYTES, MAX_TAINTS_PER_NODE,
 };
-pub use queue::{PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET};
+pub use queue::{
+    PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET, DEFAULT_PRIORITY_CLASS, MAX_PRIORITY, MAX_PRIORITY_CLASSES,
+    MAX_PRIORITY_CLASS_DESCRIPTION_BYTES,
+};
 pub use resources::{
     format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, QuantityError, ResourceLimits, Resources, GPU_RESOURCE,
     MAX_NODE_CPU_MILLIS, MAX_NODE_EXTENDED_AMOUNT, MAX_NODE_EXTENDED_RESOURCES, MAX_NODE_GPUS, MAX_NODE_MEMORY_BYTES,

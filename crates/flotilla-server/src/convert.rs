@@ -2,8 +2,8 @@
 
 use flotilla_api::v1;
 use flotilla_model::{
-    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, Permit, PriorityClass, Queue, ResourceLimits,
-    Resources, SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_PERMITS_PER_QUEUE,
+    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, Permit, Queue, ResourceLimits, Resources,
+    SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_PERMITS_PER_QUEUE,
 };
 use flotilla_store::{State, TaskEvent, TaskRecord};
 
@@ -85,15 +85,17 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
     }
 }
 
-/// The scheduling view of a stored task.
-pub fn sched_task(t: &TaskRecord, avoid_cluster_after: u32, now_ms: u64) -> SchedTask {
-    let class =
-        PriorityClass::lookup(&t.spec.priority_class).unwrap_or(PriorityClass { name: "default".into(), priority: 100, preemptible: true });
+/// The scheduling view of a stored task. Its class is read as it is now: an operator's update
+/// of a class applies to its queued and running tasks from the next cycle.
+pub fn sched_task(s: &State, t: &TaskRecord, avoid_cluster_after: u32, now_ms: u64) -> SchedTask {
+    // Every unfinished task's class exists (the store refuses to delete one in use); a
+    // finished task is never scheduled, so the fallback is never used for a decision.
+    let (priority, preemptible) = s.priority_class(&t.spec.priority_class).map_or((0, true), |c| (c.priority, c.preemptible));
     SchedTask {
         id: t.id,
         queue: t.spec.queue.clone(),
-        priority: class.priority,
-        preemptible: class.preemptible,
+        priority,
+        preemptible,
         submit_seq: t.id.0,
         resources: t.spec.resources.clone(),
         gang: t.spec.gang.clone(),

@@ -3,7 +3,7 @@
 //! Each Raft entry carries one [`Request`]: a batch of commands (group commit) and the
 //! leader's clock reading, so that applying it is deterministic on every replica.
 
-use flotilla_model::{AttemptStatus, NodeRef, Queue, TaskId, TaskSpec};
+use flotilla_model::{AttemptStatus, NodeRef, PriorityClass, Queue, TaskId, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 /// One Raft entry's payload.
@@ -74,6 +74,11 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
     },
+    /// Create (`create: true`, fails if it exists) or update (fails if missing) a priority
+    /// class. An update applies to every task of the class from the next scheduling cycle.
+    PutPriorityClass { class: PriorityClass, create: bool },
+    /// Fails while an unfinished task uses the class.
+    DeletePriorityClass { name: String },
 }
 
 impl Command {

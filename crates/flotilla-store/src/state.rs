@@ -12,7 +12,7 @@
 //!
 //! The code is split by concern: `records` (what is stored), `submission` (new tasks and
 //! request-id dedupe), `attempts` (leases, reports, failures, cancels, clusters), `indexes`
-//! (`transition` and the indexes and event logs it keeps), `compaction`, `queues`, `invariants`
+//! (`transition` and the indexes and event logs it keeps), `compaction`, `queues`, `priority_classes`, `invariants`
 //! ([`State::check_invariants`]), and
 //! `compact_tasks` (the snapshot encoding of the task table).
 
@@ -21,6 +21,7 @@ mod compact_tasks;
 mod compaction;
 mod indexes;
 mod invariants;
+mod priority_classes;
 mod queues;
 mod records;
 mod sched_feed;
@@ -69,6 +70,11 @@ pub struct State {
     /// of the JSON while empty, so snapshots written before it existed read the same.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     installation_id: String,
+    /// Operator-defined priority classes; `None` until the first priority-class command, which
+    /// means the built-in ones (see `priority_classes`). Left out of the JSON while `None`, so
+    /// snapshots written before classes were replicated read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    priority_classes: Option<BTreeMap<String, flotilla_model::PriorityClass>>,
     /// Tasks whose schedulability may have changed, for the leader's backlog (not replicated).
     #[serde(skip)]
     sched_feed: SchedFeed,
@@ -208,6 +214,8 @@ impl State {
                 Command::AttemptsGone { cluster, attempts } => self.attempts_gone(cluster, attempts),
                 Command::Compact { finished_before_ms, max_tasks, .. } => self.compact(*finished_before_ms, *max_tasks),
                 Command::SetInstallation { id } => self.set_installation(id),
+                Command::PutPriorityClass { class, create } => self.put_priority_class(class, *create),
+                Command::DeletePriorityClass { name } => self.delete_priority_class(name),
             })
             .collect();
         // Assert on the way into storage (STYLE.md): a broken index found here names the

@@ -133,6 +133,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
             Ok(ExitCode::SUCCESS)
         }
         Command::Replica(r) => crate::replicas::run(client, r, format).await,
+        Command::PriorityClass(p) => crate::priority_classes::run(client, p, format).await,
         Command::Server(_) | Command::Executor(_) | Command::Dev(_) | Command::Auth(_) => unreachable!("handled in run"),
     }
 }

@@ -15,6 +15,7 @@ mod client;
 mod commands;
 mod dev;
 mod output;
+mod priority_classes;
 mod replicas;
 
 use std::net::SocketAddr;
@@ -93,6 +94,10 @@ pub enum Command {
     /// Helpers for the auth file.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Create, update, delete and list priority classes (creating, updating and deleting
+    /// need the cluster admin role).
+    #[command(subcommand)]
+    PriorityClass(PriorityClassCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,6 +129,31 @@ pub enum ReplicaCommand {
         #[arg(long)]
         id: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PriorityClassCommand {
+    Create(PriorityClassArgs),
+    /// Replace a class; its queued and running tasks take the new values from the next cycle.
+    Update(PriorityClassArgs),
+    /// Refused while an unfinished task uses the class.
+    Delete {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct PriorityClassArgs {
+    pub name: String,
+    /// Higher goes first and may preempt lower preemptible tasks.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Tasks of this class may be evicted (by higher classes or by fair-share reclaim).
+    #[arg(long)]
+    pub preemptible: bool,
+    #[arg(long, default_value = "")]
+    pub description: String,
 }
 
 #[derive(Args, Debug)]

@@ -452,6 +452,7 @@ fn a_gang_member_failing_after_another_finished_is_not_retried_alone() {
     assert_eq!(s.task(ids[0]).unwrap().state, TaskState::Succeeded);
 }
 
+mod priority_classes;
 mod random_commands;
 
 #[test]

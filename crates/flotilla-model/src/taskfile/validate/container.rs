@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::check_name;
 use crate::taskfile::{FieldError, SubmitLimits, TaskTemplate};
-use crate::{quote, PodSecurity, PriorityClass, MAX_RUN_AS_USER};
+use crate::{quote, PodSecurity, DEFAULT_PRIORITY_CLASS, MAX_RUN_AS_USER};
 
 /// Name, encoded size, image, env names and count.
 pub(super) fn check_container(p: &str, t: &TaskTemplate, limits: &SubmitLimits, errors: &mut Vec<FieldError>) {
@@ -31,16 +31,11 @@ pub(super) fn check_container(p: &str, t: &TaskTemplate, limits: &SubmitLimits, 
     }
 }
 
-/// The class the template names (`default` when it names none), which must be known.
+/// The class the template names (`default` when it names none). Whether it exists is the
+/// server's to check: operators define classes.
 pub(super) fn priority_class(p: &str, t: &TaskTemplate, errors: &mut Vec<FieldError>) -> String {
-    let priority_class = t.priority_class.clone().unwrap_or_else(|| "default".to_string());
-    if PriorityClass::lookup(&priority_class).is_none() {
-        let known: Vec<String> = PriorityClass::builtin().into_iter().map(|c| c.name).collect();
-        errors.push(FieldError::new(
-            format!("{p}.priorityClass"),
-            format!("unknown priority class {} (known: {})", quote(&priority_class), known.join(", ")),
-        ));
-    }
+    let priority_class = t.priority_class.clone().unwrap_or_else(|| DEFAULT_PRIORITY_CLASS.to_string());
+    check_name(&format!("{p}.priorityClass"), &priority_class, errors);
     priority_class
 }
 
