@@ -101,3 +101,74 @@ fn operator_defined_priority_classes_order_and_preempt_in_a_simulated_cluster_an
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("tasks[0].priorityClass: unknown priority class \"low\""), "{err}");
 }
+
+/// A task file of `count` 1-CPU tasks for `queue`, and with `wanting` more that fit no node
+/// (they make the queue's demand exceed its fair share without ever running).
+fn cpu_tasks(queue: &str, count: u32, wanting: u32) -> String {
+    let mut text = format!(
+        "queue: {queue}\ntaskSet: s\ntasks:\n  - {{name: run, count: {count}, image: busybox, resources: {{cpu: 1}}, terminationGrace: 1s, sim: {{duration: 1h}}}}\n"
+    );
+    if wanting > 0 {
+        text.push_str(&format!(
+            "  - {{name: want, count: {wanting}, image: busybox, resources: {{cpu: 1}}, placement: {{nodeSelector: {{pool: none}}}}}}\n"
+        ));
+    }
+    text
+}
+
+fn queue_tasks(dev: &DevProcess, queue: &str) -> Vec<Value> {
+    dev.cli_json(&["get", "--queue", queue, "--task-set", "s"]).as_array().cloned().unwrap_or_default()
+}
+
+fn running_in(dev: &DevProcess, queue: &str) -> usize {
+    queue_tasks(dev, queue).iter().filter(|t| t["state"] == "running").count()
+}
+
+fn wait_running(dev: &DevProcess, queue: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_in(dev, queue) != n {
+        assert!(Instant::now() < deadline, "queue {queue}: not {n} running within 60 s: {:?}", queue_tasks(dev, queue));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn fair_share_reclaim_takes_from_a_queue_only_down_to_its_protected_share_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-protected.toml", "5");
+    // 16 CPUs; a, b, d and c each want more than 4 (their fair share). b keeps half of its
+    // fair share (2 CPUs), d all of it (the default).
+    for args in [vec!["a"], vec!["b", "--protected-fraction", "0.5"], vec!["d"], vec!["c"]] {
+        let mut full = vec!["queue", "create"];
+        full.extend(args);
+        let (code, _, err) = dev.cli(&full);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = dev.cli(&["queue", "create", "bad", "--protected-fraction", "1.5"]);
+    assert_eq!(code, 2, "a fraction above 1 is bad input: {err}");
+    assert!(err.contains("\"1.5\" is not a fraction between 0 and 1"), "{err}");
+    let q = dev.cli_json(&["queue", "get", "b"]);
+    assert_eq!(q[0]["protectedFraction"].as_f64(), Some(0.5), "{q}");
+
+    // a takes 9, then b 3 and d 3 (newer, so first in victim order), each below its fair share.
+    let mut files = Vec::new();
+    for (queue, count, wanting) in [("a", 9, 0), ("b", 3, 4), ("d", 3, 4)] {
+        let (dir, path) = task_file(&cpu_tasks(queue, count, wanting));
+        let (code, _, err) = dev.cli(&["submit", &path]);
+        assert_eq!(code, 0, "{err}");
+        wait_running(&dev, queue, count as usize);
+        files.push(dir);
+    }
+    // c takes the last CPU and reclaims 3 more: one from b (3 -> 2, its protected share),
+    // none from d (below its fair share, fully protected), the rest from a.
+    let (_dir, path) = task_file(&cpu_tasks("c", 8, 0));
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    wait_running(&dev, "c", 4);
+    let b = queue_tasks(&dev, "b");
+    let d = queue_tasks(&dev, "d");
+    let gave_way = |tasks: &[Value]| {
+        tasks.iter().filter(|t| t["attempt"].as_u64() > Some(1) || t["reason"].as_str().is_some_and(|r| r.contains("preempted"))).count()
+    };
+    assert_eq!(gave_way(&d), 0, "d, below its fair share and fully protected, lost nothing: {d:?}");
+    assert_eq!(gave_way(&b), 1, "b gave exactly one task, down to its protected share: {b:?}");
+}

@@ -28,8 +28,8 @@ pub use node::{
     MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_NODE_NAME_BYTES, MAX_TAINTS_PER_NODE,
 };
 pub use queue::{
-    PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET, DEFAULT_PRIORITY_CLASS, MAX_PRIORITY, MAX_PRIORITY_CLASSES,
-    MAX_PRIORITY_CLASS_DESCRIPTION_BYTES,
+    is_protected_fraction, PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET, DEFAULT_PRIORITY_CLASS, DEFAULT_PROTECTED_FRACTION,
+    MAX_PRIORITY, MAX_PRIORITY_CLASSES, MAX_PRIORITY_CLASS_DESCRIPTION_BYTES,
 };
 pub use resources::{
     format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, QuantityError, ResourceLimits, Resources, GPU_RESOURCE,

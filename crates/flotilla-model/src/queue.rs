@@ -25,6 +25,19 @@ pub struct Queue {
     /// Who may submit to, cancel in, watch or administer this queue, besides cluster admins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permits: Vec<Permit>,
+    /// The fraction of its fair share (0..=1) below which fair-share reclaim never takes
+    /// from this queue; `None`: the scheduler's default (`flotilla_sched::Config`, 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_fraction: Option<f64>,
+}
+
+/// The protected fraction of queues that set none, unless the server sets another: a queue
+/// keeps all of its fair share.
+pub const DEFAULT_PROTECTED_FRACTION: f64 = 1.0;
+
+/// True when `f` is a valid protected fraction of fair share.
+pub fn is_protected_fraction(f: f64) -> bool {
+    (0.0..=1.0).contains(&f)
 }
 
 pub const DEFAULT_DISRUPTION_BUDGET: u32 = 64;
@@ -43,6 +56,7 @@ impl Queue {
             owner: String::new(),
             disruption_budget: DEFAULT_DISRUPTION_BUDGET,
             permits: Vec::new(),
+            protected_fraction: None,
         }
     }
 }

@@ -136,6 +136,7 @@ pub fn queue_to_spec(q: &Queue) -> v1::QueueSpec {
             .iter()
             .map(|p| v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
             .collect(),
+        protected_fraction: q.protected_fraction,
     }
 }
 
@@ -195,6 +196,9 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
         }
     }
     let permits = permits_from_proto(&spec.permits, &mut errors);
+    if let Some(f) = spec.protected_fraction.filter(|f| !flotilla_model::is_protected_fraction(*f)) {
+        errors.push(FieldError::new("protectedFraction", format!("{f} must be between 0 and 1")));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -206,6 +210,7 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
         owner: spec.owner.clone(),
         disruption_budget: if spec.disruption_budget == 0 { DEFAULT_DISRUPTION_BUDGET } else { spec.disruption_budget },
         permits,
+        protected_fraction: spec.protected_fraction,
     })
 }
 
@@ -242,4 +247,23 @@ pub fn invalid(errors: &[FieldError]) -> tonic::Status {
         lines.push(format!("… and {} more", errors.len() - MAX_ERRORS_LISTED));
     }
     tonic::Status::invalid_argument(flotilla_model::truncate(&lines.join("\n"), MAX_ERROR_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_keeps_its_protected_fraction_through_the_wire_and_one_out_of_range_is_refused_naming_the_field() {
+        let spec = v1::QueueSpec { name: "q".into(), weight: 1.0, protected_fraction: Some(0.5), ..Default::default() };
+        let queue = queue_from_spec(&spec).unwrap();
+        assert_eq!(queue.protected_fraction, Some(0.5));
+        assert_eq!(queue_to_spec(&queue).protected_fraction, Some(0.5));
+        let unset = queue_from_spec(&v1::QueueSpec { protected_fraction: None, ..spec.clone() }).unwrap();
+        assert_eq!(unset.protected_fraction, None, "unset means the server's default");
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let errors = queue_from_spec(&v1::QueueSpec { protected_fraction: Some(bad), ..spec.clone() }).unwrap_err();
+            assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["protectedFraction"], "{bad}");
+        }
+    }
 }

@@ -283,6 +283,7 @@ fn queue_spec(a: &QueueArgs) -> Result<v1::QueueSpec, Failure> {
                 Ok(v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
             })
             .collect::<Result<_, Failure>>()?,
+        protected_fraction: a.protected_fraction,
     })
 }
 

@@ -223,6 +223,10 @@ pub struct ServerArgs {
     /// Require a token for /metrics too (health probes stay open).
     #[arg(long)]
     pub protect_metrics: bool,
+    /// The fraction (0..=1) of its fair share below which fair-share preemption never takes
+    /// from a queue, for queues that set none (`flotilla queue create --protected-fraction`).
+    #[arg(long, default_value_t = flotilla_model::DEFAULT_PROTECTED_FRACTION, value_parser = parse_protected_fraction)]
+    pub protected_fraction: f64,
 }
 
 #[derive(Args, Debug)]
@@ -325,6 +329,10 @@ pub struct QueueArgs {
     /// `user:alice=admin`; repeat for more subjects. Update replaces the whole list.
     #[arg(long = "permit", value_name = "SUBJECT=VERBS")]
     pub permits: Vec<String>,
+    /// The fraction (0..=1) of its fair share below which fair-share preemption never takes
+    /// from this queue (default: the server's `--protected-fraction`, 1.0 unless set).
+    #[arg(long, value_parser = parse_protected_fraction)]
+    pub protected_fraction: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -435,6 +443,13 @@ impl From<tonic::Status> for Failure {
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Op(format!("{e:#}"))
+    }
+}
+
+fn parse_protected_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if flotilla_model::is_protected_fraction(f) => Ok(f),
+        _ => Err(format!("{} is not a fraction between 0 and 1", flotilla_model::quote(s))),
     }
 }
 

@@ -121,11 +121,17 @@ impl QueueService {
     }
 
     /// Replaces what Armada's queue says (weight, owner, permits) and keeps what only
-    /// Flotilla's has (guarantee, limit, disruption budget).
+    /// Flotilla's has (guarantee, limit, disruption budget, protected fraction).
     async fn update(&self, caller: &Caller, q: &armada::Queue) -> Result<(), Status> {
         let spec = spec_of(q).map_err(|e| invalid(&e))?;
         let kept = self.0.read(|s| s.queue(&q.name).map(crate::convert::queue_to_spec)).unwrap_or_default();
-        let spec = v1::QueueSpec { guarantee: kept.guarantee, limit: kept.limit, disruption_budget: kept.disruption_budget, ..spec };
+        let spec = v1::QueueSpec {
+            guarantee: kept.guarantee,
+            limit: kept.limit,
+            disruption_budget: kept.disruption_budget,
+            protected_fraction: kept.protected_fraction,
+            ..spec
+        };
         self.queues().update_queue(as_v1(caller, v1::UpdateQueueRequest { queue: Some(spec) })).await?;
         Ok(())
     }
