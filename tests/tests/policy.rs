@@ -172,3 +172,29 @@ fn fair_share_reclaim_takes_from_a_queue_only_down_to_its_protected_share_in_a_s
     assert_eq!(gave_way(&d), 0, "d, below its fair share and fully protected, lost nothing: {d:?}");
     assert_eq!(gave_way(&b), 1, "b gave exactly one task, down to its protected share: {b:?}");
 }
+
+#[test]
+fn a_task_with_a_runtime_class_runs_only_on_nodes_that_offer_it_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-sandbox.toml", "5");
+    let (code, _, err) = dev.cli(&["queue", "create", "policy"]);
+    assert_eq!(code, 0, "{err}");
+    let (_dir, path) = task_file(
+        "queue: policy\ntaskSet: sandbox\ntasks:\n  \
+         - {name: agent, count: 3, runtimeClass: gvisor, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n  \
+         - {name: plain, count: 3, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n  \
+         - {name: kata, runtimeClass: kata, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "sandbox", "six running", |s| count(s, "running") == 6);
+    let all = tasks(&dev, "sandbox");
+    let nodes_of = |name: &str| -> Vec<String> {
+        all.iter().filter(|t| t["name"] == name).map(|t| t["node"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    // The plain pool is cheaper, so only the runtime class takes tasks to the gVisor node.
+    assert!(nodes_of("agent").iter().all(|n| n.contains("gvisor")), "gVisor tasks on gVisor nodes: {all:?}");
+    assert!(nodes_of("plain").iter().all(|n| !n.contains("gvisor")), "plain tasks on the cheaper pool: {all:?}");
+    let kata = all.iter().find(|t| t["name"] == "kata").unwrap();
+    assert_eq!(kata["state"], "queued", "no node offers kata: {kata}");
+    assert!(kata["reason"].as_str().unwrap_or_default().contains("runtimeclass.flotilla.io/kata"), "{kata}");
+}

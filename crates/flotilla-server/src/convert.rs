@@ -82,6 +82,7 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         sim_memory_peak_bytes: sim.memory_peak_bytes.unwrap_or(0),
         pod_security: s.pod_security.as_str().to_string(),
         run_as_user: s.run_as_user,
+        runtime_class: s.runtime_class.clone().unwrap_or_default(),
     }
 }
 
@@ -99,10 +100,20 @@ pub fn sched_task(s: &State, t: &TaskRecord, avoid_cluster_after: u32, now_ms: u
         submit_seq: t.id.0,
         resources: t.spec.resources.clone(),
         gang: t.spec.gang.clone(),
-        placement: t.spec.placement.clone(),
+        placement: sched_placement(&t.spec),
         avoid_nodes: t.avoid_nodes.clone(),
         avoid_clusters: t.avoid_clusters(avoid_cluster_after, now_ms),
     }
+}
+
+/// The placement the scheduler honours: the task's, and for a RuntimeClass the node label
+/// that says a node offers it (so placement, and the shapes tasks are grouped by, follow it).
+fn sched_placement(spec: &flotilla_model::TaskSpec) -> flotilla_model::Placement {
+    let mut placement = spec.placement.clone();
+    if let Some(class) = &spec.runtime_class {
+        placement.node_selector.insert(flotilla_model::runtime_class_label(class), "true".into());
+    }
+    placement
 }
 
 fn quantities(r: &Resources) -> std::collections::HashMap<String, String> {

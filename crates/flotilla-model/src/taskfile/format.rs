@@ -65,6 +65,9 @@ pub struct TaskTemplate {
     pub pod_security: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<i64>,
+    /// The Kubernetes RuntimeClass (`gvisor`, `kata`). Not written when absent (digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

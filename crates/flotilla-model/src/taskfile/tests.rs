@@ -201,3 +201,18 @@ fn numbers_in_resource_maps_read_as_quantities() {
     let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
     assert_eq!(specs[0].resources, Resources::new(1500, 1024, 2));
 }
+
+#[test]
+fn a_runtime_class_is_kept_and_a_bad_one_names_the_field() {
+    let f = TaskFile::from_yaml("tasks:\n  - {name: a, image: i, resources: {cpu: 1}, runtimeClass: gvisor}\n").unwrap();
+    let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
+    assert_eq!(specs[0].runtime_class.as_deref(), Some("gvisor"));
+    let json = serde_json::to_value(&expand("q", "s", &[template("b")], &SubmitLimits::default()).unwrap()[0]).unwrap();
+    assert!(json.get("runtime_class").is_none(), "not written when unset: {json}");
+    let mut bad = template("c");
+    bad.runtime_class = Some("G Visor".into());
+    assert_eq!(
+        errors_of(&[bad]),
+        vec!["tasks[0].runtimeClass: \"G Visor\" is not a valid name (lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"]
+    );
+}

@@ -63,6 +63,13 @@ pub(super) fn pod_security(p: &str, t: &TaskTemplate, errors: &mut Vec<FieldErro
     (level, t.run_as_user)
 }
 
+/// `runtimeClass`: a DNS-1123 label, as Kubernetes RuntimeClass names and label keys allow.
+pub(super) fn runtime_class(p: &str, t: &TaskTemplate, errors: &mut Vec<FieldError>) -> Option<String> {
+    let name = t.runtime_class.as_ref()?;
+    check_name(&format!("{p}.runtimeClass"), name, errors);
+    Some(name.clone())
+}
+
 fn is_env_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_') && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -80,4 +87,5 @@ fn serde_json_len(t: &TaskTemplate) -> usize {
         + maps(&t.limits)
         + t.after.iter().map(String::len).sum::<usize>()
         + t.pod_security.as_ref().map_or(0, String::len)
+        + t.runtime_class.as_ref().map_or(0, String::len)
 }

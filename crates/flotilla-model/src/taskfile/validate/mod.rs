@@ -57,6 +57,7 @@ pub(in crate::taskfile) fn validate_template(
     check_after_names(p, t, names, errors);
     let sim = timing::sim(p, t, errors);
     let (pod_security, run_as_user) = container::pod_security(p, t, errors);
+    let runtime_class = container::runtime_class(p, t, errors);
 
     TaskSpec {
         name: t.name.clone(),
@@ -81,5 +82,6 @@ pub(in crate::taskfile) fn validate_template(
         sim,
         pod_security,
         run_as_user,
+        runtime_class,
     }
 }
