@@ -400,3 +400,32 @@ async fn a_watch_stream_ends_when_its_permit_is_taken_away() {
     assert_eq!(ended.map(|e| e.code()), Some(Code::PermissionDenied), "the open stream is cut with the reason");
     s.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_creates_updates_and_deletes_priority_classes_and_every_user_lists_them() {
+    use flotilla_api::v1::priority_classes_client::PriorityClassesClient;
+    let s = server().await;
+    let mut classes = PriorityClassesClient::new(s.channel.clone());
+    let urgent = || v1::PriorityClass { name: "urgent".into(), priority: 500, preemptible: true, description: String::new() };
+    for who in [ALICE, BOB] {
+        let e = classes
+            .create_priority_class(req(Some(who), v1::CreatePriorityClassRequest { priority_class: Some(urgent()) }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}");
+        assert!(e.message().contains("cluster admin role"), "{}", e.message());
+        let e =
+            classes.delete_priority_class(req(Some(who), v1::DeletePriorityClassRequest { name: "best-effort".into() })).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}");
+        let listed = classes.list_priority_classes(req(Some(who), v1::ListPriorityClassesRequest {})).await.expect("a user lists");
+        assert_eq!(listed.into_inner().priority_classes.len(), 3, "{who} sees the built-ins; nothing was created");
+    }
+    let e = classes.list_priority_classes(req(None, v1::ListPriorityClassesRequest {})).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    classes
+        .create_priority_class(req(Some(ADMIN), v1::CreatePriorityClassRequest { priority_class: Some(urgent()) }))
+        .await
+        .expect("the admin creates");
+    assert!(s.handle.ctx.read(|st| st.priority_class("urgent").is_some()));
+    s.handle.shutdown().await;
+}
