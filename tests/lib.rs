@@ -64,8 +64,14 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, headers: &str) -> 
     (status, head, body)
 }
 
-/// The `flotilla` binary: `$FLOTILLA_BIN`, else built (or found fresh) by cargo.
+/// The `flotilla` binary: `$FLOTILLA_BIN`, else built (or found fresh) by cargo, once per
+/// test process.
 pub fn flotilla_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(find_flotilla_bin).clone()
+}
+
+fn find_flotilla_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
         return p.into();
     }
@@ -113,12 +119,16 @@ pub fn repo_root() -> std::path::PathBuf {
 /// Starts `flotilla dev` with `args` (after its free-port flags) in `dir`, its log in
 /// `dir/flotilla-dev.log`, and waits until it printed its addresses. Its output is kept (read continuously so that it never blocks).
 pub fn start_dev(dir: &std::path::Path, args: &[&str]) -> DevProcess {
+    spawn_dev(dir, &dir.join("flotilla-dev.log"), args)
+}
+
+fn spawn_dev(dir: &std::path::Path, log_file: &std::path::Path, args: &[&str]) -> DevProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(flotilla_bin())
         .args(["dev", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--log-file")
-        .arg(dir.join("flotilla-dev.log"))
+        .arg(log_file)
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -200,4 +210,39 @@ pub async fn submit_templates(
 /// A task set's whole event log, oldest first (empty when the set is unknown).
 pub fn task_set_events(state: &flotilla_store::State, queue: &str, task_set: &str) -> Vec<flotilla_store::TaskEvent> {
     state.task_set(queue, task_set).map(|t| t.events.iter().cloned().collect()).unwrap_or_default()
+}
+
+impl DevProcess {
+    /// Starts `flotilla dev --clusters CLUSTERS --speed SPEED` in the repository's root (so
+    /// `CLUSTERS` is relative to it), its log discarded, and waits for its addresses.
+    pub fn start(clusters: &str, speed: &str) -> DevProcess {
+        spawn_dev(&repo_root(), std::path::Path::new("/dev/null"), &["--clusters", clusters, "--speed", speed])
+    }
+
+    /// Its gRPC address without the scheme: `127.0.0.1:PORT`.
+    pub fn grpc_host_port(&self) -> &str {
+        self.grpc.trim_start_matches("http://")
+    }
+
+    /// Runs the `flotilla` CLI against this process: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(flotilla_bin())
+            .arg("--server")
+            .arg(&self.grpc)
+            .args(args)
+            .current_dir(repo_root())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("the flotilla CLI runs");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    /// Runs the CLI with `-o json`, which must succeed, and parses its output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let (code, out, err) = self.cli(&full);
+        assert_eq!(code, 0, "{args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
 }

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flotilla/v1/clusters.proto",
         "flotilla/v1/executor.proto",
         "flotilla/v1/replicas.proto",
+        "flotilla/v1/priority_classes.proto",
         "flotilla/raft/v1/raft.proto",
         // Wire-compatible APIs of other systems' clients (docs/armada.md, docs/clients.md).
         "armada/api/submit.proto",

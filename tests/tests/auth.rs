@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use flotilla_api::v1::{
-    self, clusters_client::ClustersClient, executor_client::ExecutorClient, queues_client::QueuesClient, replicas_client::ReplicasClient,
-    tasks_client::TasksClient,
+    self, clusters_client::ClustersClient, executor_client::ExecutorClient, priority_classes_client::PriorityClassesClient,
+    queues_client::QueuesClient, replicas_client::ReplicasClient, tasks_client::TasksClient,
 };
 use flotilla_server::{ServerConfig, ServerHandle};
 use futures::StreamExt;
@@ -89,13 +89,24 @@ fn fingerprint(s: &Server) -> String {
         let queues: Vec<String> = st.queues().map(|q| format!("{q:?}")).collect();
         let tasks: Vec<String> =
             st.tasks_after(flotilla_model::TaskId(0)).map(|t| format!("{}:{:?}:{}", t.id.0, t.state, t.attempt)).collect();
-        let clusters: Vec<String> = st.clusters().map(|c| format!("{}:{:?}", c.name, c.state)).collect();
-        format!("{queues:?}|{tasks:?}|{clusters:?}")
+        let clusters: Vec<String> =
+            st.clusters().map(|c| format!("{}:{:?}:{:?}", c.name, c.state, st.cluster_drain(&c.name).map(|d| d.state))).collect();
+        let classes: Vec<String> = st.priority_classes().values().map(|c| format!("{c:?}")).collect();
+        format!("{queues:?}|{tasks:?}|{clusters:?}|{classes:?}")
     })
 }
 
 fn ok<T>(r: Result<T, Status>) -> Result<(), Status> {
     r.map(|_| ())
+}
+
+fn urgent() -> v1::PriorityClass {
+    v1::PriorityClass { name: "urgent".into(), priority: 500, preemptible: true, description: String::new() }
+}
+
+/// The built-in `best-effort` class with another priority: an update every refusal must leave undone.
+fn best_effort_raised() -> v1::PriorityClass {
+    v1::PriorityClass { name: "best-effort".into(), priority: 7, preemptible: true, description: String::new() }
 }
 
 /// Every RPC of every public service, once, with `token`; the status of each.
@@ -143,6 +154,40 @@ async fn every_rpc(s: &Server, token: Option<&str>, task_id: u64) -> Vec<(&'stat
         ),
         ("Watch", watch.await),
         ("ListClusters", ok(ClustersClient::new(c.clone()).list_clusters(req(t, v1::ListClustersRequest {})).await)),
+        (
+            "CordonCluster",
+            ok(ClustersClient::new(c.clone()).cordon_cluster(req(t, v1::CordonClusterRequest { name: "eks-us-east".into() })).await),
+        ),
+        (
+            "UncordonCluster",
+            ok(ClustersClient::new(c.clone()).uncordon_cluster(req(t, v1::UncordonClusterRequest { name: "eks-us-east".into() })).await),
+        ),
+        (
+            "DrainCluster",
+            ok(ClustersClient::new(c.clone()).drain_cluster(req(t, v1::DrainClusterRequest { name: "eks-us-east".into() })).await),
+        ),
+        (
+            "CreatePriorityClass",
+            ok(PriorityClassesClient::new(c.clone())
+                .create_priority_class(req(t, v1::CreatePriorityClassRequest { priority_class: Some(urgent()) }))
+                .await),
+        ),
+        (
+            "UpdatePriorityClass",
+            ok(PriorityClassesClient::new(c.clone())
+                .update_priority_class(req(t, v1::UpdatePriorityClassRequest { priority_class: Some(best_effort_raised()) }))
+                .await),
+        ),
+        (
+            "DeletePriorityClass",
+            ok(PriorityClassesClient::new(c.clone())
+                .delete_priority_class(req(t, v1::DeletePriorityClassRequest { name: "best-effort".into() }))
+                .await),
+        ),
+        (
+            "ListPriorityClasses",
+            ok(PriorityClassesClient::new(c.clone()).list_priority_classes(req(t, v1::ListPriorityClassesRequest {})).await),
+        ),
         ("Sync", ok(ExecutorClient::new(c.clone()).sync(req(t, sync("eks-us-east"))).await)),
         ("ReportEvents", ok(ExecutorClient::new(c.clone()).report_events(req(t, event(task_id, 1))).await)),
         ("ListReplicas", ok(ReplicasClient::new(c.clone()).list_replicas(req(t, v1::ListReplicasRequest {})).await)),
@@ -169,7 +214,7 @@ async fn every_public_rpc_refuses_missing_wrong_and_garbage_credentials_and_chan
     let before = fingerprint(&s);
     for token in [None, Some("alice-example-token-but-wrong"), Some("a.b.c"), Some("")] {
         let results = every_rpc(&s, token, task).await;
-        assert_eq!(results.len(), 17, "every RPC of Queues, Tasks, Clusters, Executor and Replicas");
+        assert_eq!(results.len(), 24, "every RPC of Queues, Tasks, Clusters, PriorityClasses, Executor and Replicas");
         for (rpc, r) in results {
             let e = r.expect_err(rpc);
             assert_eq!(e.code(), Code::Unauthenticated, "{rpc} with {token:?}: {e:?}");
@@ -190,7 +235,7 @@ async fn the_token_of_the_wrong_subject_is_permission_denied_naming_the_permissi
         for (rpc, r) in every_rpc(&s, Some(token), task).await {
             let allowed = match (token, rpc) {
                 // Any user may see the clusters; bob may list queues (he sees only `agents`).
-                (BOB, "ListClusters" | "ListQueues") => true,
+                (BOB, "ListClusters" | "ListQueues" | "ListPriorityClasses") => true,
                 _ => false,
             };
             if allowed {
@@ -424,5 +469,32 @@ async fn only_a_cluster_admin_cordons_uncordons_and_drains_and_refusals_change_n
     let e = clusters.drain_cluster(req(Some(ADMIN), v1::DrainClusterRequest { name: String::new() })).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
     assert!(e.message().starts_with("name:"), "{}", e.message());
+    s.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_creates_updates_and_deletes_priority_classes_and_every_user_lists_them() {
+    let s = server().await;
+    let mut classes = PriorityClassesClient::new(s.channel.clone());
+    for who in [ALICE, BOB] {
+        let e = classes
+            .create_priority_class(req(Some(who), v1::CreatePriorityClassRequest { priority_class: Some(urgent()) }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}");
+        assert!(e.message().contains("cluster admin role"), "{}", e.message());
+        let e =
+            classes.delete_priority_class(req(Some(who), v1::DeletePriorityClassRequest { name: "best-effort".into() })).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}");
+        let listed = classes.list_priority_classes(req(Some(who), v1::ListPriorityClassesRequest {})).await.expect("a user lists");
+        assert_eq!(listed.into_inner().priority_classes.len(), 3, "{who} sees the built-ins; nothing was created");
+    }
+    let e = classes.list_priority_classes(req(None, v1::ListPriorityClassesRequest {})).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    classes
+        .create_priority_class(req(Some(ADMIN), v1::CreatePriorityClassRequest { priority_class: Some(urgent()) }))
+        .await
+        .expect("the admin creates");
+    assert!(s.handle.ctx.read(|st| st.priority_class("urgent").is_some()));
     s.handle.shutdown().await;
 }

@@ -6,19 +6,14 @@
 //! installs them. Without them the tests fail and say what to install: a skipped test
 //! would hide that the Armada API went untested.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const INSTALL: &str = "python3 -m pip install armada-client==0.5.1 grpcio grpcio-tools";
 /// The longest a Python driver may run before it is killed and the test fails.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use flotilla_tests::repo_root;
 
 fn require_python() {
     let out = Command::new("python3").args(["-c", "import grpc, grpc_tools, armada_client"]).output();
@@ -31,57 +26,10 @@ fn require_python() {
     }
 }
 
-/// `flotilla dev` on free loopback ports; killed when dropped.
-struct Dev {
-    child: Child,
-    grpc: String,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `flotilla dev` on two fault-free simulated clusters (so each job's events are
 /// exactly its own outcome), time five times faster, and waits for its gRPC address.
-fn start_dev() -> Dev {
-    let mut child = Command::new(flotilla_tests::flotilla_bin())
-        .args([
-            "dev",
-            "--clusters",
-            "tests/fixtures/clusters-calm.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--speed",
-            "5",
-            // No log file left behind in the temporary directory for each run.
-            "--log-file",
-            "/dev/null",
-        ])
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flotilla dev starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    // Keeps reading (the logs go to stderr) so the process never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("gRPC on http://").nth(1) {
-                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let grpc = rx.recv_timeout(Duration::from_secs(60)).expect("flotilla dev prints its gRPC address");
-    Dev { child, grpc }
+fn start_dev() -> flotilla_tests::DevProcess {
+    flotilla_tests::DevProcess::start("tests/fixtures/clusters-calm.toml", "5")
 }
 
 /// Runs a Python script with `args`; its output, or a panic with it on failure or timeout.
@@ -113,7 +61,7 @@ fn run_python(script: &str, args: &[&str]) -> String {
 fn armada_python_client_creates_a_queue_submits_50_jobs_follows_their_events_to_the_end_and_cancels_one() {
     require_python();
     let dev = start_dev();
-    let out = run_python("tests/python/armada_flow.py", &[&dev.grpc]);
+    let out = run_python("tests/python/armada_flow.py", &[dev.grpc_host_port()]);
     assert!(out.contains("armada flow: ok (50 jobs"), "{out}");
     assert!(out.contains("2 failed, 1 cancelled"), "{out}");
 }
@@ -122,6 +70,6 @@ fn armada_python_client_creates_a_queue_submits_50_jobs_follows_their_events_to_
 fn python_grpcio_example_submits_tasks_and_watches_them_succeed() {
     require_python();
     let dev = start_dev();
-    let out = run_python("examples/python/flotilla_client.py", &["--server", &dev.grpc]);
+    let out = run_python("examples/python/flotilla_client.py", &["--server", dev.grpc_host_port()]);
     assert!(out.contains("all tasks succeeded"), "{out}");
 }

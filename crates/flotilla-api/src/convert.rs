@@ -55,6 +55,7 @@ pub fn template_from_proto(t: &v1::TaskTemplate) -> m::TaskTemplate {
         checkpoint: t.checkpoint,
         max_runtime: opt(&t.max_runtime),
         pending_timeout: opt(&t.pending_timeout),
+        runtime_class: opt(&t.runtime_class),
         termination_grace: opt(&t.termination_grace),
         gang: t.gang.as_ref().map(|g| m::GangTemplate { size: g.size, topology: opt(&g.topology) }),
         placement: t.placement.as_ref().map(|p| m::PlacementTemplate {
@@ -109,6 +110,7 @@ pub fn template_to_proto(t: &m::TaskTemplate) -> v1::TaskTemplate {
         checkpoint: t.checkpoint,
         max_runtime: t.max_runtime.clone().unwrap_or_default(),
         pending_timeout: t.pending_timeout.clone().unwrap_or_default(),
+        runtime_class: t.runtime_class.clone().unwrap_or_default(),
         termination_grace: t.termination_grace.clone().unwrap_or_default(),
         gang: t.gang.as_ref().map(|g| v1::GangTemplate { size: g.size, topology: g.topology.clone().unwrap_or_default() }),
         placement: t.placement.as_ref().map(|p| v1::PlacementTemplate {

@@ -27,15 +27,18 @@ pub use node::{
     check_nodes, normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology, MAX_LABELS_PER_NODE, MAX_LABEL_KEY_BYTES,
     MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_NODE_NAME_BYTES, MAX_TAINTS_PER_NODE,
 };
-pub use queue::{PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET, MAX_BUDGET_USD_PER_DAY};
+pub use queue::{
+    is_protected_fraction, PriorityClass, Queue, DEFAULT_DISRUPTION_BUDGET, DEFAULT_PRIORITY_CLASS, DEFAULT_PROTECTED_FRACTION,
+    MAX_BUDGET_USD_PER_DAY, MAX_PRIORITY, MAX_PRIORITY_CLASSES, MAX_PRIORITY_CLASS_DESCRIPTION_BYTES,
+};
 pub use resources::{
     format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, QuantityError, ResourceLimits, Resources, GPU_RESOURCE,
     MAX_NODE_CPU_MILLIS, MAX_NODE_EXTENDED_AMOUNT, MAX_NODE_EXTENDED_RESOURCES, MAX_NODE_GPUS, MAX_NODE_MEMORY_BYTES,
 };
 pub use task::{
-    AttemptStatus, FailureKind, GangRef, Placement, PodSecurity, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState,
-    TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_PENDING_TIMEOUT_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS,
-    MAX_RUN_AS_USER,
+    runtime_class_label, AttemptStatus, FailureKind, GangRef, Placement, PodSecurity, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId,
+    TaskSpec, TaskState, TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_PENDING_TIMEOUT_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP,
+    MAX_BACKOFF_MS, MAX_RUN_AS_USER, RUNTIME_CLASS_LABEL_PREFIX,
 };
 pub use taskfile::{
     check_name, expand, is_dns1123_label, parse_duration_ms, FieldError, GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate,

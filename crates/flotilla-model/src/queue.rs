@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Permit, ResourceLimits, Resources};
+use crate::{check_name, FieldError, Permit, ResourceLimits, Resources};
 
 /// Where tasks wait. Queues share the federation by weight (dominant-resource fairness).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,19 @@ pub struct Queue {
     /// reaches it the queue gets no new leases until 00:00 UTC (running tasks go on).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub budget_usd_per_day: f64,
+    /// The fraction of its fair share (0..=1) below which fair-share reclaim never takes
+    /// from this queue; `None`: the scheduler's default (`flotilla_sched::Config`, 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_fraction: Option<f64>,
+}
+
+/// The protected fraction of queues that set none, unless the server sets another: a queue
+/// keeps all of its fair share.
+pub const DEFAULT_PROTECTED_FRACTION: f64 = 1.0;
+
+/// True when `f` is a valid protected fraction of fair share.
+pub fn is_protected_fraction(f: f64) -> bool {
+    (0.0..=1.0).contains(&f)
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -55,30 +68,85 @@ impl Queue {
             disruption_budget: DEFAULT_DISRUPTION_BUDGET,
             permits: Vec::new(),
             budget_usd_per_day: 0.0,
+            protected_fraction: None,
         }
     }
 }
 
 /// A named priority. Higher `priority` goes first; `preemptible` tasks may be evicted.
+///
+/// Operators define them (`flotilla priority-class create`); a federation starts with the
+/// three of [`PriorityClass::builtin`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PriorityClass {
     pub name: String,
     pub priority: i32,
     pub preemptible: bool,
+    /// Free text for people; not written when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
 }
 
+/// Most priority classes a federation holds.
+pub const MAX_PRIORITY_CLASSES: usize = 64;
+/// Longest description of a priority class.
+pub const MAX_PRIORITY_CLASS_DESCRIPTION_BYTES: usize = 256;
+/// Priorities lie in `-MAX_PRIORITY..=MAX_PRIORITY` (Kubernetes reserves larger values for
+/// its own system classes).
+pub const MAX_PRIORITY: i32 = 1_000_000_000;
+/// The class of a task that names none.
+pub const DEFAULT_PRIORITY_CLASS: &str = "default";
+
 impl PriorityClass {
-    /// The classes every federation has. `default` is preemptible so that fair-share reclaim
-    /// works out of the box; work that must not be disturbed uses `critical`.
+    /// The classes a federation starts with. `default` is preemptible so that fair-share
+    /// reclaim works out of the box; work that must not be disturbed uses `critical`.
     pub fn builtin() -> Vec<PriorityClass> {
+        let class = |name: &str, priority, preemptible, description: &str| PriorityClass {
+            name: name.into(),
+            priority,
+            preemptible,
+            description: description.into(),
+        };
         vec![
-            PriorityClass { name: "critical".into(), priority: 1000, preemptible: false },
-            PriorityClass { name: "default".into(), priority: 100, preemptible: true },
-            PriorityClass { name: "best-effort".into(), priority: 0, preemptible: true },
+            class("critical", 1000, false, "never preempted"),
+            class(DEFAULT_PRIORITY_CLASS, 100, true, "tasks that name no class"),
+            class("best-effort", 0, true, "runs on what nobody else wants"),
         ]
     }
 
-    pub fn lookup(name: &str) -> Option<PriorityClass> {
-        Self::builtin().into_iter().find(|p| p.name == name)
+    /// Every bad field of a class an operator wrote: a DNS-1123 name, a priority in range,
+    /// a bounded description.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_name("name", &self.name, &mut errors);
+        if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&self.priority) {
+            errors.push(FieldError::new("priority", format!("{} must be between -{MAX_PRIORITY} and {MAX_PRIORITY}", self.priority)));
+        }
+        if self.description.len() > MAX_PRIORITY_CLASS_DESCRIPTION_BYTES {
+            errors.push(FieldError::new(
+                "description",
+                format!("{} bytes exceed the limit of {MAX_PRIORITY_CLASS_DESCRIPTION_BYTES}", self.description.len()),
+            ));
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_classes_are_valid_and_default_is_among_them() {
+        let classes = PriorityClass::builtin();
+        assert!(classes.iter().all(|c| c.validate().is_empty()), "{classes:?}");
+        assert!(classes.iter().any(|c| c.name == DEFAULT_PRIORITY_CLASS && c.preemptible));
+    }
+
+    #[test]
+    fn a_bad_class_names_every_bad_field() {
+        let bad = PriorityClass { name: "Urgent!".into(), priority: i32::MAX, preemptible: true, description: "x".repeat(300) };
+        let paths: Vec<String> = bad.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, ["name", "priority", "description"]);
     }
 }

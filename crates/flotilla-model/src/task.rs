@@ -324,7 +324,20 @@ pub struct TaskSpec {
     /// A running attempt without a progress signal for this long is stopped as `NoProgress`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline_ms: Option<u64>,
+    /// The Kubernetes RuntimeClass of the task's pod (`gvisor`, `kata`); only nodes labelled
+    /// [`runtime_class_label`]`(name)=true` take it. Not written when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class: Option<String>,
 }
+
+/// The node label that says a node offers RuntimeClass `name`: `runtimeclass.flotilla.io/NAME`,
+/// value `true`. Operators set it on the nodes whose runtime handler is installed (for
+/// example with the RuntimeClass's own `scheduling.nodeSelector` labels).
+pub fn runtime_class_label(name: &str) -> String {
+    format!("{RUNTIME_CLASS_LABEL_PREFIX}{name}")
+}
+
+pub const RUNTIME_CLASS_LABEL_PREFIX: &str = "runtimeclass.flotilla.io/";
 
 pub const DEFAULT_TERMINATION_GRACE_MS: u64 = 30_000;
 

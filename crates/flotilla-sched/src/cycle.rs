@@ -12,7 +12,7 @@ use crate::index::NodeIndex;
 use crate::placement::Shape;
 use crate::plan::Plan;
 use crate::reasons::{self, ReasonTable};
-use crate::{Config, Decisions, Input, Lease, Preemption, QueueShare, Stats};
+use crate::{Config, Decisions, Input, Lease, Preemption, QueueShare, Stats, DEFAULT_PROTECTED_FRACTION};
 
 /// What a queue offers next: one task or one whole gang.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +28,9 @@ pub(crate) struct QueueState<'a> {
     /// Running minus preempted plus leased, as the cycle goes.
     pub alloc: Amount,
     pub fair_share: f64,
+    /// Fair-share reclaim never takes this queue's dominant share below
+    /// `protected_fraction × fair_share`.
+    pub protected_fraction: f64,
     /// Units in queue order: priority (high first), then submit order.
     pub units: Vec<Unit>,
     pub next: usize,
@@ -126,6 +129,7 @@ impl<'a> Cycle<'a> {
                 guarantee: Amount::of(&q.guarantee),
                 alloc: Amount::default(),
                 fair_share: 0.0,
+                protected_fraction: protected_fraction(q, &input.config),
                 units: Vec::new(),
                 next: 0,
                 evicted: 0,
@@ -606,5 +610,16 @@ impl<'a> Cycle<'a> {
                 ns.cap
             );
         }
+    }
+}
+
+/// A queue's protected fraction: its own, else the cycle's default, clamped to 0..=1 (a
+/// value out of range or NaN never widens what reclaim may take beyond the default rule).
+fn protected_fraction(q: &Queue, config: &Config) -> f64 {
+    let f = q.protected_fraction.unwrap_or(config.protected_fraction);
+    if f.is_nan() {
+        DEFAULT_PROTECTED_FRACTION
+    } else {
+        f.clamp(0.0, 1.0)
     }
 }

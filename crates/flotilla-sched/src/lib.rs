@@ -32,8 +32,8 @@
 //!
 //! When a unit does not fit on free capacity, it may preempt: a higher priority evicts
 //! lower-priority preemptible tasks (*urgency*), and a queue below its fair share evicts
-//! from queues above theirs (*reclaim*), never below a victim queue's guarantee or fair
-//! share, within each queue's disruption budget and the cycle's eviction bound. A
+//! from queues above theirs (*reclaim*), never below a victim queue's guarantee or its
+//! protected share (a fraction of its fair share, 1.0 unless configured), within each queue's disruption budget and the cycle's eviction bound. A
 //! running gang is evicted whole. The unit is then leased onto the freed room in the
 //! same cycle (see `Cycle::apply` for why that is safe).
 //!
@@ -91,11 +91,28 @@ pub struct Config {
     pub max_evictions_per_cycle: usize,
     /// Most distinct reasons kept per cycle; tasks beyond it share a generic reason.
     pub max_reasons: usize,
+    /// The fraction of its fair share (0..=1) below which fair-share reclaim never takes
+    /// from a queue, for queues that set none (`Queue::protected_fraction`). 1.0 (the
+    /// default): a queue keeps all of its fair share; lower lets queues far below their
+    /// share reclaim sooner from queues a little below theirs.
+    #[serde(default = "default_protected_fraction")]
+    pub protected_fraction: f64,
+}
+
+pub use flotilla_model::DEFAULT_PROTECTED_FRACTION;
+
+fn default_protected_fraction() -> f64 {
+    DEFAULT_PROTECTED_FRACTION
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_leases_per_cycle: 100_000, max_evictions_per_cycle: 256, max_reasons: 100_000 }
+        Config {
+            max_leases_per_cycle: 100_000,
+            max_evictions_per_cycle: 256,
+            max_reasons: 100_000,
+            protected_fraction: DEFAULT_PROTECTED_FRACTION,
+        }
     }
 }
 

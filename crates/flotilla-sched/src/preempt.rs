@@ -2,8 +2,10 @@
 //!
 //! Two reasons let a unit evict a preemptible running task:
 //! - *urgency*: the unit's priority is higher than the victim's;
-//! - *fair-share reclaim*: the unit's queue holds less than its fair share and the
-//!   victim's queue holds more, and stays at or above its fair share after the eviction.
+//! - *fair-share reclaim*: the unit's queue holds less than its fair share, and the
+//!   victim's queue stays at or above its *protected share* after the eviction
+//!   (`protected_fraction` × its fair share; the fraction is 1.0 unless the queue or
+//!   `Config` sets one) and at least as close to its fair share as the unit's queue is.
 //!
 //! Either way a victim's queue never drops below its guarantee, never loses more tasks in
 //! one cycle than its disruption budget, and the cycle never evicts more than
@@ -40,8 +42,14 @@ pub(crate) struct VictimChoice {
 pub(crate) struct EvictCtx {
     pub queue: usize,
     pub priority: i32,
-    /// The queue is below its fair share, so it may reclaim from queues above theirs.
+    /// The queue is below its fair share, so it may reclaim from queues above their
+    /// protected share.
     pub reclaim: bool,
+    /// The preemptor queue's dominant share ÷ its fair share (below 1 when `reclaim`): a
+    /// reclaim victim's queue keeps at least this ratio too, so that two queues below their
+    /// fair shares (possible with a protected fraction below 1) never take turns evicting
+    /// each other.
+    pub share_ratio: f64,
     pub preemptor: TaskId,
 }
 
@@ -70,7 +78,8 @@ impl Cycle<'_> {
             Unit::Single(t) => self.queued[t as usize].id,
             Unit::Gang(g) => self.gangs[g as usize].id,
         };
-        let ctx = EvictCtx { queue: q, priority, reclaim, preemptor };
+        let share_ratio = if reclaim { self.dominant_share(q) / self.queues[q].fair_share } else { 0.0 };
+        let ctx = EvictCtx { queue: q, priority, reclaim, share_ratio, preemptor };
         let tent = match unit {
             Unit::Single(t) => self.plan_single_evicting(t, &ctx),
             Unit::Gang(g) => self.plan_gang_evicting(g, &ctx),
@@ -263,7 +272,8 @@ impl Cycle<'_> {
             if !qs.guarantee.fits_in(after) {
                 return false;
             }
-            if q == ctx.queue || after.dominant_share(self.index.total) + SHARE_EPSILON < qs.fair_share {
+            let share = after.dominant_share(self.index.total) + SHARE_EPSILON;
+            if q == ctx.queue || share < qs.protected_fraction * qs.fair_share || share < ctx.share_ratio * qs.fair_share {
                 reclaim = false;
             }
             true
@@ -320,7 +330,7 @@ impl Cycle<'_> {
                     }
                     Kind::Reclaim => {
                         let vq = run.queue.map(|q| self.queues[q].queue.name.as_str()).unwrap_or("");
-                        format!("preempted so queue {queue} can reach its fair share (queue {vq} is above its own)")
+                        format!("preempted so queue {queue} can reach its fair share (queue {vq} is above its protected share)")
                     }
                 };
                 if let Some(g) = &run.task.gang {

@@ -305,6 +305,45 @@ fn a_queue_below_its_fair_share_reclaims_but_not_below_the_victims_share() {
     assert_eq!(victims, vec![104, 105, 106, 107]);
 }
 
+/// Queue a holds 8 of 12 GPUs, b 3 (its fair share is 4) with its newest tasks, c 1; c
+/// reclaims. `b_protected`: b's protected fraction.
+fn reclaim_with_b_protected(b_protected: Option<f64>, default_protected: f64) -> Decisions {
+    let nodes: Vec<Node> = (0..3).map(|i| node("c", &format!("n{i}"), 4, "H100")).collect();
+    let mut held: Vec<Running> = (0..8).map(|i| running(task(100 + i, "a", 1), &nodes[i as usize / 4])).collect();
+    held.extend((0..3).map(|i| running(task(200 + i, "b", 1), &nodes[2])));
+    held.push(running(task(300, "c", 1), &nodes[2]));
+    // b wants more than its fair share, on nodes that do not exist (so it cannot reclaim).
+    let mut b_wants: Vec<SchedTask> = (0..4).map(|i| task(50 + i, "b", 1)).collect();
+    for t in &mut b_wants {
+        t.placement.node_selector.insert("pool".into(), "none".into());
+    }
+    let queued: Vec<SchedTask> = (0..8).map(|i| task(i, "c", 1)).chain(b_wants).collect();
+    let mut b = Queue::new("b", 1.0);
+    b.protected_fraction = b_protected;
+    let mut input = input(vec![Queue::new("a", 1.0), b, Queue::new("c", 1.0)], nodes, queued, held);
+    input.config.protected_fraction = default_protected;
+    schedule(&input)
+}
+
+fn victims_of(d: &Decisions, queue_ids: std::ops::Range<u64>) -> usize {
+    d.preemptions.iter().filter(|p| queue_ids.contains(&p.task.0)).count()
+}
+
+#[test]
+fn reclaim_never_takes_a_queue_below_its_protected_share_and_the_default_protects_all_of_it() {
+    let d = reclaim_with_b_protected(None, 1.0);
+    assert_eq!((victims_of(&d, 100..108), victims_of(&d, 200..203)), (3, 0), "b below its fair share keeps it all: {:?}", d.preemptions);
+    assert_eq!(d.queue_shares[2].allocated.gpu, 4, "c reaches its fair share");
+
+    // Protected at half of its fair share (2 GPUs), b gives its newest task once: it keeps 2.
+    for d in [reclaim_with_b_protected(Some(0.5), 1.0), reclaim_with_b_protected(None, 0.5)] {
+        assert_eq!(victims_of(&d, 200..203), 1, "{:?}", d.preemptions);
+        assert!(d.preemptions.iter().any(|p| p.task == TaskId(202)), "newest first: {:?}", d.preemptions);
+        assert_eq!(d.queue_shares[1].allocated.gpu, 2, "b is not taken below 0.5 x 4 GPUs");
+        assert_eq!(d.queue_shares[2].allocated.gpu, 4);
+    }
+}
+
 #[test]
 fn guarantees_are_never_preempted_below() {
     let n = node("c", "a", 4, "H100");

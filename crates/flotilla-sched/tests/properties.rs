@@ -90,6 +90,9 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
                 queue.guarantee = Resources::new(0, 0, g.below(10));
             }
             queue.disruption_budget = g.below(6) as u32;
+            if g.chance(40) {
+                queue.protected_fraction = Some(*g.pick(&[0.0, 0.25, 0.5, 0.9, 1.0]));
+            }
             queue
         })
         .collect();
@@ -174,6 +177,9 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
     }
     if g.chance(20) {
         config.max_leases_per_cycle = g.below(10) as usize;
+    }
+    if g.chance(50) {
+        config.protected_fraction = *g.pick(&[0.0, 0.5, 0.8]);
     }
     Input { queues, nodes, queued, running, config, held_queues: Default::default() }
 }
@@ -322,6 +328,30 @@ proptest! {
                     prop_assert_eq!(preempted.contains(&m.task.id), preempted.contains(&r.task.id));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn fair_share_reclaim_never_takes_a_queue_below_its_protected_share(input in inputs()) {
+        let d = schedule(&input);
+        let running: HashMap<TaskId, &SchedTask> = input.running.iter().map(|r| (r.task.id, &r.task)).collect();
+        // Queues that lost tasks only to reclaim (urgency may take any queue lower).
+        let mut reclaimed: BTreeSet<&str> = BTreeSet::new();
+        let mut urgent: BTreeSet<&str> = BTreeSet::new();
+        for p in &d.preemptions {
+            let q = running[&p.task].queue.as_str();
+            if p.reason.contains("can reach its fair share") { reclaimed.insert(q) } else { urgent.insert(q) };
+        }
+        for share in &d.queue_shares {
+            if !reclaimed.contains(share.queue.as_str()) || urgent.contains(share.queue.as_str()) {
+                continue;
+            }
+            let q = input.queues.iter().find(|q| q.name == share.queue).unwrap();
+            let fraction = q.protected_fraction.unwrap_or(input.config.protected_fraction).clamp(0.0, 1.0);
+            prop_assert!(
+                share.actual_share + 1e-9 >= fraction * share.fair_share,
+                "queue {} reclaimed to {} below {} x its fair share {}", share.queue, share.actual_share, fraction, share.fair_share
+            );
         }
     }
 

@@ -38,14 +38,16 @@ pub struct LeaderBacklog {
 /// `leader` benchmark compares both in one run.
 pub fn all_schedulable(s: &State, now_ms: u64) -> Vec<flotilla_model::SchedTask> {
     let avoid_after = s.limits.avoid_cluster_after_failures;
-    s.queued().filter(|t| s.is_schedulable(t, now_ms)).map(|t| sched_task(t, avoid_after, now_ms)).collect()
+    s.queued().filter(|t| s.is_schedulable(t, now_ms)).map(|t| sched_task(s, t, avoid_after, now_ms)).collect()
 }
 
 /// Every task holding resources, converted for the scheduler (O(running tasks)).
 pub fn running(s: &State) -> Vec<flotilla_sched::Running> {
     let avoid_after = s.limits.avoid_cluster_after_failures;
     // Running tasks are not placed again: clusters avoided for a while do not matter here.
-    s.active().filter_map(|t| t.lease.clone().map(|node| flotilla_sched::Running { task: sched_task(t, avoid_after, 0), node })).collect()
+    s.active()
+        .filter_map(|t| t.lease.clone().map(|node| flotilla_sched::Running { task: sched_task(s, t, avoid_after, 0), node }))
+        .collect()
 }
 
 /// What one refresh did (for logs and benchmarks).
@@ -111,7 +113,7 @@ impl LeaderBacklog {
             return;
         }
         if s.is_schedulable(t, now_ms) {
-            self.backlog.insert(sched_task(t, avoid_after, now_ms));
+            self.backlog.insert(sched_task(s, t, avoid_after, now_ms));
             // A cluster avoided for a while (an `Unschedulable` attempt) is allowed again
             // later: the task is filed again then, like one whose backoff ends.
             if let Some(until) = t.avoid_until_ms.values().copied().filter(|u| *u > now_ms).min() {

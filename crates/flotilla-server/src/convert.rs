@@ -2,8 +2,8 @@
 
 use flotilla_api::v1;
 use flotilla_model::{
-    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, Permit, PriorityClass, Queue, ResourceLimits,
-    Resources, SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_BUDGET_USD_PER_DAY, MAX_PERMITS_PER_QUEUE,
+    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, Permit, Queue, ResourceLimits, Resources,
+    SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_BUDGET_USD_PER_DAY, MAX_PERMITS_PER_QUEUE,
 };
 use flotilla_store::cost::usd;
 use flotilla_store::{State, TaskEvent, TaskRecord};
@@ -89,25 +89,38 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         run_as_user: s.run_as_user,
         progress_deadline_ms: s.progress_deadline_ms.unwrap_or(0),
         sim_progress: sim.progress_every_ms.map(|every_ms| v1::SimProgress { every_ms, stall_after_ms: sim.stall_after_ms.unwrap_or(0) }),
+        runtime_class: s.runtime_class.clone().unwrap_or_default(),
     }
 }
 
-/// The scheduling view of a stored task.
-pub fn sched_task(t: &TaskRecord, avoid_cluster_after: u32, now_ms: u64) -> SchedTask {
-    let class =
-        PriorityClass::lookup(&t.spec.priority_class).unwrap_or(PriorityClass { name: "default".into(), priority: 100, preemptible: true });
+/// The scheduling view of a stored task. Its class is read as it is now: an operator's update
+/// of a class applies to its queued and running tasks from the next cycle.
+pub fn sched_task(s: &State, t: &TaskRecord, avoid_cluster_after: u32, now_ms: u64) -> SchedTask {
+    // Every unfinished task's class exists (the store refuses to delete one in use); a
+    // finished task is never scheduled, so the fallback is never used for a decision.
+    let (priority, preemptible) = s.priority_class(&t.spec.priority_class).map_or((0, true), |c| (c.priority, c.preemptible));
     SchedTask {
         id: t.id,
         queue: t.spec.queue.clone(),
-        priority: class.priority,
-        preemptible: class.preemptible,
+        priority,
+        preemptible,
         submit_seq: t.id.0,
         resources: t.spec.resources.clone(),
         gang: t.spec.gang.clone(),
-        placement: t.spec.placement.clone(),
+        placement: sched_placement(&t.spec),
         avoid_nodes: t.avoid_nodes.clone(),
         avoid_clusters: t.avoid_clusters(avoid_cluster_after, now_ms),
     }
+}
+
+/// The placement the scheduler honours: the task's, and for a RuntimeClass the node label
+/// that says a node offers it (so placement, and the shapes tasks are grouped by, follow it).
+fn sched_placement(spec: &flotilla_model::TaskSpec) -> flotilla_model::Placement {
+    let mut placement = spec.placement.clone();
+    if let Some(class) = &spec.runtime_class {
+        placement.node_selector.insert(flotilla_model::runtime_class_label(class), "true".into());
+    }
+    placement
 }
 
 fn quantities(r: &Resources) -> std::collections::HashMap<String, String> {
@@ -142,6 +155,7 @@ pub fn queue_to_spec(q: &Queue) -> v1::QueueSpec {
             .map(|p| v1::QueuePermit { subject: p.subject.to_string(), verbs: p.verbs.iter().map(|v| v.as_str().to_string()).collect() })
             .collect(),
         budget_usd_per_day: q.budget_usd_per_day,
+        protected_fraction: q.protected_fraction,
     }
 }
 
@@ -207,6 +221,9 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
         ));
     }
     let permits = permits_from_proto(&spec.permits, &mut errors);
+    if let Some(f) = spec.protected_fraction.filter(|f| !flotilla_model::is_protected_fraction(*f)) {
+        errors.push(FieldError::new("protectedFraction", format!("{f} must be between 0 and 1")));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -219,6 +236,7 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
         disruption_budget: if spec.disruption_budget == 0 { DEFAULT_DISRUPTION_BUDGET } else { spec.disruption_budget },
         permits,
         budget_usd_per_day: spec.budget_usd_per_day,
+        protected_fraction: spec.protected_fraction,
     })
 }
 
@@ -255,4 +273,23 @@ pub fn invalid(errors: &[FieldError]) -> tonic::Status {
         lines.push(format!("… and {} more", errors.len() - MAX_ERRORS_LISTED));
     }
     tonic::Status::invalid_argument(flotilla_model::truncate(&lines.join("\n"), MAX_ERROR_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_keeps_its_protected_fraction_through_the_wire_and_one_out_of_range_is_refused_naming_the_field() {
+        let spec = v1::QueueSpec { name: "q".into(), weight: 1.0, protected_fraction: Some(0.5), ..Default::default() };
+        let queue = queue_from_spec(&spec).unwrap();
+        assert_eq!(queue.protected_fraction, Some(0.5));
+        assert_eq!(queue_to_spec(&queue).protected_fraction, Some(0.5));
+        let unset = queue_from_spec(&v1::QueueSpec { protected_fraction: None, ..spec.clone() }).unwrap();
+        assert_eq!(unset.protected_fraction, None, "unset means the server's default");
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let errors = queue_from_spec(&v1::QueueSpec { protected_fraction: Some(bad), ..spec.clone() }).unwrap_err();
+            assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["protectedFraction"], "{bad}");
+        }
+    }
 }

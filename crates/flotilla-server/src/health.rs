@@ -25,7 +25,7 @@ use crate::Context;
 pub const LIVENESS: &str = "liveness";
 
 /// The services whose health follows leadership, with the whole server (`""`).
-pub const SERVICES: [&str; 10] = [
+pub const SERVICES: [&str; 11] = [
     "",
     "flotilla.v1.Queues",
     "flotilla.v1.Tasks",
@@ -36,6 +36,7 @@ pub const SERVICES: [&str; 10] = [
     "api.Submit",
     "api.Event",
     "externalscaler.ExternalScaler",
+    "flotilla.v1.PriorityClasses",
 ];
 
 /// How often leadership is looked at.

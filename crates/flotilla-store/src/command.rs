@@ -3,7 +3,7 @@
 //! Each Raft entry carries one [`Request`]: a batch of commands (group commit) and the
 //! leader's clock reading, so that applying it is deterministic on every replica.
 
-use flotilla_model::{AttemptStatus, NodeRef, Queue, TaskId, TaskSpec};
+use flotilla_model::{AttemptStatus, NodeRef, PriorityClass, Queue, TaskId, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::cost::LeaseCost;
@@ -82,6 +82,11 @@ pub enum Command {
     /// Cordon the cluster and move its preemptible tasks elsewhere (the leader preempts
     /// them over its cycles within disruption budgets). Idempotent.
     DrainCluster { cluster: String },
+    /// Create (`create: true`, fails if it exists) or update (fails if missing) a priority
+    /// class. An update applies to every task of the class from the next scheduling cycle.
+    PutPriorityClass { class: PriorityClass, create: bool },
+    /// Fails while an unfinished task uses the class.
+    DeletePriorityClass { name: String },
 }
 
 impl Command {

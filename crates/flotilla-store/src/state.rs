@@ -12,7 +12,7 @@
 //!
 //! The code is split by concern: `records` (what is stored), `submission` (new tasks and
 //! request-id dedupe), `attempts` (leases, reports, failures, cancels, clusters), `indexes`
-//! (`transition` and the indexes and event logs it keeps), `compaction`, `queues`, `invariants`
+//! (`transition` and the indexes and event logs it keeps), `compaction`, `queues`, `priority_classes`, `invariants`
 //! ([`State::check_invariants`]), and
 //! `compact_tasks` (the snapshot encoding of the task table), and `costs` (what attempts
 //! cost, summed per task set and queue).
@@ -25,6 +25,7 @@ mod costs;
 mod dispatch;
 mod indexes;
 mod invariants;
+mod priority_classes;
 mod queues;
 mod records;
 mod sched_feed;
@@ -80,6 +81,11 @@ pub struct State {
     /// are compacted away, so the total only grows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     queue_costs: BTreeMap<String, QueueCost>,
+    /// Operator-defined priority classes; `None` until the first priority-class command, which
+    /// means the built-in ones (see `priority_classes`). Left out of the JSON while `None`, so
+    /// snapshots written before classes were replicated read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    priority_classes: Option<BTreeMap<String, flotilla_model::PriorityClass>>,
     /// Tasks whose schedulability may have changed, for the leader's backlog (not replicated).
     #[serde(skip)]
     sched_feed: SchedFeed,
@@ -229,6 +235,8 @@ impl State {
                 Command::SetInstallation { id } => self.set_installation(id),
                 Command::CordonCluster { cluster, cordoned } => self.cordon_cluster(now, cluster, *cordoned),
                 Command::DrainCluster { cluster } => self.drain_cluster(now, cluster),
+                Command::PutPriorityClass { class, create } => self.put_priority_class(class, *create),
+                Command::DeletePriorityClass { name } => self.delete_priority_class(name),
             })
             .collect();
         // Assert on the way into storage (STYLE.md): a broken index found here names the

@@ -134,6 +134,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
         }
         Command::Replica(r) => crate::replicas::run(client, r, format).await,
         Command::Cluster(c) => crate::cluster::run(client, c, format).await,
+        Command::PriorityClass(p) => crate::priority_classes::run(client, p, format).await,
         Command::Server(_) | Command::Executor(_) | Command::Dev(_) | Command::Auth(_) => unreachable!("handled in run"),
     }
 }
@@ -294,6 +295,7 @@ fn queue_spec(a: &QueueArgs) -> Result<v1::QueueSpec, Failure> {
             })
             .collect::<Result<_, Failure>>()?,
         budget_usd_per_day: a.budget_usd_per_day,
+        protected_fraction: a.protected_fraction,
     })
 }
 

@@ -38,6 +38,7 @@ pub async fn server(a: ServerArgs) -> Result<ExitCode, Failure> {
     config.auth_file = a.auth_file;
     config.insecure = a.insecure;
     config.protect_metrics = a.protect_metrics;
+    config.sched.protected_fraction = a.protected_fraction;
     config.validate().map_err(Failure::Input)?;
     flotilla_server::run(config).await?;
     Ok(ExitCode::SUCCESS)

@@ -16,6 +16,7 @@ mod cluster;
 mod commands;
 mod dev;
 mod output;
+mod priority_classes;
 mod progress;
 mod replicas;
 
@@ -95,6 +96,10 @@ pub enum Command {
     /// Helpers for the auth file.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Create, update, delete and list priority classes (creating, updating and deleting
+    /// need the cluster admin role).
+    #[command(subcommand)]
+    PriorityClass(PriorityClassCommand),
     /// Cordon, uncordon or drain one cluster (cluster admins).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -147,6 +152,31 @@ pub enum ReplicaCommand {
         #[arg(long)]
         id: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PriorityClassCommand {
+    Create(PriorityClassArgs),
+    /// Replace a class; its queued and running tasks take the new values from the next cycle.
+    Update(PriorityClassArgs),
+    /// Refused while an unfinished task uses the class.
+    Delete {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct PriorityClassArgs {
+    pub name: String,
+    /// Higher goes first and may preempt lower preemptible tasks.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Tasks of this class may be evicted (by higher classes or by fair-share reclaim).
+    #[arg(long)]
+    pub preemptible: bool,
+    #[arg(long, default_value = "")]
+    pub description: String,
 }
 
 #[derive(Args, Debug)]
@@ -216,6 +246,10 @@ pub struct ServerArgs {
     /// Require a token for /metrics too (health probes stay open).
     #[arg(long)]
     pub protect_metrics: bool,
+    /// The fraction (0..=1) of its fair share below which fair-share preemption never takes
+    /// from a queue, for queues that set none (`flotilla queue create --protected-fraction`).
+    #[arg(long, default_value_t = flotilla_model::DEFAULT_PROTECTED_FRACTION, value_parser = parse_protected_fraction)]
+    pub protected_fraction: f64,
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +366,10 @@ pub struct QueueArgs {
     /// no new leases until 00:00 UTC.
     #[arg(long, default_value_t = 0.0)]
     pub budget_usd_per_day: f64,
+    /// The fraction (0..=1) of its fair share below which fair-share preemption never takes
+    /// from this queue (default: the server's `--protected-fraction`, 1.0 unless set).
+    #[arg(long, value_parser = parse_protected_fraction)]
+    pub protected_fraction: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -442,6 +480,13 @@ impl From<tonic::Status> for Failure {
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Op(format!("{e:#}"))
+    }
+}
+
+fn parse_protected_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if flotilla_model::is_protected_fraction(f) => Ok(f),
+        _ => Err(format!("{} is not a fraction between 0 and 1", flotilla_model::quote(s))),
     }
 }
 

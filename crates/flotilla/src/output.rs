@@ -155,6 +155,7 @@ pub fn queue_json(q: &v1::Queue) -> Value {
         "limit": spec.limit,
         "owner": spec.owner,
         "disruptionBudget": spec.disruption_budget,
+        "protectedFraction": spec.protected_fraction,
         "permits": spec.permits.iter().map(|p| format!("{}={}", p.subject, p.verbs.join(","))).collect::<Vec<_>>(),
         "tasks": status.tasks_by_state,
         "fairShare": status.fair_share,

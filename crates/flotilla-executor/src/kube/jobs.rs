@@ -189,6 +189,8 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], i
         termination_grace_period_seconds: Some(ceil_seconds(task.termination_grace_ms)),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         security_context: pod_security_context,
+        // The scheduler placed the task on a node that offers this class (its label).
+        runtime_class_name: (!task.runtime_class.is_empty()).then(|| task.runtime_class.clone()),
         volumes,
         service_account_name: config.service_account.clone(),
         image_pull_secrets: (!config.image_pull_secrets.is_empty())

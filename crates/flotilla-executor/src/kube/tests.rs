@@ -115,6 +115,16 @@ fn checkpoints_use_a_per_task_directory_of_the_configured_claim() {
     );
 }
 
+#[test]
+fn a_runtime_class_becomes_the_pods_runtime_class_name_and_none_leaves_the_cluster_default() {
+    let config = KubeBackendConfig::default();
+    let sandboxed = LeasedTask { runtime_class: "gvisor".into(), ..lease() };
+    let job = serde_json::to_value(jobs::job_for_lease(&sandboxed, "h", &[], INSTALLATION, &config)).unwrap();
+    assert_eq!(job["spec"]["template"]["spec"]["runtimeClassName"], "gvisor");
+    let plain = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], INSTALLATION, &config)).unwrap();
+    assert!(plain["spec"]["template"]["spec"].get("runtimeClassName").is_none(), "{plain}");
+}
+
 #[tokio::test]
 async fn starting_an_existing_attempt_sends_nothing_and_stop_deletes_in_the_background() {
     let server = seeded(vec![h100_node(), job(42, 3, json!([]))]).await;

@@ -412,7 +412,23 @@ fn group_gangs(items: &[JobSubmitRequestItem], templates: Vec<v1::TaskTemplate>,
                     ));
                 }
                 let first = &out.templates[g.template];
-                let alike = v1::TaskTemplate { name: first.name.clone(), gang: first.gang.clone(), ..t };
+                if first.priority_class != t.priority_class {
+                    errors.push(FieldError::new(
+                        format!("job_request_items[{i}].priority_class_name"),
+                        format!(
+                            "{} differs from job_request_items[{}].priority_class_name {} of the same gang: every member of a gang has one priority class",
+                            quote(&t.priority_class),
+                            g.first_item,
+                            quote(&first.priority_class)
+                        ),
+                    ));
+                }
+                let alike = v1::TaskTemplate {
+                    name: first.name.clone(),
+                    gang: first.gang.clone(),
+                    priority_class: first.priority_class.clone(),
+                    ..t
+                };
                 if alike != *first {
                     errors.push(FieldError::new(
                         format!("job_request_items[{i}].pod_spec"),
@@ -592,6 +608,21 @@ mod tests {
         other.pod_spec.as_mut().unwrap().containers[0].image = "other:1".into();
         let errs = translate(&[gang_member("g", "2"), other]).unwrap_err();
         assert_eq!(errs[0].path, "job_request_items[1].pod_spec");
+    }
+
+    #[test]
+    fn a_gang_whose_members_name_different_priority_classes_is_refused_naming_both_items() {
+        let mut urgent = gang_member("g", "2");
+        urgent.pod_spec.as_mut().unwrap().priority_class_name = "urgent".into();
+        let errs = translate(&[gang_member("g", "2"), urgent]).unwrap_err();
+        assert_eq!(errs.len(), 1, "only the class differs: {errs:?}");
+        assert_eq!(errs[0].path, "job_request_items[1].priority_class_name");
+        assert!(
+            errs[0]
+                .message
+                .starts_with("\"urgent\" differs from job_request_items[0].priority_class_name \"best-effort\" of the same gang"),
+            "{errs:?}"
+        );
     }
 
     #[test]

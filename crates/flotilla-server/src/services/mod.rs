@@ -1,7 +1,7 @@
 //! The gRPC services of a replica, on two ports.
 //!
-//! - The **client port** ([`client_router`]): `Queues`, `Tasks`, `Clusters`, `Executor` and
-//!   `Replicas`, for users, the CLI and executors; Armada's API ([`crate::armada`]), KEDA's
+//! - The **client port** ([`client_router`]): `Queues`, `Tasks`, `Clusters`, `Executor`,
+//!   `Replicas` and `PriorityClasses`, for users, the CLI and executors; Armada's API ([`crate::armada`]), KEDA's
 //!   external scaler ([`crate::keda`]), gRPC health and reflection ([`crate::health`]).
 //!   Never the Raft service.
 //! - The **probe port** ([`probe_router`], only with `--probe-listen`): health and the
@@ -15,6 +15,7 @@
 mod clusters;
 pub use clusters::list as clusters_list;
 mod executor;
+pub(crate) mod priority_classes;
 pub(crate) mod queues;
 mod replicas;
 pub(crate) mod tasks;
@@ -58,6 +59,9 @@ pub fn client_router(ctx: Arc<Context>) -> Router<Layers> {
         .add_service(crate::armada::event_server(&ctx))
         .add_service(crate::keda::server(&ctx))
         .add_service(crate::health::server(&ctx))
+        .add_service(flotilla_api::v1::priority_classes_server::PriorityClassesServer::new(priority_classes::PriorityClassesService(
+            ctx.clone(),
+        )))
         .add_service(reflection.0)
         .add_service(reflection.1)
 }

@@ -355,6 +355,22 @@ impl Tasks for TasksService {
     }
 }
 
+/// `tasks[i].priorityClass` for each template naming a class the federation does not have
+/// (operators define them: `flotilla priority-class list`). Applying checks again.
+fn unknown_priority_classes(s: &flotilla_store::State, templates: &[TaskTemplate]) -> Vec<FieldError> {
+    let known = || s.priority_classes().keys().take(16).cloned().collect::<Vec<_>>().join(", ");
+    templates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let name = t.priority_class.as_deref().unwrap_or(flotilla_model::DEFAULT_PRIORITY_CLASS);
+            s.priority_class(name).is_none().then(|| {
+                FieldError::new(format!("tasks[{i}].priorityClass"), format!("unknown priority class {} (known: {})", quote(name), known()))
+            })
+        })
+        .collect()
+}
+
 /// (cluster, node) where `attempt` of `t` ran: the task's record for its latest attempt,
 /// its task set's events for earlier ones (empty once they were trimmed).
 fn attempt_placement(s: &flotilla_store::State, t: &flotilla_store::TaskRecord, attempt: u32) -> (String, String) {
@@ -396,6 +412,13 @@ impl TasksService {
                 "queue",
                 format!("{:?} does not exist (create it with `flotilla queue create {}`)", r.queue, r.queue),
             )]));
+        }
+        if self.0.is_leader() {
+            let errors = self.0.read(|s| unknown_priority_classes(s, &templates));
+            if !errors.is_empty() {
+                self.0.metrics.rejected_requests_total.with_label_values(&["invalid"]).inc();
+                return Err(invalid(&errors));
+            }
         }
         let warnings = self.capacity_warnings(&templates, &specs);
         let client_request_id = if r.client_request_id.is_empty() {

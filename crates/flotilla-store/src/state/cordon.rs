@@ -6,7 +6,7 @@
 //! budget, through the ordinary preemption path (grace honoured, a new attempt that does not
 //! count against retries). Non-preemptible tasks are never stopped; the drain waits for them.
 
-use flotilla_model::{quote, PriorityClass, TaskId};
+use flotilla_model::{quote, TaskId};
 use serde::{Deserialize, Serialize};
 
 use super::records::TaskRecord;
@@ -48,12 +48,12 @@ pub struct ClusterDrain {
     pub waiting_for: Vec<TaskId>,
 }
 
-/// Whether a drain may stop the task: its priority class is preemptible.
-pub fn drain_may_move(t: &TaskRecord) -> bool {
-    PriorityClass::lookup(&t.spec.priority_class).is_none_or(|c| c.preemptible)
-}
-
 impl State {
+    /// Whether a drain may stop the task: its priority class is preemptible.
+    pub fn drain_may_move(&self, t: &TaskRecord) -> bool {
+        self.priority_class(&t.spec.priority_class).is_none_or(|c| c.preemptible)
+    }
+
     pub(super) fn cordon_cluster(&mut self, now: u64, cluster: &str, cordoned: bool) -> CommandResult {
         let Some(c) = self.clusters.get_mut(cluster) else {
             return CommandResult::rejected(RejectKind::NotFound, format!("cluster {} is not known", quote(cluster)));
@@ -89,7 +89,8 @@ impl State {
             (true, true) if tasks_left > 0 => DrainState::Draining,
             (true, true) => DrainState::Drained,
         };
-        let waiting_for = if c.draining { self.active_in(name).filter(|t| !drain_may_move(t)).map(|t| t.id).collect() } else { Vec::new() };
+        let waiting_for =
+            if c.draining { self.active_in(name).filter(|t| !self.drain_may_move(t)).map(|t| t.id).collect() } else { Vec::new() };
         Some(ClusterDrain { state, tasks_left, waiting_for })
     }
 

@@ -20,7 +20,16 @@ impl State {
         self.check_task_sets()?;
         self.check_events()?;
         self.check_gangs()?;
-        self.check_request_ids()
+        self.check_request_ids()?;
+        self.check_priority_classes()
+    }
+
+    /// Every unfinished task's priority class exists (a class in use is never deleted).
+    fn check_priority_classes(&self) -> Result<(), String> {
+        match self.queued().chain(self.active()).find(|t| self.priority_class(&t.spec.priority_class).is_none()) {
+            Some(t) => Err(format!("unfinished task {} has the deleted priority class {:?}", t.id, t.spec.priority_class)),
+            None => Ok(()),
+        }
     }
 
     /// Ids are the map keys and below `next_task_id` (a new submission never reuses one).

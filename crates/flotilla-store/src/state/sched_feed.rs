@@ -3,8 +3,8 @@
 //! The leader keeps its scheduling backlog (`flotilla_sched::Backlog`) between cycles
 //! instead of rebuilding it from every queued task. Each apply notes here the ids of the
 //! tasks it touched in a way the scheduler cares about (state, dependencies, a stopping
-//! attempt); pausing or resuming a task set, which changes many tasks at once, asks every
-//! reader to rebuild instead. A reader keeps a [`FeedCursor`] and reads the ids noted
+//! attempt); pausing or resuming a task set or changing a priority class, which changes many
+//! tasks at once, asks every reader to rebuild instead. A reader keeps a [`FeedCursor`] and reads the ids noted
 //! since ([`SchedFeed::since`]), or learns that it must rebuild: the feed was trimmed past
 //! its cursor, a task set was paused or resumed, or the state was replaced wholesale (a
 //! snapshot was installed), which starts a new feed.

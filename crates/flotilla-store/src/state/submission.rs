@@ -42,6 +42,9 @@ impl State {
         if specs.is_empty() {
             return CommandResult::rejected(RejectKind::Invalid, "tasks: at least one task is required");
         }
+        if let Err(refused) = self.check_submitted_classes(specs) {
+            return refused;
+        }
         let first = self.next_task_id.max(1);
         let ids: Vec<TaskId> = (0..specs.len() as u64).map(|i| TaskId(first + i)).collect();
         self.next_task_id = first + specs.len() as u64;

@@ -459,6 +459,7 @@ fn a_gang_member_failing_after_another_finished_is_not_retried_alone() {
 }
 
 mod cost;
+mod priority_classes;
 mod random_commands;
 
 #[test]

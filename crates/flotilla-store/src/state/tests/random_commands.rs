@@ -4,6 +4,8 @@
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng};
 
+use flotilla_model::PriorityClass;
+
 use super::*;
 
 /// A seeded generator, so a failing seed replays exactly.
@@ -31,6 +33,8 @@ struct Reached {
     leased: u64,
     succeeded: u64,
     gangs_leased: u64,
+    /// Tasks of the operator-defined class `urgent` accepted.
+    urgent_submitted: u64,
 }
 
 fn random_submit(rng: &mut Rng) -> Command {
@@ -43,6 +47,10 @@ fn random_submit(rng: &mut Rng) -> Command {
             t.count = Some(1 + rng.below(3) as u32);
         }
         t.retry = Some(flotilla_model::RetryTemplate { max_attempts: Some(1 + rng.below(3) as u32), ..Default::default() });
+        // A class that comes and goes (created and deleted below): refused while missing.
+        if rng.chance(30) {
+            t.priority_class = Some("urgent".into());
+        }
         // Dependencies on earlier templates only, so no cycles; reversing the file below
         // turns them into dependencies on later ones.
         if i > 0 && rng.chance(40) {
@@ -139,7 +147,12 @@ fn random_command(rng: &mut Rng, s: &State, now: u64, reached: &mut Reached) -> 
             max_tasks: 20 + rng.below(200) as usize,
             term: None,
         },
-        _ => Command::Resume { queue: "q".into(), task_set },
+        97 => Command::Resume { queue: "q".into(), task_set },
+        98 => {
+            let urgent = PriorityClass { name: "urgent".into(), priority: 500, preemptible: true, description: String::new() };
+            Command::PutPriorityClass { class: urgent, create: rng.chance(50) }
+        }
+        _ => Command::DeletePriorityClass { name: "urgent".into() },
     })
 }
 
@@ -159,7 +172,10 @@ fn random_command_sequences_keep_every_state_invariant() {
             let Some(c) = random_command(&mut rng, &s, now_ms, &mut reached) else { continue };
             let commands = vec![c];
             // Debug builds already check inside `apply`; checking here covers release test runs.
-            s.apply(&Request { now_ms, commands });
+            let result = s.apply(&Request { now_ms, commands: commands.clone() });
+            if let (Command::Submit { specs, .. }, Some(CommandResult::Submitted { .. })) = (&commands[0], result.results.first()) {
+                reached.urgent_submitted += specs.iter().filter(|t| t.priority_class == "urgent").count() as u64;
+            }
             if let Err(broken) = s.check_invariants() {
                 panic!("seed {seed}, step {step}: {broken}");
             }
@@ -167,10 +183,11 @@ fn random_command_sequences_keep_every_state_invariant() {
     }
     // The sequences must reach the paths the invariants are about, or the test proves little.
     assert!(
-        reached.leased > 1_000 && reached.succeeded > 500 && reached.gangs_leased > 100,
-        "reached too little: {} leases, {} successes, {} gang leases",
+        reached.leased > 1_000 && reached.succeeded > 500 && reached.gangs_leased > 100 && reached.urgent_submitted > 100,
+        "reached too little: {} leases, {} successes, {} gang leases, {} urgent tasks",
         reached.leased,
         reached.succeeded,
-        reached.gangs_leased
+        reached.gangs_leased,
+        reached.urgent_submitted
     );
 }

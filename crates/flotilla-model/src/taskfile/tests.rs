@@ -1,0 +1,234 @@
+use super::*;
+use crate::{PodSecurity, Resources, SpotPolicy, TaskSpec, TopologyLevel};
+
+fn template(name: &str) -> TaskTemplate {
+    TaskTemplate {
+        name: name.into(),
+        image: "busybox:1.36".into(),
+        resources: [("cpu".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fn errors_of(templates: &[TaskTemplate]) -> Vec<String> {
+    expand("q", "s", templates, &SubmitLimits::default()).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+}
+
+#[test]
+fn issue_example_file_parses_and_expands() {
+    let text = r#"
+queue: research
+taskSet: nightly-eval
+tasks:
+  - name: agent
+    count: 200
+    priorityClass: default
+    image: ghcr.io/acme/agent:1.4.2
+    command: [python, -m, agent]
+    env: {MODEL: large}
+    resources: {cpu: 500m, memory: 2Gi}
+    limits: {memory: 4Gi}
+    retry: {maxAttempts: 3, backoff: 30s}
+    checkpoint: true
+    maxRuntime: 2h
+    sim: {duration: 20s}
+  - name: train
+    gang: {size: 8, topology: rack}
+    image: ghcr.io/acme/train:2.0
+    resources: {cpu: 32, memory: 256Gi, nvidia.com/gpu: 8}
+    placement: {gpuModel: H100, spot: never}
+    after: [agent]
+"#;
+    let f = TaskFile::from_yaml(text).unwrap();
+    let specs = expand("research", "nightly-eval", &f.tasks, &SubmitLimits::default()).unwrap();
+    assert_eq!(specs.len(), 208);
+    assert_eq!(specs[199].index, 199);
+    assert_eq!(specs[0].resources, Resources::new(500, 2 << 30, 0));
+    assert_eq!(specs[0].retry.backoff_ms, 30_000);
+    assert_eq!(specs[0].max_runtime_ms, Some(7_200_000));
+    assert_eq!(specs[0].sim.as_ref().unwrap().duration_ms, 20_000);
+    let train = &specs[207];
+    assert_eq!(train.resources, Resources::new(32_000, 256 << 30, 8));
+    assert_eq!(train.gang.as_ref().unwrap().rank, 7);
+    assert_eq!(train.gang.as_ref().unwrap().topology, TopologyLevel::Rack);
+    assert_eq!(train.placement.spot, SpotPolicy::Never);
+    assert_eq!(train.after, vec!["agent".to_string()]);
+}
+
+#[test]
+fn malformed_yaml_reports_line_and_column() {
+    let err = TaskFile::from_yaml("queue: a\ntasks:\n  - name: x\n    resources: {cpu: [1\n").unwrap_err();
+    assert!(err.message.contains("line"), "{}", err.message);
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    let err = TaskFile::from_yaml("queue: a\ntasks:\n  - name: x\n    imagee: busybox\n").unwrap_err();
+    assert!(err.message.contains("imagee"), "{}", err.message);
+}
+
+#[test]
+fn bad_quantity_names_its_path() {
+    let mut t = template("a");
+    t.resources.insert("memory".into(), "2Gx".into());
+    assert_eq!(errors_of(&[template("ok"), t]), vec!["tasks[1].resources.memory: \"2Gx\" is not a quantity"]);
+}
+
+#[test]
+fn limits_below_requests_are_rejected() {
+    let mut t = template("a");
+    t.resources.insert("memory".into(), "4Gi".into());
+    t.limits.insert("memory".into(), "2Gi".into());
+    assert_eq!(errors_of(&[t]), vec!["tasks[0].limits.memory: \"2Gi\" is below the request \"4Gi\""]);
+}
+
+#[test]
+fn gang_rules_are_enforced() {
+    let mut small = template("a");
+    small.gang = Some(GangTemplate { size: 1, topology: None });
+    let mut counted = template("b");
+    counted.gang = Some(GangTemplate { size: 4, topology: Some("galaxy".into()) });
+    counted.count = Some(2);
+    let errs = errors_of(&[small, counted]);
+    assert!(errs.iter().any(|e| e.starts_with("tasks[0].gang.size: 1 must be at least 2")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("tasks[1].count: cannot be combined with gang")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("tasks[1].gang.topology")), "{errs:?}");
+}
+
+#[test]
+fn unknown_and_cyclic_dependencies_are_rejected() {
+    let mut a = template("a");
+    a.after = vec!["nope".into()];
+    assert_eq!(errors_of(&[a]), vec!["tasks[0].after[0]: \"nope\" is not the name of a task in this file"]);
+    let mut a = template("a");
+    a.after = vec!["b".into()];
+    let mut b = template("b");
+    b.after = vec!["a".into()];
+    let errs = errors_of(&[a, b]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("dependency cycle between"), "{errs:?}");
+}
+
+#[test]
+fn a_dependency_on_a_task_defined_later_in_the_file_is_valid_and_kept() {
+    let mut report = template("report");
+    report.after = vec!["train".into()];
+    let specs = expand("q", "s", &[report, template("train")], &SubmitLimits::default()).unwrap();
+    assert_eq!(
+        specs.iter().map(|s| (s.name.as_str(), s.after.clone())).collect::<Vec<_>>(),
+        vec![("report", vec!["train".to_string()]), ("train", vec![])]
+    );
+}
+
+#[test]
+fn names_must_be_dns_labels() {
+    assert!(is_dns1123_label("agent-7"));
+    assert!(!is_dns1123_label("Agent"));
+    assert!(!is_dns1123_label("-a"));
+    assert!(!is_dns1123_label(&"a".repeat(64)));
+    let errs = errors_of(&[template("Bad_Name")]);
+    assert!(errs[0].starts_with("tasks[0].name: \"Bad_Name\" is not a valid name"), "{errs:?}");
+}
+
+#[test]
+fn size_limits_reject_the_whole_request() {
+    let mut t = template("a");
+    t.count = Some(10_001);
+    assert_eq!(errors_of(&[t]), vec!["tasks: 10001 tasks exceed the limit of 10000 per submission"]);
+}
+
+#[test]
+fn pod_security_defaults_to_restricted_and_reads_baseline_privileged_and_a_uid() {
+    let f = TaskFile::from_yaml(
+            "tasks:\n  - {name: a, image: i, resources: {cpu: 1}}\n  - {name: b, image: i, resources: {cpu: 1}, podSecurity: baseline, runAsUser: 0}\n  - {name: c, image: i, resources: {cpu: 1}, podSecurity: privileged}\n  - {name: d, image: i, resources: {cpu: 1}, runAsUser: 65532}\n",
+        )
+        .unwrap();
+    let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
+    let got: Vec<_> = specs.iter().map(|s| (s.pod_security, s.run_as_user)).collect();
+    assert_eq!(
+        got,
+        [
+            (PodSecurity::Restricted, None),
+            (PodSecurity::Baseline, Some(0)),
+            (PodSecurity::Privileged, None),
+            (PodSecurity::Restricted, Some(65532))
+        ]
+    );
+}
+
+#[test]
+fn bad_pod_security_values_name_the_field_and_quote_only_a_prefix() {
+    let mut level = template("a");
+    level.pod_security = Some("root".repeat(1000));
+    let mut negative = template("b");
+    negative.run_as_user = Some(-1);
+    let mut too_large = template("c");
+    too_large.run_as_user = Some(i64::from(i32::MAX) + 1);
+    let mut root = template("d");
+    root.run_as_user = Some(0);
+    let errs = errors_of(&[level, negative, too_large, root]);
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert!(
+        errs[0].starts_with("tasks[0].podSecurity: \"rootroot") && errs[0].contains("(4000 bytes) is not one of restricted"),
+        "{errs:?}"
+    );
+    assert!(errs[0].len() < 200, "the error quotes a short prefix: {}", errs[0]);
+    assert_eq!(errs[1], "tasks[1].runAsUser: -1 must be between 0 and 2147483647");
+    assert_eq!(errs[2], "tasks[2].runAsUser: 2147483648 must be between 0 and 2147483647");
+    assert!(errs[3].starts_with("tasks[3].runAsUser: 0 is root, which podSecurity restricted forbids"), "{errs:?}");
+}
+
+#[test]
+fn specs_and_templates_without_pod_security_serialize_as_before_it_existed() {
+    // Stored entries, snapshots and request digests were written without these fields.
+    let spec = expand("q", "s", &[template("a")], &SubmitLimits::default()).unwrap().remove(0);
+    let json = serde_json::to_value(&spec).unwrap();
+    assert!(json.get("pod_security").is_none() && json.get("run_as_user").is_none(), "{json}");
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("pod_security");
+    assert_eq!(serde_json::from_value::<TaskSpec>(old).unwrap(), spec, "an old spec reads as restricted");
+    let template_json = serde_json::to_value(template("a")).unwrap();
+    assert!(template_json.get("podSecurity").is_none() && template_json.get("runAsUser").is_none(), "{template_json}");
+    let mut baseline = spec.clone();
+    baseline.pod_security = PodSecurity::Baseline;
+    let round: TaskSpec = serde_json::from_str(&serde_json::to_string(&baseline).unwrap()).unwrap();
+    assert_eq!(round.pod_security, PodSecurity::Baseline);
+}
+
+#[test]
+fn numbers_in_resource_maps_read_as_quantities() {
+    let f = TaskFile::from_yaml("tasks:\n  - name: x\n    image: i\n    resources: {cpu: 1.5, memory: 1024, nvidia.com/gpu: 2}\n").unwrap();
+    let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
+    assert_eq!(specs[0].resources, Resources::new(1500, 1024, 2));
+}
+
+#[test]
+fn a_runtime_class_is_kept_and_a_bad_one_names_the_field() {
+    let f = TaskFile::from_yaml("tasks:\n  - {name: a, image: i, resources: {cpu: 1}, runtimeClass: gvisor}\n").unwrap();
+    let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
+    assert_eq!(specs[0].runtime_class.as_deref(), Some("gvisor"));
+    let json = serde_json::to_value(&expand("q", "s", &[template("b")], &SubmitLimits::default()).unwrap()[0]).unwrap();
+    assert!(json.get("runtime_class").is_none(), "not written when unset: {json}");
+    let mut bad = template("c");
+    bad.runtime_class = Some("G Visor".into());
+    assert_eq!(
+        errors_of(&[bad]),
+        vec!["tasks[0].runtimeClass: \"G Visor\" is not a valid name (lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"]
+    );
+}
+
+#[test]
+fn progress_deadline_is_a_duration_between_5s_and_7d_and_sim_progress_fields_are_positive_durations() {
+    let with = |deadline: &str| TaskTemplate { progress_deadline: Some(deadline.into()), ..template("a") };
+    let ok = expand("q", "s", &[with("10m")], &SubmitLimits::default()).unwrap();
+    assert_eq!(ok[0].progress_deadline_ms, Some(600_000));
+    assert_eq!(expand("q", "s", &[template("a")], &SubmitLimits::default()).unwrap()[0].progress_deadline_ms, None);
+    for (bad, problem) in [("4s", "between 5s and 7d"), ("8d", "between 5s and 7d"), ("soon", "not a duration")] {
+        let errors = errors_of(&[with(bad)]);
+        assert!(errors.iter().any(|e| e.contains("tasks[0].progressDeadline") && e.contains(problem)), "{bad}: {errors:?}");
+    }
+    let sim = SimTemplate { progress_every: Some("0s".into()), stall_after: Some("x".into()), ..Default::default() };
+    let errors = errors_of(&[TaskTemplate { sim: Some(sim), ..template("a") }]);
+    assert!(errors.iter().any(|e| e.contains("sim.progressEvery") && e.contains("longer than zero")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("sim.stallAfter")), "{errors:?}");
+}

@@ -1,0 +1,48 @@
+//! `resources` and `limits`: quantities that parse, and limits at least their requests.
+
+use std::collections::BTreeMap;
+
+use crate::taskfile::{FieldError, TaskTemplate};
+use crate::{quote, QuantityError, Resources};
+
+/// The requests and the limits of a template.
+pub(super) fn requests_and_limits(p: &str, t: &TaskTemplate, errors: &mut Vec<FieldError>) -> (Resources, Resources) {
+    let resources = quantities(&format!("{p}.resources"), &t.resources, errors);
+    if t.resources.is_empty() {
+        errors.push(FieldError::new(format!("{p}.resources"), "is required (at least cpu or memory)"));
+    }
+    let limits = quantities(&format!("{p}.limits"), &t.limits, errors);
+    for (key, requested, limit) in [
+        ("cpu", resources.cpu_millis, limits.cpu_millis),
+        ("memory", resources.memory_bytes, limits.memory_bytes),
+        ("nvidia.com/gpu", resources.gpu, limits.gpu),
+    ] {
+        if limit > 0 && limit < requested {
+            errors.push(FieldError::new(
+                format!("{p}.limits.{key}"),
+                format!(
+                    "{} is below the request {}",
+                    quote(t.limits.get(key).map_or("", String::as_str)),
+                    quote(t.resources.get(key).map_or("", String::as_str))
+                ),
+            ));
+        }
+    }
+    (resources, limits)
+}
+
+fn quantities(path: &str, map: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) -> Resources {
+    match Resources::from_quantities(map.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(r) => r,
+        Err(e) => {
+            quantity_errors(path, e, errors);
+            Resources::default()
+        }
+    }
+}
+
+fn quantity_errors(path: &str, errs: Vec<(String, QuantityError)>, errors: &mut Vec<FieldError>) {
+    for (key, e) in errs {
+        errors.push(FieldError::new(format!("{path}.{key}"), e.to_string()));
+    }
+}

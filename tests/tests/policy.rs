@@ -1,0 +1,200 @@
+//! Scheduling policy (issue 17) through the real binary: `flotilla dev` on simulated
+//! clusters (tests/fixtures/clusters-policy.toml) and the `flotilla` CLI.
+
+use std::time::{Duration, Instant};
+
+use flotilla_tests::DevProcess;
+use serde_json::Value;
+
+const CLUSTERS: &str = "tests/fixtures/clusters-policy.toml";
+
+/// Writes a task file into a fresh temporary directory; keep the directory while it is used.
+fn task_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.yaml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    (dir, path)
+}
+
+/// The tasks of one task set, as `flotilla get -o json` shows them.
+fn tasks(dev: &DevProcess, task_set: &str) -> Vec<Value> {
+    dev.cli_json(&["get", "--queue", "policy", "--task-set", task_set]).as_array().cloned().unwrap_or_default()
+}
+
+fn states(dev: &DevProcess, task_set: &str) -> Vec<String> {
+    tasks(dev, task_set).iter().map(|t| t["state"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// Polls until `done` holds for the task set's states, or panics with the last ones seen.
+fn wait_for(dev: &DevProcess, task_set: &str, what: &str, done: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = states(dev, task_set);
+        if done(&now) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{task_set}: not {what} within 60 s: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn count(states: &[String], state: &str) -> usize {
+    states.iter().filter(|s| *s == state).count()
+}
+
+#[test]
+fn operator_defined_priority_classes_order_and_preempt_in_a_simulated_cluster_and_one_in_use_is_not_deleted() {
+    let dev = DevProcess::start(CLUSTERS, "5");
+    let (code, _, err) = dev.cli(&["queue", "create", "policy"]);
+    assert_eq!(code, 0, "{err}");
+
+    let names = |v: Value| -> Vec<String> { v.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect() };
+    assert_eq!(names(dev.cli_json(&["priority-class", "list"])), ["best-effort", "critical", "default"], "the built-in classes");
+
+    // Two more preemptible levels than the built-ins offer between best-effort and critical.
+    for (name, priority) in [("low", "10"), ("urgent", "500")] {
+        let (code, _, err) = dev.cli(&["priority-class", "create", name, "--priority", priority, "--preemptible"]);
+        assert_eq!(code, 0, "create {name}: {err}");
+    }
+    let (code, _, err) = dev.cli(&["priority-class", "create", "Bad_Name", "--priority", "1"]);
+    assert_eq!(code, 2, "an invalid class is bad input");
+    assert!(err.contains("name: \"Bad_Name\" is not a valid name"), "{err}");
+
+    // Fill the one 4-CPU node with `low` tasks.
+    let (_d1, low) = task_file(
+        "queue: policy\ntaskSet: low\ntasks:\n  - {name: filler, count: 4, priorityClass: low, image: busybox, resources: {cpu: 1}, terminationGrace: 1s, sim: {duration: 1h}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &low]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "low", "all running", |s| count(s, "running") == 4);
+
+    // An `urgent` task evicts one `low` task (urgency preemption between operator classes).
+    let (_d2, urgent) = task_file(
+        "queue: policy\ntaskSet: urgent\ntasks:\n  - {name: hot, priorityClass: urgent, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &urgent]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "urgent", "running", |s| count(s, "running") == 1);
+    let low_now = tasks(&dev, "low");
+    assert_eq!(low_now.iter().filter(|t| t["state"] == "running").count(), 3, "one low task gave way: {low_now:?}");
+    assert!(low_now.iter().any(|t| t["attempt"].as_u64() >= Some(2) || t["state"] == "queued"), "{low_now:?}");
+
+    // A class in use is not deleted; an update is visible; once unused it is deleted.
+    let (code, _, err) = dev.cli(&["priority-class", "delete", "low"]);
+    assert_eq!(code, 1, "deleting a class in use fails: {err}");
+    assert!(err.contains("is used by unfinished tasks"), "{err}");
+    let (code, _, err) = dev.cli(&["priority-class", "update", "urgent", "--priority", "600", "--preemptible", "--description", "pager"]);
+    assert_eq!(code, 0, "{err}");
+    let listed = dev.cli_json(&["priority-class", "list"]);
+    let urgent_class = listed.as_array().unwrap().iter().find(|c| c["name"] == "urgent").cloned().unwrap();
+    assert_eq!((urgent_class["priority"].as_i64(), urgent_class["description"].as_str()), (Some(600), Some("pager")));
+    let (code, _, err) = dev.cli(&["cancel", "--queue", "policy", "--task-set", "low"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "low", "cancelled", |s| count(s, "cancelled") == 4);
+    let (code, _, err) = dev.cli(&["priority-class", "delete", "low"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(names(dev.cli_json(&["priority-class", "list"])), ["best-effort", "critical", "default", "urgent"]);
+
+    // A task file naming the deleted class is refused, naming the field.
+    let (code, _, err) = dev.cli(&["submit", &low]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tasks[0].priorityClass: unknown priority class \"low\""), "{err}");
+}
+
+/// A task file of `count` 1-CPU tasks for `queue`, and with `wanting` more that fit no node
+/// (they make the queue's demand exceed its fair share without ever running).
+fn cpu_tasks(queue: &str, count: u32, wanting: u32) -> String {
+    let mut text = format!(
+        "queue: {queue}\ntaskSet: s\ntasks:\n  - {{name: run, count: {count}, image: busybox, resources: {{cpu: 1}}, terminationGrace: 1s, sim: {{duration: 1h}}}}\n"
+    );
+    if wanting > 0 {
+        text.push_str(&format!(
+            "  - {{name: want, count: {wanting}, image: busybox, resources: {{cpu: 1}}, placement: {{nodeSelector: {{pool: none}}}}}}\n"
+        ));
+    }
+    text
+}
+
+fn queue_tasks(dev: &DevProcess, queue: &str) -> Vec<Value> {
+    dev.cli_json(&["get", "--queue", queue, "--task-set", "s"]).as_array().cloned().unwrap_or_default()
+}
+
+fn running_in(dev: &DevProcess, queue: &str) -> usize {
+    queue_tasks(dev, queue).iter().filter(|t| t["state"] == "running").count()
+}
+
+fn wait_running(dev: &DevProcess, queue: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_in(dev, queue) != n {
+        assert!(Instant::now() < deadline, "queue {queue}: not {n} running within 60 s: {:?}", queue_tasks(dev, queue));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn fair_share_reclaim_takes_from_a_queue_only_down_to_its_protected_share_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-protected.toml", "5");
+    // 16 CPUs; a, b, d and c each want more than 4 (their fair share). b keeps half of its
+    // fair share (2 CPUs), d all of it (the default).
+    for args in [vec!["a"], vec!["b", "--protected-fraction", "0.5"], vec!["d"], vec!["c"]] {
+        let mut full = vec!["queue", "create"];
+        full.extend(args);
+        let (code, _, err) = dev.cli(&full);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = dev.cli(&["queue", "create", "bad", "--protected-fraction", "1.5"]);
+    assert_eq!(code, 2, "a fraction above 1 is bad input: {err}");
+    assert!(err.contains("\"1.5\" is not a fraction between 0 and 1"), "{err}");
+    let q = dev.cli_json(&["queue", "get", "b"]);
+    assert_eq!(q[0]["protectedFraction"].as_f64(), Some(0.5), "{q}");
+
+    // a takes 9, then b 3 and d 3 (newer, so first in victim order), each below its fair share.
+    let mut files = Vec::new();
+    for (queue, count, wanting) in [("a", 9, 0), ("b", 3, 4), ("d", 3, 4)] {
+        let (dir, path) = task_file(&cpu_tasks(queue, count, wanting));
+        let (code, _, err) = dev.cli(&["submit", &path]);
+        assert_eq!(code, 0, "{err}");
+        wait_running(&dev, queue, count as usize);
+        files.push(dir);
+    }
+    // c takes the last CPU and reclaims 3 more: one from b (3 -> 2, its protected share),
+    // none from d (below its fair share, fully protected), the rest from a.
+    let (_dir, path) = task_file(&cpu_tasks("c", 8, 0));
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    wait_running(&dev, "c", 4);
+    let b = queue_tasks(&dev, "b");
+    let d = queue_tasks(&dev, "d");
+    let gave_way = |tasks: &[Value]| {
+        tasks.iter().filter(|t| t["attempt"].as_u64() > Some(1) || t["reason"].as_str().is_some_and(|r| r.contains("preempted"))).count()
+    };
+    assert_eq!(gave_way(&d), 0, "d, below its fair share and fully protected, lost nothing: {d:?}");
+    assert_eq!(gave_way(&b), 1, "b gave exactly one task, down to its protected share: {b:?}");
+}
+
+#[test]
+fn a_task_with_a_runtime_class_runs_only_on_nodes_that_offer_it_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-sandbox.toml", "5");
+    let (code, _, err) = dev.cli(&["queue", "create", "policy"]);
+    assert_eq!(code, 0, "{err}");
+    let (_dir, path) = task_file(
+        "queue: policy\ntaskSet: sandbox\ntasks:\n  \
+         - {name: agent, count: 3, runtimeClass: gvisor, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n  \
+         - {name: plain, count: 3, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n  \
+         - {name: kata, runtimeClass: kata, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "sandbox", "six running", |s| count(s, "running") == 6);
+    let all = tasks(&dev, "sandbox");
+    let nodes_of = |name: &str| -> Vec<String> {
+        all.iter().filter(|t| t["name"] == name).map(|t| t["node"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    // The plain pool is cheaper, so only the runtime class takes tasks to the gVisor node.
+    assert!(nodes_of("agent").iter().all(|n| n.contains("gvisor")), "gVisor tasks on gVisor nodes: {all:?}");
+    assert!(nodes_of("plain").iter().all(|n| !n.contains("gvisor")), "plain tasks on the cheaper pool: {all:?}");
+    let kata = all.iter().find(|t| t["name"] == "kata").unwrap();
+    assert_eq!(kata["state"], "queued", "no node offers kata: {kata}");
+    assert!(kata["reason"].as_str().unwrap_or_default().contains("runtimeclass.flotilla.io/kata"), "{kata}");
+}
