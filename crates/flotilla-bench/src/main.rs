@@ -11,6 +11,8 @@
 //!   violated invariant.
 //! - `executor`: one Kubernetes backend over a large cluster (`flotilla-kubetest`'s API
 //!   server in a child process): time to list, memory, and the latency of a Sync.
+//! - `memory`: one replica's state per queued task, in RAM and in a snapshot, for array
+//!   tasks and for distinct templates.
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +20,7 @@ mod chaos;
 mod e2e;
 mod executor;
 mod leader;
+mod memory;
 mod sched;
 mod submit;
 
@@ -42,6 +45,8 @@ enum Command {
     Chaos(chaos::Args),
     /// One Kubernetes executor over thousands of nodes and tens of thousands of pods.
     Executor(executor::Args),
+    /// Bytes of state per queued task, in RAM and in a snapshot.
+    Memory(memory::Args),
     /// The API server process `executor` starts (not for use on its own).
     #[command(hide = true)]
     ExecutorServer(executor::Args),
@@ -55,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Leader(args) => leader::run(&args),
         Command::Chaos(args) => chaos::run(&args),
         Command::Executor(args) => executor::run(&args),
+        Command::Memory(args) => memory::run(&args),
         Command::ExecutorServer(args) => executor::serve(&args),
     }
 }
