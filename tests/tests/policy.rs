@@ -198,3 +198,52 @@ fn a_task_with_a_runtime_class_runs_only_on_nodes_that_offer_it_in_a_simulated_c
     assert_eq!(kata["state"], "queued", "no node offers kata: {kata}");
     assert!(kata["reason"].as_str().unwrap_or_default().contains("runtimeclass.flotilla.io/kata"), "{kata}");
 }
+
+/// The pool of a simulated node (`aff-blue-01` -> `blue`).
+fn pool_of(node: &str) -> &str {
+    node.strip_prefix("aff-").and_then(|rest| rest.rsplit_once('-')).map_or("", |(pool, _)| pool)
+}
+
+#[test]
+fn node_affinity_and_a_same_value_of_gang_decide_where_tasks_run_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-affinity.toml", "5");
+    let (code, _, err) = dev.cli(&["queue", "create", "policy"]);
+    assert_eq!(code, 0, "{err}");
+    let (_dir, path) = task_file(
+        "queue: policy\ntaskSet: aff\ntasks:\n  \
+         - name: pinned\n    count: 2\n    image: busybox\n    resources: {cpu: 1}\n    sim: {duration: 1h}\n    affinity:\n      required:\n        \
+             - {key: example.com/nodepool, operator: In, values: [blue, red]}\n        \
+             - {key: example.com/broken, operator: DoesNotExist}\n  \
+         - name: liked\n    image: busybox\n    resources: {cpu: 1}\n    sim: {duration: 1h}\n    affinity:\n      preferred:\n        \
+             - {weight: 50, key: example.com/tier, operator: In, values: [gold]}\n  \
+         - name: train\n    gang: {size: 3, sameValueOf: example.com/nodepool}\n    image: busybox\n    resources: {cpu: 2}\n    sim: {duration: 1h}\n  \
+         - name: nowhere\n    gang: {size: 2, sameValueOf: example.com/absent}\n    image: busybox\n    resources: {cpu: 1}\n    sim: {duration: 1h}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "aff", "six running", |s| count(s, "running") == 6);
+    let all = tasks(&dev, "aff");
+    let pools_of = |name: &str| -> Vec<String> {
+        all.iter().filter(|t| t["name"] == name).map(|t| pool_of(t["node"].as_str().unwrap_or_default()).to_string()).collect()
+    };
+    // `red` is the tightest node and In matches it, but DoesNotExist excludes it.
+    assert_eq!(pools_of("pinned"), ["blue", "blue"], "required affinity: {all:?}");
+    // Tighter and cheaper nodes exist; the preferred gold tier wins among those that fit.
+    assert_eq!(pools_of("liked"), ["green"], "preferred affinity: {all:?}");
+    // The gang shares one node-pool value and never uses the unlabelled (cheapest) pool.
+    let train = pools_of("train");
+    assert_eq!(train.len(), 3, "{all:?}");
+    assert!(train.iter().all(|p| *p == train[0] && p != "bare"), "gang on one label value: {train:?}");
+    // No node carries the label: the gang stays queued and the reason names the label.
+    let nowhere: Vec<&Value> = all.iter().filter(|t| t["name"] == "nowhere").collect();
+    assert!(nowhere.iter().all(|t| t["state"] == "queued"), "{nowhere:?}");
+    assert!(nowhere.iter().all(|t| t["reason"].as_str().unwrap_or_default().contains("example.com/absent")), "{nowhere:?}");
+
+    // A bad expression is refused with its field path.
+    let (_bad_dir, bad) = task_file(
+        "queue: policy\ntaskSet: bad\ntasks:\n  - name: t\n    image: busybox\n    resources: {cpu: 1}\n    affinity: {required: [{key: zone, operator: In}]}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &bad]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tasks[0].affinity.required[0].values: In needs at least one value"), "{err}");
+}

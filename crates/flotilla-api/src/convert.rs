@@ -57,7 +57,7 @@ pub fn template_from_proto(t: &v1::TaskTemplate) -> m::TaskTemplate {
         pending_timeout: opt(&t.pending_timeout),
         runtime_class: opt(&t.runtime_class),
         termination_grace: opt(&t.termination_grace),
-        gang: t.gang.as_ref().map(|g| m::GangTemplate { size: g.size, topology: opt(&g.topology) }),
+        gang: t.gang.as_ref().map(|g| m::GangTemplate { size: g.size, topology: opt(&g.topology), same_value_of: opt(&g.same_value_of) }),
         placement: t.placement.as_ref().map(|p| m::PlacementTemplate {
             gpu_model: opt(&p.gpu_model),
             clusters: p.clusters.clone(),
@@ -86,6 +86,23 @@ pub fn template_from_proto(t: &v1::TaskTemplate) -> m::TaskTemplate {
         pod_security: opt(&t.pod_security),
         run_as_user: t.run_as_user,
         progress_deadline: opt(&t.progress_deadline),
+        affinity: t.affinity.as_ref().map(|a| m::AffinityTemplate {
+            required: a
+                .required
+                .iter()
+                .map(|r| m::RequirementTemplate { key: r.key.clone(), operator: r.operator.clone(), values: r.values.clone() })
+                .collect(),
+            preferred: a
+                .preferred
+                .iter()
+                .map(|r| m::PreferredTemplate {
+                    weight: i64::from(r.weight),
+                    key: r.key.clone(),
+                    operator: r.operator.clone(),
+                    values: r.values.clone(),
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -112,7 +129,11 @@ pub fn template_to_proto(t: &m::TaskTemplate) -> v1::TaskTemplate {
         pending_timeout: t.pending_timeout.clone().unwrap_or_default(),
         runtime_class: t.runtime_class.clone().unwrap_or_default(),
         termination_grace: t.termination_grace.clone().unwrap_or_default(),
-        gang: t.gang.as_ref().map(|g| v1::GangTemplate { size: g.size, topology: g.topology.clone().unwrap_or_default() }),
+        gang: t.gang.as_ref().map(|g| v1::GangTemplate {
+            size: g.size,
+            topology: g.topology.clone().unwrap_or_default(),
+            same_value_of: g.same_value_of.clone().unwrap_or_default(),
+        }),
         placement: t.placement.as_ref().map(|p| v1::PlacementTemplate {
             gpu_model: p.gpu_model.clone().unwrap_or_default(),
             clusters: p.clusters.clone(),
@@ -141,7 +162,32 @@ pub fn template_to_proto(t: &m::TaskTemplate) -> v1::TaskTemplate {
         pod_security: t.pod_security.clone().unwrap_or_default(),
         run_as_user: t.run_as_user,
         progress_deadline: t.progress_deadline.clone().unwrap_or_default(),
+        affinity: t.affinity.as_ref().map(|a| v1::NodeAffinity {
+            required: a.required.iter().map(|r| term(&r.key, &r.operator, &r.values, 0)).collect(),
+            // Out-of-range weights stay out of range (clamped into i32) so the server rejects them.
+            preferred: a
+                .preferred
+                .iter()
+                .map(|r| term(&r.key, &r.operator, &r.values, r.weight.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32))
+                .collect(),
+        }),
     }
+}
+
+fn term(key: &str, operator: &str, values: &[String], weight: i32) -> v1::AffinityTerm {
+    v1::AffinityTerm { key: key.to_string(), operator: operator.to_string(), values: values.to_vec(), weight }
+}
+
+/// A validated node affinity as the executor receives it.
+pub fn affinity_to_proto(a: &m::NodeAffinity) -> Option<v1::NodeAffinity> {
+    (!a.is_empty()).then(|| v1::NodeAffinity {
+        required: a.required.iter().map(|r| term(&r.key, r.operator.as_str(), &r.values, 0)).collect(),
+        preferred: a
+            .preferred
+            .iter()
+            .map(|p| term(&p.requirement.key, p.requirement.operator.as_str(), &p.requirement.values, p.weight as i32))
+            .collect(),
+    })
 }
 
 /// A node report from an executor as a model node of `cluster`.
@@ -188,10 +234,19 @@ mod tests {
     #[test]
     fn templates_survive_a_round_trip_through_the_wire() {
         let file = m::TaskFile::from_yaml(
-            "tasks:\n  - name: train\n    image: i\n    gang: {size: 8, topology: rack}\n    resources: {cpu: 32, nvidia.com/gpu: 8}\n    placement: {gpuModel: H100, spot: never, tolerations: [{key: gpu, operator: Exists}]}\n    retry: {maxAttempts: 5, backoff: 30s, oomMemoryGrowth: 1.5}\n    sim: {duration: 20s, exitCode: 3}\n    podSecurity: baseline\n    runAsUser: 0\n",
+            "tasks:\n  - name: train\n    image: i\n    gang: {size: 8, topology: rack}\n    resources: {cpu: 32, nvidia.com/gpu: 8}\n    placement: {gpuModel: H100, spot: never, tolerations: [{key: gpu, operator: Exists}]}\n    retry: {maxAttempts: 5, backoff: 30s, oomMemoryGrowth: 1.5}\n    sim: {duration: 20s, exitCode: 3}\n    podSecurity: baseline\n    runAsUser: 0\n    affinity: {required: [{key: pool, operator: In, values: [a, b]}, {key: bad, operator: DoesNotExist}], preferred: [{weight: 40, key: zone, operator: Exists}]}\n",
         )
         .unwrap();
         let t = &file.tasks[0];
+        assert_eq!(&template_from_proto(&template_to_proto(t)), t);
+    }
+
+    #[test]
+    fn a_same_value_of_gang_survives_a_round_trip_through_the_wire() {
+        let file =
+            m::TaskFile::from_yaml("tasks:\n  - name: t\n    image: i\n    gang: {size: 4, sameValueOf: example.com/nvlink}\n").unwrap();
+        let t = &file.tasks[0];
+        assert_eq!(template_to_proto(t).gang.unwrap().same_value_of, "example.com/nvlink");
         assert_eq!(&template_from_proto(&template_to_proto(t)), t);
     }
 

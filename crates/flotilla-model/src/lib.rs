@@ -15,6 +15,7 @@
 //! ```
 
 mod access;
+mod affinity;
 mod node;
 mod queue;
 mod resources;
@@ -23,6 +24,10 @@ mod taskfile;
 mod text;
 
 pub use access::{check_permits, Permit, Subject, Verb, MAX_PERMITS_PER_QUEUE, MAX_SUBJECT_NAME_BYTES};
+pub use affinity::{
+    is_label_key, is_label_value, AffinityOperator, NodeAffinity, NodeRequirement, PreferredRequirement, MAX_AFFINITY_TERMS,
+    MAX_AFFINITY_VALUES, MAX_AFFINITY_WEIGHT,
+};
 pub use node::{
     check_nodes, normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology, MAX_LABELS_PER_NODE, MAX_LABEL_KEY_BYTES,
     MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_NODE_NAME_BYTES, MAX_TAINTS_PER_NODE,
@@ -41,8 +46,8 @@ pub use task::{
     MAX_BACKOFF_MS, MAX_RUN_AS_USER, RUNTIME_CLASS_LABEL_PREFIX,
 };
 pub use taskfile::{
-    check_name, expand, is_dns1123_label, parse_duration_ms, FieldError, GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate,
-    SubmitLimits, TaskFile, TaskTemplate, ValidationErrors,
+    check_name, expand, is_dns1123_label, parse_duration_ms, AffinityTemplate, FieldError, GangTemplate, PlacementTemplate,
+    PreferredTemplate, RequirementTemplate, RetryTemplate, SimTemplate, SubmitLimits, TaskFile, TaskTemplate, ValidationErrors,
 };
 pub use text::{quote, truncate, MAX_QUOTED_CHARS, MAX_REASON_BYTES};
 

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeRef, Resources, Toleration};
+use crate::{NodeAffinity, NodeRef, Resources, Toleration};
 
 /// A task's id, assigned by the replicated state machine in submit order. Unique forever.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -115,6 +115,11 @@ pub struct GangRef {
     pub size: u32,
     pub rank: u32,
     pub topology: TopologyLevel,
+    /// When set, the domain is instead "one value of this node label, within one cluster"
+    /// (`topology` is then `Cluster`); nodes without the label are not candidates. Not
+    /// written when unset, so entries and snapshots from before it read and write the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_value_of: Option<String>,
 }
 
 /// Whether a task may, must or must not run on spot (preemptible cloud) capacity.
@@ -163,6 +168,10 @@ pub struct Placement {
     pub tolerations: Vec<Toleration>,
     #[serde(default)]
     pub spot: SpotPolicy,
+    /// Node affinity: required expressions filter nodes, preferred ones score them. Not
+    /// written when empty, so entries and snapshots from before it read and write the same.
+    #[serde(default, skip_serializing_if = "NodeAffinity::is_empty")]
+    pub affinity: NodeAffinity,
 }
 
 /// Retry policy of a task. Retries belong to the scheduler, never to Kubernetes.

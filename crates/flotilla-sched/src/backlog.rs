@@ -28,8 +28,9 @@ use crate::gang::gang_problem;
 pub(crate) type SingleGroup = BTreeMap<(u64, TaskId), SchedTask>;
 /// Whole gangs of one priority and member shapes, by `(earliest submit_seq, gang id)`.
 pub(crate) type GangGroup = BTreeSet<(u64, TaskId)>;
-/// A gang group: its priority, member shapes in placement order, and topology level.
-pub(crate) type GangKey = (Reverse<i32>, Vec<u32>, TopologyLevel);
+/// A gang group: its priority, member shapes in placement order, topology level and
+/// `sameValueOf` label.
+pub(crate) type GangKey = (Reverse<i32>, Vec<u32>, TopologyLevel, Option<String>);
 
 /// Where a task is filed, so that it can be taken out again.
 #[derive(Clone, Copy, Debug)]
@@ -239,7 +240,7 @@ impl Backlog {
         let seq = tasks.iter().map(|t| t.submit_seq).min().unwrap_or(first.submit_seq);
         let total = tasks.iter().fold(Amount::default(), |a, t| a.plus(Amount::of(&t.resources)));
         let q = self.queue_ids[first.queue.as_str()];
-        let key: GangKey = (Reverse(priority), shapes, level);
+        let key: GangKey = (Reverse(priority), shapes, level, first.gang.as_ref().and_then(|g| g.same_value_of.clone()));
         entry.filed = Some((q, key.clone(), (seq, gang)));
         entry.total = total;
         let qb = &mut self.queues[q as usize];

@@ -70,7 +70,7 @@ pub(crate) struct Cycle<'a> {
     pub queues: Vec<QueueState<'a>>,
     pub queue_by_name: HashMap<&'a str, usize>,
     pub gangs: Vec<GangUnit>,
-    pub gang_shapes: HashMap<(Vec<u32>, TopologyLevel), u32>,
+    pub gang_shapes: HashMap<(Vec<u32>, TopologyLevel, Option<String>), u32>,
     pub running: Vec<RunState<'a>>,
     /// Running gang members by gang id: a gang is evicted whole.
     pub running_gangs: BTreeMap<TaskId, Vec<u32>>,

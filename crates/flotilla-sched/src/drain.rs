@@ -87,6 +87,7 @@ mod tests {
                     size,
                     rank: (id - g) as u32,
                     topology: flotilla_model::TopologyLevel::Cluster,
+                    same_value_of: None,
                 }),
                 placement: Default::default(),
                 avoid_nodes: vec![],

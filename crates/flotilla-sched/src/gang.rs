@@ -3,11 +3,14 @@
 //! A gang is one unit of its queue, ordered by its most urgent member. Placement looks at
 //! candidate domains (one node, or every rack / zone / cluster), best fit first: the
 //! domain with the fewest free GPUs that could still hold the gang, so big empty domains
-//! stay free for big gangs. Domains whose GPU histogram shows they cannot hold the gang
+//! stay free for big gangs. A gang with `sameValueOf: <label>` has instead one domain per
+//! (cluster, value of that label), built from the nodes that carry the label; nodes
+//! without it are never candidates. Domains whose GPU histogram shows they cannot hold the gang
 //! are skipped without looking at their nodes. Inside a domain, members are placed with
 //! `Cycle::plan_members`, which commits nothing unless every member fits.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 
 use flotilla_model::{SchedTask, TaskId, TopologyLevel};
 
@@ -22,6 +25,8 @@ pub(crate) struct GangUnit {
     /// Queued tasks, in placement order: largest first, then by rank.
     pub members: Vec<u32>,
     pub level: TopologyLevel,
+    /// `sameValueOf`: the node label whose one value (within one cluster) is the domain.
+    pub label: Option<String>,
     pub total: Amount,
     /// Gangs with the same member shapes and level fit (or fail) alike.
     pub shape: u32,
@@ -30,12 +35,14 @@ pub(crate) struct GangUnit {
 }
 
 /// Why the queued members of gang `id` cannot be one unit, if they cannot: they disagree
-/// on queue, size or topology, some are missing, or their ranks are not `0..size`.
+/// on queue, size or domain, some are missing, or their ranks are not `0..size`.
 pub(crate) fn gang_problem(id: TaskId, members: &[&SchedTask]) -> Option<String> {
     let first = members.first()?;
     let g0 = first.gang.as_ref()?;
-    let consistent =
-        members.iter().all(|t| t.queue == first.queue && t.gang.as_ref().is_some_and(|g| g.size == g0.size && g.topology == g0.topology));
+    let consistent = members.iter().all(|t| {
+        t.queue == first.queue
+            && t.gang.as_ref().is_some_and(|g| g.size == g0.size && g.topology == g0.topology && g.same_value_of == g0.same_value_of)
+    });
     let count = members.len() as u64;
     let size = u64::from(g0.size);
     if !consistent {
@@ -75,6 +82,7 @@ impl<'a> Cycle<'a> {
         let queued = &self.queued;
         let first = queued[members[0] as usize];
         let level = first.gang.as_ref().map_or(TopologyLevel::Node, |g| g.topology);
+        let label = first.gang.as_ref().and_then(|g| g.same_value_of.clone());
         members.sort_by_key(|m| {
             let t = &queued[*m as usize];
             (Reverse(Amount::of(&t.resources)), t.gang.as_ref().map_or(0, |g| g.rank))
@@ -82,13 +90,13 @@ impl<'a> Cycle<'a> {
         let total = members.iter().fold(Amount::default(), |a, m| a.plus(Amount::of(&queued[*m as usize].resources)));
         let priority = members.iter().map(|m| queued[*m as usize].priority).max().unwrap_or(first.priority);
         let seq = members.iter().map(|m| queued[*m as usize].submit_seq).min().unwrap_or(first.submit_seq);
-        let key = (members.iter().map(|m| self.task_shape[*m as usize]).collect::<Vec<u32>>(), level);
+        let key = (members.iter().map(|m| self.task_shape[*m as usize]).collect::<Vec<u32>>(), level, label.clone());
         let next = self.gang_shapes.len() as u32;
         let shape = *self.gang_shapes.entry(key).or_insert(next);
         if shape == next {
             self.gang_shape_failed.push(None);
         }
-        self.gangs.push(GangUnit { id, members, level, total, shape, order: (Reverse(priority), seq, id) });
+        self.gangs.push(GangUnit { id, members, level, label, total, shape, order: (Reverse(priority), seq, id) });
         self.gangs.len() as u32 - 1
     }
 
@@ -114,6 +122,19 @@ impl<'a> Cycle<'a> {
         let gang = &self.gangs[g as usize];
         let index = &self.index;
         let lead = &self.shapes[self.task_shape[gang.members[0] as usize] as usize];
+        if let Some(key) = &gang.label {
+            let domains = self.label_domains(key, lead);
+            let mut candidates: Vec<(u64, bool, usize)> = Vec::new();
+            for (d, (cluster, nodes)) in domains.iter().enumerate() {
+                let free: u64 = nodes.iter().filter(|&&n| lead.allows(index, n)).map(|&n| index.nodes[n as usize].free().gpu).sum();
+                if free < gang.total.gpu {
+                    continue;
+                }
+                candidates.push((free, lead.preferred.is_some_and(|p| p != *cluster), d));
+            }
+            candidates.sort_unstable();
+            return candidates.into_iter().find_map(|(_, _, d)| self.plan_members(&domains[d].1, &gang.members, None, None));
+        }
         let Some(slot) = level_slot(gang.level) else {
             // One node: the index finds the tightest node with room for the whole gang's
             // total; `plan_members` then checks each member's own filters.
@@ -138,6 +159,25 @@ impl<'a> Cycle<'a> {
         candidates.into_iter().find_map(|(_, _, d)| self.plan_members(&index.domains[slot][d as usize].nodes, &gang.members, None, None))
     }
 
+    /// The domains of a `sameValueOf: key` gang: the schedulable nodes that carry the label
+    /// (in the lead member's allowed clusters), grouped by (cluster, value), in that order.
+    /// O(nodes); only such gangs pay it, and a gang shape that failed is not tried again
+    /// until capacity is freed.
+    pub(crate) fn label_domains(&self, key: &str, lead: &crate::placement::Shape<'_>) -> Vec<(u32, Vec<u32>)> {
+        let index = &self.index;
+        let mut domains: BTreeMap<(u32, &str), Vec<u32>> = BTreeMap::new();
+        for &n in &index.schedulable {
+            let ns = &index.nodes[n as usize];
+            if lead.clusters.as_ref().is_some_and(|cs| cs.binary_search(&ns.cluster).is_err()) {
+                continue;
+            }
+            if let Some(value) = ns.node.labels.get(key) {
+                domains.entry((ns.cluster, value.as_str())).or_default().push(n);
+            }
+        }
+        domains.into_iter().map(|((cluster, _), nodes)| (cluster, nodes)).collect()
+    }
+
     fn diagnose_gang(&self, g: u32) -> String {
         let gang = &self.gangs[g as usize];
         for &m in &gang.members {
@@ -160,6 +200,18 @@ impl<'a> Cycle<'a> {
         } else {
             format!("({})", lead.amount.describe(lead.ext))
         };
-        format!("no {} with room for gang of {} x {what}", gang.level.as_str(), gang.members.len())
+        match &gang.label {
+            Some(key)
+                if !self
+                    .index
+                    .schedulable
+                    .iter()
+                    .any(|&n| lead.allows(&self.index, n) && self.index.nodes[n as usize].node.labels.contains_key(key)) =>
+            {
+                format!("no schedulable node that matches the gang's placement has label {key} (sameValueOf)")
+            }
+            Some(key) => format!("no nodes sharing one value of label {key} with room for gang of {} x {what}", gang.members.len()),
+            None => format!("no {} with room for gang of {} x {what}", gang.level.as_str(), gang.members.len()),
+        }
     }
 }

@@ -119,7 +119,7 @@ impl<'a> Lazy<'a> {
                 for ((Reverse(priority), shape), tasks) in &source.singles {
                     lq.groups.push(Group { priority: *priority, members: Members::Singles { tasks, shape: *shape }, cursor: None });
                 }
-                for ((Reverse(priority), _, _), gangs) in &source.gangs {
+                for ((Reverse(priority), _, _, _), gangs) in &source.gangs {
                     lq.groups.push(Group { priority: *priority, members: Members::Gangs(gangs), cursor: None });
                 }
                 for g in 0..lq.groups.len() as u32 {

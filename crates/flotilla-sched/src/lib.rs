@@ -217,4 +217,6 @@ pub fn schedule_backlog(input: &Input, backlog: &Backlog) -> Decisions {
 }
 
 #[cfg(test)]
+mod affinity_tests;
+#[cfg(test)]
 mod tests;

@@ -5,10 +5,11 @@
 //! (GPU model and cluster names to numbers) and a shape that failed to fit is not
 //! searched again until capacity is freed (see `Cycle::place_single`).
 //!
-//! Filters (hard): free resources, GPU model, allowed clusters, node selector, taints,
-//! `unschedulable`, spot policy. Preferences (soft), in order: tight packing (least of
-//! the task's main resource left over), price per hour, the preferred cluster, then
-//! (cluster, node name). `avoid_nodes` / `avoid_clusters` are softer still: such nodes are
+//! Filters (hard): free resources, GPU model, allowed clusters, node selector, required
+//! node affinity, taints, `unschedulable`, spot policy. Preferences (soft), in order: the
+//! summed weights of the preferred affinity terms a node matches (highest first), tight
+//! packing (least of the task's main resource left over), price per hour, the preferred
+//! cluster, then (cluster, node name). `avoid_nodes` / `avoid_clusters` are softer still: such nodes are
 //! used only when no other node fits.
 
 use std::collections::BTreeMap;
@@ -36,6 +37,9 @@ pub(crate) struct Shape<'a> {
     /// `None`: every cluster. `Some`: the known allowed clusters, sorted (maybe none).
     pub clusters: Option<Vec<u32>>,
     pub preferred: Option<u32>,
+    /// The distinct preferred-affinity scores of the nodes the filters allow, highest
+    /// first; empty when the task prefers nothing (every node scores alike).
+    pub affinity_levels: Vec<u32>,
 }
 
 impl<'a> Shape<'a> {
@@ -64,7 +68,34 @@ impl<'a> Shape<'a> {
             ids
         });
         let preferred = p.preferred_cluster.as_ref().and_then(|c| index.clusters.binary_search(c).ok().map(|i| i as u32));
-        Shape { amount: Amount::of(&task.resources), ext: &task.resources.extended, placement: p, model, models, clusters, preferred }
+        let mut shape = Shape {
+            amount: Amount::of(&task.resources),
+            ext: &task.resources.extended,
+            placement: p,
+            model,
+            models,
+            clusters,
+            preferred,
+            affinity_levels: Vec::new(),
+        };
+        if !p.affinity.preferred.is_empty() {
+            // Node labels do not change within a cycle, so the scores a search can meet are
+            // known up front; `best_node` searches them best first. O(nodes) once per shape.
+            let mut levels: Vec<u32> =
+                index.schedulable.iter().filter(|&&n| shape.allows(index, n)).map(|&n| shape.affinity_score(index, n)).collect();
+            levels.sort_unstable_by(|a, b| b.cmp(a));
+            levels.dedup();
+            shape.affinity_levels = levels;
+        }
+        shape
+    }
+
+    /// The summed weights of the preferred affinity terms node `idx` matches.
+    pub fn affinity_score(&self, index: &NodeIndex<'_>, idx: u32) -> u32 {
+        if self.placement.affinity.preferred.is_empty() {
+            return 0;
+        }
+        self.placement.affinity.preferred_score(&index.nodes[idx as usize].node.labels)
     }
 
     pub fn uses_cluster_sets(&self) -> bool {
@@ -96,6 +127,9 @@ impl<'a> Shape<'a> {
         if !self.placement.node_selector.iter().all(|(k, v)| n.node.labels.get(k) == Some(v)) {
             return false;
         }
+        if !self.placement.affinity.required_match(&n.node.labels) {
+            return false;
+        }
         !n.hard_taints || n.node.tolerated_by(&self.placement.tolerations)
     }
 
@@ -125,6 +159,10 @@ impl<'a> Shape<'a> {
             let sel: Vec<String> = p.node_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
             parts.push(format!("node selector {}", sel.join(",")));
         }
+        if !p.affinity.required.is_empty() {
+            let terms: Vec<String> = p.affinity.required.iter().map(|r| r.to_string()).collect();
+            parts.push(format!("node affinity {}", terms.join(", ")));
+        }
         match p.spot {
             SpotPolicy::Allowed => {}
             SpotPolicy::Required => parts.push("spot required".to_string()),
@@ -138,11 +176,27 @@ impl<'a> Shape<'a> {
     }
 }
 
+/// The best node for `need`: among the nodes that pass `accept`, those with the highest
+/// preferred-affinity score, and among them the lowest key (see [`best_node_by_key`]).
+///
+/// A task with preferred terms is searched once per score level, best level first, so a
+/// better-matching node always wins over a tighter one, and a preference never makes a
+/// task unplaceable (the last level takes any node the filters allow).
+pub(crate) fn best_node(index: &NodeIndex<'_>, shape: &Shape<'_>, need: Amount, accept: &dyn Fn(u32) -> bool) -> Option<u32> {
+    if shape.affinity_levels.len() <= 1 {
+        return best_node_by_key(index, shape, need, accept);
+    }
+    shape
+        .affinity_levels
+        .iter()
+        .find_map(|&level| best_node_by_key(index, shape, need, &|n| shape.affinity_score(index, n) == level && accept(n)))
+}
+
 /// The best node for `need` among the shape's sets: the lowest key that passes `accept`.
 ///
 /// Keys are ordered best-first (see `index`), so each set's walk stops at its first
 /// acceptable node, and a walk stops early once it passes the best key found so far.
-pub(crate) fn best_node(index: &NodeIndex<'_>, shape: &Shape<'_>, need: Amount, accept: &dyn Fn(u32) -> bool) -> Option<u32> {
+fn best_node_by_key(index: &NodeIndex<'_>, shape: &Shape<'_>, need: Amount, accept: &dyn Fn(u32) -> bool) -> Option<u32> {
     let clusters = shape.clusters.as_deref();
     let best = if need.gpu > 0 {
         let mut best: Option<Key> = None;
@@ -214,9 +268,13 @@ pub(crate) fn diagnose(index: &NodeIndex<'_>, shape: &Shape<'_>) -> String {
     if shape.clusters.as_ref().is_some_and(|c| c.is_empty()) {
         return format!("none of the allowed clusters ({}) is in the federation", shape.placement.allowed_clusters.join(","));
     }
-    let (mut matching, mut big_enough, mut gpu_free) = (0usize, 0usize, 0usize);
+    let (mut matching, mut big_enough, mut gpu_free, mut affinity_excluded) = (0usize, 0usize, 0usize, 0usize);
+    let affinity = &shape.placement.affinity;
     for &i in &index.schedulable {
         if !shape.allows(index, i) {
+            if !affinity.required.is_empty() && !affinity.required_match(&index.nodes[i as usize].node.labels) {
+                affinity_excluded += 1;
+            }
             continue;
         }
         matching += 1;
@@ -228,6 +286,14 @@ pub(crate) fn diagnose(index: &NodeIndex<'_>, shape: &Shape<'_>) -> String {
             }
         }
     }
+    let reason = diagnose_matching(shape, matching, big_enough, gpu_free);
+    if affinity_excluded == 0 || matching == 0 {
+        return reason;
+    }
+    format!("{reason} (node affinity excluded {affinity_excluded} of {} schedulable nodes)", index.schedulable.len())
+}
+
+fn diagnose_matching(shape: &Shape<'_>, matching: usize, big_enough: usize, gpu_free: usize) -> String {
     let need = shape.amount.describe(shape.ext);
     if matching == 0 {
         return format!("no schedulable node matches {}", shape.describe_constraints());

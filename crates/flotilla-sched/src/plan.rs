@@ -127,8 +127,9 @@ impl Tentative {
 impl Cycle<'_> {
     /// Places every member on `nodes` (one topology domain), or returns `None`.
     ///
-    /// Members go one by one, largest first, each to the node that keeps the gang
-    /// together (nodes already holding members first), then packs tightest, then is
+    /// Members go one by one, largest first, each to the node that matches most of the
+    /// member's preferred affinity, then keeps the gang together (nodes already holding
+    /// members first), then packs tightest, then is
     /// cheapest. With `evict`, a member that fits nowhere may take the node whose
     /// victims cost least (lowest priority, then fewest); plans that already cost at
     /// least `bound` are abandoned, since an earlier, cheaper one exists.
@@ -146,7 +147,8 @@ impl Cycle<'_> {
             let shape = &self.shapes[self.task_shape[m as usize] as usize];
             let need = shape.amount;
             let avoid = if task.avoid_nodes.is_empty() && task.avoid_clusters.is_empty() { Vec::new() } else { self.avoid_set(task) };
-            type Score = (bool, bool, u64, u64, u64, u64, u32);
+            // Lower is better: not avoided, most preferred-affinity weight, next to members.
+            type Score = (bool, std::cmp::Reverse<u32>, bool, u64, u64, u64, u64, u32);
             let mut best: Option<Score> = None;
             for &n in nodes {
                 if !tent.fits(index, n, need, shape.ext) || !shape.allows(index, n) {
@@ -154,13 +156,22 @@ impl Cycle<'_> {
                 }
                 let free = tent.free_on(index, n).minus(need);
                 let price = index.nodes[n as usize].price_key;
-                let score = (avoid.binary_search(&n).is_ok(), !tent.has_members(n), free.gpu, price, free.cpu_millis, free.memory_bytes, n);
+                let score = (
+                    avoid.binary_search(&n).is_ok(),
+                    std::cmp::Reverse(shape.affinity_score(index, n)),
+                    !tent.has_members(n),
+                    free.gpu,
+                    price,
+                    free.cpu_millis,
+                    free.memory_bytes,
+                    n,
+                );
                 if best.is_none_or(|b| score < b) {
                     best = Some(score);
                 }
             }
             if let Some(b) = best {
-                tent.add_member(m, b.6, need, shape.ext);
+                tent.add_member(m, b.7, need, shape.ext);
                 continue;
             }
             let ctx = evict?;

@@ -102,15 +102,25 @@ impl Cycle<'_> {
         let lead = &self.shapes[self.task_shape[gang.members[0] as usize] as usize];
         let index = &self.index;
         let slot = level_slot(gang.level);
+        // A `sameValueOf` gang's domains are its label's values (see `label_domains`).
+        let label_domains = gang.label.as_deref().map(|key| self.label_domains(key, lead));
         // (free GPUs, domain or node)
-        let mut candidates: Vec<(u64, u32)> = match slot {
-            None => index
+        let mut candidates: Vec<(u64, u32)> = match (&label_domains, slot) {
+            (Some(domains), _) => domains
+                .iter()
+                .enumerate()
+                .map(|(d, (_, nodes))| {
+                    let free: u64 = nodes.iter().filter(|&&n| lead.allows(index, n)).map(|&n| index.nodes[n as usize].free().gpu).sum();
+                    (free, d as u32)
+                })
+                .collect(),
+            (None, None) => index
                 .schedulable
                 .iter()
                 .filter(|&&n| lead.allows(index, n) && gang.total.fits_in(index.nodes[n as usize].cap))
                 .map(|&n| (index.nodes[n as usize].free().gpu, n))
                 .collect(),
-            Some(slot) => index.domains[slot]
+            (None, Some(slot)) => index.domains[slot]
                 .iter()
                 .enumerate()
                 .filter(|(_, dom)| !dom.nodes.is_empty() && lead.clusters.as_ref().is_none_or(|cs| cs.binary_search(&dom.cluster).is_ok()))
@@ -129,9 +139,10 @@ impl Cycle<'_> {
         let mut best: Option<Tentative> = None;
         let mut workable = 0usize;
         for (_, d) in candidates {
-            let nodes = match slot {
-                None => std::slice::from_ref(&index.schedulable[index.schedulable.binary_search(&d).unwrap_or(0)]),
-                Some(slot) => &index.domains[slot][d as usize].nodes[..],
+            let nodes = match (&label_domains, slot) {
+                (Some(domains), _) => &domains[d as usize].1[..],
+                (None, None) => std::slice::from_ref(&index.schedulable[index.schedulable.binary_search(&d).unwrap_or(0)]),
+                (None, Some(slot)) => &index.domains[slot][d as usize].nodes[..],
             };
             let bound = best.as_ref().map(|b| b.cost());
             if let Some(t) = self.plan_members(nodes, &gang.members, Some(ctx), bound) {

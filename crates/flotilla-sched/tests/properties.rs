@@ -49,7 +49,7 @@ fn taint() -> Taint {
 
 fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_queues: usize) -> Input {
     let mut g = Gen(seed);
-    let mut nodes = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n_nodes {
         let model = *g.pick(&MODELS);
         let gpus = if model.is_empty() { 0 } else { *g.pick(&[1u64, 2, 4, 8, 8]) };
@@ -164,13 +164,14 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
             for rank in 0..present {
                 let mut t = first.clone();
                 t.id = TaskId(first.id.0 + u64::from(rank) * 10_000);
-                t.gang = Some(GangRef { id: first.id, size, rank, topology: level });
+                t.gang = Some(GangRef { id: first.id, size, rank, topology: level, same_value_of: None });
                 queued.push(t);
             }
         } else {
             queued.push(new_task(&mut g, queue));
         }
     }
+    add_affinity(seed, &mut nodes, &mut queued);
     let mut config = Config::default();
     if g.chance(30) {
         config.max_evictions_per_cycle = g.below(4) as usize;
@@ -182,6 +183,58 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
         config.protected_fraction = *g.pick(&[0.0, 0.5, 0.8]);
     }
     Input { queues, nodes, queued, running, config, held_queues: Default::default() }
+}
+
+const AFFINITY_KEYS: [&str; 3] = ["pool", "tier", "block"];
+const AFFINITY_VALUES: [&str; 5] = ["fast", "slow", "gold", "silver", "b0"];
+
+/// Node labels `tier` and `block` for affinity terms and `sameValueOf` gangs, random
+/// required and preferred terms on some queued tasks, and `sameValueOf: block` on some
+/// gangs. Drawn from a generator of their own, so the rest of the input is what it was
+/// before affinity existed.
+fn add_affinity(seed: u64, nodes: &mut [Node], queued: &mut [SchedTask]) {
+    let mut g = Gen(seed ^ 0xA5F1_7E11_0000_0017);
+    for n in nodes.iter_mut() {
+        if g.chance(50) {
+            n.labels.insert("tier".into(), g.pick(&["gold", "silver"]).to_string());
+        }
+        if g.chance(70) {
+            n.labels.insert("block".into(), g.pick(&["b0", "b1", "b2"]).to_string());
+        }
+    }
+    let term = |g: &mut Gen| {
+        let operator = *g.pick(&AffinityOperator::ALL);
+        let values =
+            if operator.takes_values() { (0..1 + g.below(2)).map(|_| g.pick(&AFFINITY_VALUES).to_string()).collect() } else { vec![] };
+        NodeRequirement { key: g.pick(&AFFINITY_KEYS).to_string(), operator, values }
+    };
+    // Gang members share their template: one draw per gang, by gang id.
+    let mut per_gang: HashMap<TaskId, (NodeAffinity, Option<String>)> = HashMap::new();
+    for t in queued.iter_mut() {
+        let draw = |g: &mut Gen, gang: bool| {
+            let mut a = NodeAffinity::default();
+            if g.chance(20) {
+                a.required = (0..1 + g.below(2)).map(|_| term(g)).collect();
+            }
+            if g.chance(20) {
+                a.preferred =
+                    (0..1 + g.below(3)).map(|_| PreferredRequirement { weight: 1 + g.below(100) as u32, requirement: term(g) }).collect();
+            }
+            let label = (gang && g.chance(35)).then(|| "block".to_string());
+            (a, label)
+        };
+        let (affinity, label) = match &t.gang {
+            Some(gang) => per_gang.entry(gang.id).or_insert_with(|| draw(&mut g, true)).clone(),
+            None => draw(&mut g, false),
+        };
+        t.placement.affinity = affinity;
+        if let Some(gang) = &mut t.gang {
+            if label.is_some() {
+                gang.topology = TopologyLevel::Cluster;
+            }
+            gang.same_value_of = label;
+        }
+    }
 }
 
 fn inputs() -> impl Strategy<Value = Input> {
@@ -279,6 +332,54 @@ proptest! {
             };
             if placed.iter().any(|r| unlabelled(r)) {
                 prop_assert!(placed.iter().all(|r| *r == placed[0]), "gang {} spread over unlabelled nodes", id);
+            }
+        }
+    }
+
+    #[test]
+    fn no_placement_violates_a_required_affinity_term(input in inputs()) {
+        let nodes = node_map(&input);
+        let queued = queued_by_id(&input);
+        let mut backlog = Backlog::default();
+        for t in &input.queued {
+            backlog.insert(t.clone());
+        }
+        let lazy = schedule_backlog(&Input { queued: Vec::new(), ..input.clone() }, &backlog);
+        for d in [schedule(&input), lazy] {
+            for l in &d.leases {
+                let t = queued[&l.task];
+                let labels = &nodes[&l.node].labels;
+                for r in &t.placement.affinity.required {
+                    prop_assert!(r.matches(labels), "task {} on {} breaks {} (labels {:?})", t.id, l.node, r, labels);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_placed_same_value_of_gang_is_on_one_value_of_its_label_in_one_cluster(input in inputs()) {
+        let nodes = node_map(&input);
+        let queued = queued_by_id(&input);
+        let mut backlog = Backlog::default();
+        for t in &input.queued {
+            backlog.insert(t.clone());
+        }
+        let lazy = schedule_backlog(&Input { queued: Vec::new(), ..input.clone() }, &backlog);
+        for d in [schedule(&input), lazy] {
+            // Per gang: its label and the (cluster, label value) pairs its members landed on.
+            type Domains = BTreeSet<(String, Option<String>)>;
+            let mut gangs: BTreeMap<TaskId, (String, Domains)> = BTreeMap::new();
+            for l in &d.leases {
+                let Some(g) = &queued[&l.task].gang else { continue };
+                let Some(key) = &g.same_value_of else { continue };
+                let n = nodes[&l.node];
+                let entry = gangs.entry(g.id).or_insert_with(|| (key.clone(), BTreeSet::new()));
+                entry.1.insert((n.cluster.clone(), n.labels.get(key).cloned()));
+            }
+            for (id, (key, domains)) in gangs {
+                prop_assert_eq!(domains.len(), 1, "gang {} spans {:?} of label {}", id, domains, key);
+                let (_, value) = domains.iter().next().unwrap();
+                prop_assert!(value.is_some(), "gang {} placed on nodes without label {}", id, key);
             }
         }
     }

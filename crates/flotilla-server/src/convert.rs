@@ -90,6 +90,7 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         progress_deadline_ms: s.progress_deadline_ms.unwrap_or(0),
         sim_progress: sim.progress_every_ms.map(|every_ms| v1::SimProgress { every_ms, stall_after_ms: sim.stall_after_ms.unwrap_or(0) }),
         runtime_class: s.runtime_class.clone().unwrap_or_default(),
+        affinity: flotilla_api::affinity_to_proto(&s.placement.affinity),
     }
 }
 

@@ -6,8 +6,9 @@ use flotilla_api::v1::LeasedTask;
 use flotilla_model::{PodSecurity, Resources, Taint, TaskId, GPU_RESOURCE};
 use k8s_openapi::api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, Container, EnvVar, LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements,
+    SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -191,6 +192,7 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], i
         security_context: pod_security_context,
         // The scheduler placed the task on a node that offers this class (its label).
         runtime_class_name: (!task.runtime_class.is_empty()).then(|| task.runtime_class.clone()),
+        affinity: node_affinity(task),
         volumes,
         service_account_name: config.service_account.clone(),
         image_pull_secrets: (!config.image_pull_secrets.is_empty())
@@ -241,6 +243,40 @@ fn disruption_fails_the_job() -> PodFailurePolicy {
 
 /// The level a lease asks for; empty (a server older than the field) or unknown (a newer
 /// one) is `restricted`, the strictest: never weaker than what the scheduler meant.
+/// The task's node affinity as the pod's `affinity.nodeAffinity`, so the cluster's own
+/// scheduler agrees with the node the lease names: the required expressions as one
+/// `nodeSelectorTerm` (all must hold), each preferred expression as a weighted term.
+pub fn node_affinity(task: &LeasedTask) -> Option<Affinity> {
+    let a = task.affinity.as_ref().filter(|a| !a.required.is_empty() || !a.preferred.is_empty())?;
+    let expression = |t: &flotilla_api::v1::AffinityTerm| NodeSelectorRequirement {
+        key: t.key.clone(),
+        operator: t.operator.clone(),
+        values: (!t.values.is_empty()).then(|| t.values.clone()),
+    };
+    let required = (!a.required.is_empty()).then(|| NodeSelector {
+        node_selector_terms: vec![NodeSelectorTerm {
+            match_expressions: Some(a.required.iter().map(expression).collect()),
+            ..Default::default()
+        }],
+    });
+    let preferred = (!a.preferred.is_empty()).then(|| {
+        a.preferred
+            .iter()
+            .map(|t| PreferredSchedulingTerm {
+                weight: t.weight,
+                preference: NodeSelectorTerm { match_expressions: Some(vec![expression(t)]), ..Default::default() },
+            })
+            .collect()
+    });
+    Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: required,
+            preferred_during_scheduling_ignored_during_execution: preferred,
+        }),
+        ..Default::default()
+    })
+}
+
 pub fn pod_security_of(task: &LeasedTask) -> PodSecurity {
     PodSecurity::parse(&task.pod_security).unwrap_or_default()
 }

@@ -125,6 +125,43 @@ fn a_runtime_class_becomes_the_pods_runtime_class_name_and_none_leaves_the_clust
     assert!(plain["spec"]["template"]["spec"].get("runtimeClassName").is_none(), "{plain}");
 }
 
+#[test]
+fn node_affinity_reaches_the_pod_as_one_required_term_and_weighted_preferred_terms() {
+    use flotilla_api::v1::{AffinityTerm, NodeAffinity};
+    let term = |key: &str, operator: &str, values: &[&str], weight: i32| AffinityTerm {
+        key: key.into(),
+        operator: operator.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+        weight,
+    };
+    let affinity = NodeAffinity {
+        required: vec![
+            term("cloud.google.com/gke-nodepool", "In", &["a100-pool", "h100-pool"], 0),
+            term("example.com/broken", "DoesNotExist", &[], 0),
+        ],
+        preferred: vec![term("topology.kubernetes.io/zone", "In", &["us-east-1a"], 50)],
+    };
+    let task = LeasedTask { affinity: Some(affinity), ..lease() };
+    let job = serde_json::to_value(jobs::job_for_lease(&task, "h", &[], INSTALLATION, &KubeBackendConfig::default())).unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["affinity"],
+        json!({"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "cloud.google.com/gke-nodepool", "operator": "In", "values": ["a100-pool", "h100-pool"]},
+                {"key": "example.com/broken", "operator": "DoesNotExist"},
+            ]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 50, "preference": {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1a"]}]}},
+            ],
+        }})
+    );
+    // The node pin stays: affinity narrows what the cluster's scheduler may do, it never widens it.
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/hostname"], "h");
+    let plain = serde_json::to_value(jobs::job_for_lease(&lease(), "h", &[], INSTALLATION, &KubeBackendConfig::default())).unwrap();
+    assert!(plain["spec"]["template"]["spec"].get("affinity").is_none(), "{plain}");
+}
+
 #[tokio::test]
 async fn starting_an_existing_attempt_sends_nothing_and_stop_deletes_in_the_background() {
     let server = seeded(vec![h100_node(), job(42, 3, json!([]))]).await;

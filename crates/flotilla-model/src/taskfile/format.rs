@@ -72,6 +72,10 @@ pub struct TaskTemplate {
     /// (`FailureKind::NoProgress`); see docs/task-file.md. Not written when absent (digests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<String>,
+    /// Node affinity: required and preferred label expressions; see docs/task-file.md.
+    /// Not written when absent (digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityTemplate>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -93,6 +97,39 @@ pub struct GangTemplate {
     pub size: u32,
     #[serde(default)]
     pub topology: Option<String>,
+    /// A node label key: every member on nodes with one same value of it, in one cluster.
+    /// Exclusive with `topology`. Not written when absent (digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_value_of: Option<String>,
+}
+
+/// `affinity:` as written: operators stay strings and weights any integer until validated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AffinityTemplate {
+    #[serde(default)]
+    pub required: Vec<RequirementTemplate>,
+    #[serde(default)]
+    pub preferred: Vec<PreferredTemplate>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequirementTemplate {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreferredTemplate {
+    pub weight: i64,
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -31,5 +31,8 @@ mod tests;
 
 pub use errors::{FieldError, ValidationErrors};
 pub use expand::{expand, SubmitLimits};
-pub use format::{GangTemplate, PlacementTemplate, RetryTemplate, SimTemplate, TaskFile, TaskTemplate};
+pub use format::{
+    AffinityTemplate, GangTemplate, PlacementTemplate, PreferredTemplate, RequirementTemplate, RetryTemplate, SimTemplate, TaskFile,
+    TaskTemplate,
+};
 pub use validate::{check_name, is_dns1123_label, parse_duration_ms};

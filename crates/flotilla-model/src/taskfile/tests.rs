@@ -1,5 +1,5 @@
 use super::*;
-use crate::{PodSecurity, Resources, SpotPolicy, TaskSpec, TopologyLevel};
+use crate::{AffinityOperator, NodeRequirement, PodSecurity, Resources, SpotPolicy, TaskSpec, TopologyLevel};
 
 fn template(name: &str) -> TaskTemplate {
     TaskTemplate {
@@ -85,9 +85,9 @@ fn limits_below_requests_are_rejected() {
 #[test]
 fn gang_rules_are_enforced() {
     let mut small = template("a");
-    small.gang = Some(GangTemplate { size: 1, topology: None });
+    small.gang = Some(GangTemplate { size: 1, topology: None, same_value_of: None });
     let mut counted = template("b");
-    counted.gang = Some(GangTemplate { size: 4, topology: Some("galaxy".into()) });
+    counted.gang = Some(GangTemplate { size: 4, topology: Some("galaxy".into()), same_value_of: None });
     counted.count = Some(2);
     let errs = errors_of(&[small, counted]);
     assert!(errs.iter().any(|e| e.starts_with("tasks[0].gang.size: 1 must be at least 2")), "{errs:?}");
@@ -231,4 +231,124 @@ fn progress_deadline_is_a_duration_between_5s_and_7d_and_sim_progress_fields_are
     let errors = errors_of(&[TaskTemplate { sim: Some(sim), ..template("a") }]);
     assert!(errors.iter().any(|e| e.contains("sim.progressEvery") && e.contains("longer than zero")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("sim.stallAfter")), "{errors:?}");
+}
+
+#[test]
+fn affinity_and_a_same_value_of_gang_expand_into_the_spec() {
+    let text = r#"
+tasks:
+  - name: train
+    image: i
+    resources: {cpu: 1}
+    gang: {size: 4, sameValueOf: cloud.google.com/gke-nodepool}
+    affinity:
+      required:
+        - {key: cloud.google.com/gke-nodepool, operator: In, values: [a100-pool, h100-pool]}
+        - {key: example.com/broken, operator: DoesNotExist}
+      preferred:
+        - {weight: 50, key: topology.kubernetes.io/zone, operator: In, values: [us-east-1a]}
+"#;
+    let f = TaskFile::from_yaml(text).unwrap();
+    let specs = expand("q", "s", &f.tasks, &SubmitLimits::default()).unwrap();
+    assert_eq!(specs.len(), 4);
+    let gang = specs[3].gang.as_ref().unwrap();
+    assert_eq!(gang.same_value_of.as_deref(), Some("cloud.google.com/gke-nodepool"));
+    assert_eq!(gang.topology, TopologyLevel::Cluster);
+    let a = &specs[0].placement.affinity;
+    assert_eq!(
+        a.required,
+        vec![
+            NodeRequirement {
+                key: "cloud.google.com/gke-nodepool".into(),
+                operator: AffinityOperator::In,
+                values: vec!["a100-pool".into(), "h100-pool".into()]
+            },
+            NodeRequirement { key: "example.com/broken".into(), operator: AffinityOperator::DoesNotExist, values: vec![] },
+        ]
+    );
+    assert_eq!(a.preferred.len(), 1);
+    assert_eq!(a.preferred[0].weight, 50);
+    assert_eq!(a.preferred[0].requirement.values, vec!["us-east-1a".to_string()]);
+}
+
+#[test]
+fn a_spec_without_affinity_or_same_value_of_serializes_as_before() {
+    let specs = expand("q", "s", &[template("a")], &SubmitLimits::default()).unwrap();
+    let json = serde_json::to_string(&specs[0]).unwrap();
+    assert!(!json.contains("affinity") && !json.contains("same_value_of"), "{json}");
+    let t = serde_json::to_string(&template("a")).unwrap();
+    assert!(!t.contains("affinity"), "{t}");
+}
+
+fn affinity_errors(yaml: &str) -> Vec<String> {
+    let text = format!("tasks:\n  - name: a\n    image: i\n    resources: {{cpu: 1}}\n{yaml}");
+    let f = TaskFile::from_yaml(&text).unwrap();
+    errors_of(&f.tasks)
+}
+
+#[test]
+fn bad_affinity_expressions_are_rejected_with_their_field_paths() {
+    let cases = [
+        ("    affinity: {required: [{key: zone, operator: In}]}\n", "tasks[0].affinity.required[0].values: In needs at least one value"),
+        ("    affinity: {required: [{key: zone, operator: NotIn, values: []}]}\n", "tasks[0].affinity.required[0].values: NotIn needs"),
+        (
+            "    affinity: {required: [{key: zone, operator: Exists, values: [a]}]}\n",
+            "tasks[0].affinity.required[0].values: Exists takes no values",
+        ),
+        (
+            "    affinity: {required: [{key: zone, operator: Exists}, {key: z, operator: DoesNotExist, values: [a]}]}\n",
+            "tasks[0].affinity.required[1].values: DoesNotExist takes no values",
+        ),
+        (
+            "    affinity: {required: [{key: zone, operator: Gt, values: [a]}]}\n",
+            "tasks[0].affinity.required[0].operator: \"Gt\" is not one of",
+        ),
+        (
+            "    affinity: {required: [{key: \"-bad\", operator: Exists}]}\n",
+            "tasks[0].affinity.required[0].key: \"-bad\" is not a valid label key",
+        ),
+        (
+            "    affinity: {required: [{key: zone, operator: In, values: [\"a b\"]}]}\n",
+            "tasks[0].affinity.required[0].values: \"a b\" is not a valid label value",
+        ),
+        (
+            "    affinity: {preferred: [{weight: 0, key: zone, operator: Exists}]}\n",
+            "tasks[0].affinity.preferred[0].weight: 0 is not between 1 and 100",
+        ),
+        (
+            "    affinity: {preferred: [{weight: 101, key: zone, operator: Exists}]}\n",
+            "tasks[0].affinity.preferred[0].weight: 101 is not between 1 and 100",
+        ),
+        (
+            "    affinity: {preferred: [{weight: 5, key: zone, operator: In}]}\n",
+            "tasks[0].affinity.preferred[0].values: In needs at least one value",
+        ),
+        (
+            "    gang: {size: 2, topology: rack, sameValueOf: pool}\n",
+            "tasks[0].gang.sameValueOf: cannot be combined with tasks[0].gang.topology",
+        ),
+        ("    gang: {size: 2, sameValueOf: \"Not A Key\"}\n", "tasks[0].gang.sameValueOf: \"Not A Key\" is not a valid label key"),
+    ];
+    for (yaml, want) in cases {
+        let errors = affinity_errors(yaml);
+        assert!(errors.iter().any(|e| e.starts_with(want)), "{yaml}: want {want}, got {errors:?}");
+    }
+}
+
+#[test]
+fn affinity_bounds_are_enforced_and_long_values_are_quoted_only_by_a_prefix() {
+    let many = (0..17).map(|i| format!("{{key: k{i}, operator: Exists}}")).collect::<Vec<_>>().join(", ");
+    let errors = affinity_errors(&format!("    affinity: {{required: [{many}]}}\n"));
+    assert!(errors.iter().any(|e| e.starts_with("tasks[0].affinity.required: 17 expressions exceed the limit of 16")), "{errors:?}");
+    let errors = affinity_errors(&format!("    affinity: {{preferred: [{}]}}\n", many.replace("{key", "{weight: 1, key")));
+    assert!(errors.iter().any(|e| e.starts_with("tasks[0].affinity.preferred: 17 expressions exceed the limit of 16")), "{errors:?}");
+    let values = (0..17).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", ");
+    let errors = affinity_errors(&format!("    affinity: {{required: [{{key: k, operator: In, values: [{values}]}}]}}\n"));
+    assert!(errors.iter().any(|e| e.starts_with("tasks[0].affinity.required[0].values: 17 values exceed the limit of 16")), "{errors:?}");
+    let long = "v".repeat(10_000);
+    let errors = affinity_errors(&format!("    affinity: {{required: [{{key: k, operator: In, values: [{long}]}}]}}\n"));
+    let e = errors.iter().find(|e| e.starts_with("tasks[0].affinity.required[0].values:")).expect("an error for the long value");
+    assert!(e.len() < 200, "the error quotes only a prefix: {e}");
+    let errors = affinity_errors(&format!("    affinity: {{required: [{{key: {long}, operator: Exists}}]}}\n"));
+    assert!(errors.iter().any(|e| e.starts_with("tasks[0].affinity.required[0].key:") && e.len() < 200), "{errors:?}");
 }

@@ -294,7 +294,7 @@ fn lease_whole(s: &mut State, ids: &[TaskId]) -> CommandResult {
 
 fn gang(size: u32) -> TaskTemplate {
     let mut t = template("g");
-    t.gang = Some(GangTemplate { size, topology: Some("rack".into()) });
+    t.gang = Some(GangTemplate { size, topology: Some("rack".into()), same_value_of: None });
     t
 }
 

@@ -88,4 +88,11 @@ fn serde_json_len(t: &TaskTemplate) -> usize {
         + t.after.iter().map(String::len).sum::<usize>()
         + t.pod_security.as_ref().map_or(0, String::len)
         + t.runtime_class.as_ref().map_or(0, String::len)
+        + t.affinity.as_ref().map_or(0, affinity_len)
+}
+
+fn affinity_len(a: &crate::taskfile::format::AffinityTemplate) -> usize {
+    let term = |k: &String, o: &String, v: &Vec<String>| k.len() + o.len() + v.iter().map(String::len).sum::<usize>();
+    a.required.iter().map(|r| term(&r.key, &r.operator, &r.values)).sum::<usize>()
+        + a.preferred.iter().map(|r| term(&r.key, &r.operator, &r.values)).sum::<usize>()
 }

@@ -1,6 +1,7 @@
 //! Validating one template, section by section. Each section reports its own bad fields
 //! and returns what it read, so one call reports every problem of a template.
 
+mod affinity;
 mod container;
 mod placement;
 mod resources;
@@ -53,7 +54,8 @@ pub(in crate::taskfile) fn validate_template(
     let retry = timing::retry(p, t, errors);
     let timing = timing::durations(p, t, errors);
     let gang = placement::gang(p, t, limits, errors);
-    let placement = placement::placement(p, t, &resources, errors);
+    let mut placement = placement::placement(p, t, &resources, errors);
+    placement.affinity = affinity::affinity(p, t, errors);
     check_after_names(p, t, names, errors);
     let sim = timing::sim(p, t, errors);
     let (pod_security, run_as_user) = container::pod_security(p, t, errors);

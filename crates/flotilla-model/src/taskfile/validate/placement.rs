@@ -1,7 +1,7 @@
 //! Where a task may run: `gang` and `placement`.
 
 use crate::taskfile::{FieldError, SubmitLimits, TaskTemplate};
-use crate::{quote, GangRef, Placement, Resources, SpotPolicy, TaskId, TopologyLevel};
+use crate::{is_label_key, quote, GangRef, Placement, Resources, SpotPolicy, TaskId, TopologyLevel};
 
 pub(super) fn gang(p: &str, t: &TaskTemplate, limits: &SubmitLimits, errors: &mut Vec<FieldError>) -> Option<GangRef> {
     let g = t.gang.as_ref()?;
@@ -13,14 +13,27 @@ pub(super) fn gang(p: &str, t: &TaskTemplate, limits: &SubmitLimits, errors: &mu
     if t.count.is_some() {
         errors.push(FieldError::new(format!("{p}.count"), "cannot be combined with gang (a gang's size is its count)"));
     }
+    let same_value_of = g.same_value_of.clone();
+    if let Some(key) = &same_value_of {
+        if g.topology.is_some() {
+            errors.push(FieldError::new(
+                format!("{p}.gang.sameValueOf"),
+                format!("cannot be combined with {p}.gang.topology (a gang's domain is one or the other)"),
+            ));
+        }
+        if !is_label_key(key) {
+            errors.push(FieldError::new(format!("{p}.gang.sameValueOf"), format!("{} is not a valid label key", quote(key))));
+        }
+    }
     let topology = match g.topology.as_deref() {
+        // A label domain lies within one cluster.
         None => TopologyLevel::Cluster,
         Some(s) => TopologyLevel::parse(s).unwrap_or_else(|| {
             errors.push(FieldError::new(format!("{p}.gang.topology"), format!("{} is not one of node, rack, zone, cluster", quote(s))));
             TopologyLevel::Cluster
         }),
     };
-    Some(GangRef { id: TaskId(0), size: g.size, rank: 0, topology })
+    Some(GangRef { id: TaskId(0), size: g.size, rank: 0, topology, same_value_of })
 }
 
 pub(super) fn placement(p: &str, t: &TaskTemplate, resources: &Resources, errors: &mut Vec<FieldError>) -> Placement {
