@@ -162,8 +162,7 @@ fn spawn_dev(dir: &std::path::Path, log_file: &std::path::Path, args: &[&str]) -
 
 /// Runs the `flotilla` CLI against `server`; (success, stdout, stderr).
 pub fn flotilla_cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let out = std::process::Command::new(BIN.get_or_init(flotilla_bin))
+    let out = std::process::Command::new(flotilla_bin())
         .arg("--server")
         .arg(server)
         .args(args)
@@ -244,5 +243,18 @@ impl DevProcess {
         let (code, out, err) = self.cli(&full);
         assert_eq!(code, 0, "{args:?} failed: {err}");
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds and returns how long that took; panics naming
+/// `what` after `timeout`.
+pub async fn wait_until(timeout: std::time::Duration, what: &str, mut cond: impl FnMut() -> bool) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if cond() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

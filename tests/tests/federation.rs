@@ -118,18 +118,6 @@ impl Federation {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
-async fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if cond() {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn task(name: &str, cpu: &str, duration: &str) -> TaskTemplate {
     TaskTemplate {
         name: name.into(),
@@ -180,7 +168,10 @@ async fn three_cluster_federation_runs_1000_tasks_each_exactly_once() {
         clusters_toml(&[("east", 40.0, &[("cpu", 4, 16, 2)]), ("west", 40.0, &[("cpu", 4, 16, 2)]), ("lab", 40.0, &[("cpu", 4, 16, 2)])]);
     let mut fed = Federation::start(&toml).await;
     fed.start_all_executors();
-    wait_until(Duration::from_secs(10), "every cluster is ready", || ["east", "west", "lab"].iter().all(|c| fed.cluster_ready(c))).await;
+    flotilla_tests::wait_until(Duration::from_secs(10), "every cluster is ready", || {
+        ["east", "west", "lab"].iter().all(|c| fed.cluster_ready(c))
+    })
+    .await;
     let ids = fed.submit("bulk", vec![TaskTemplate { count: Some(1000), ..task("work", "1", "2s") }]).await;
     assert_eq!(ids.len(), 1000);
 
@@ -190,7 +181,7 @@ async fn three_cluster_federation_runs_1000_tasks_each_exactly_once() {
         .flat_map(|s| s.sim_nodes().iter().map(|n| ((n.cluster.clone(), n.name.clone()), n.allocatable.cpu_millis)))
         .collect();
     let mut max_active = 0;
-    let took = wait_until(Duration::from_secs(60), "all 1,000 tasks succeeded", || {
+    let took = flotilla_tests::wait_until(Duration::from_secs(60), "all 1,000 tasks succeeded", || {
         fed.read(|s| {
             // Invariant 3 while it runs: no node holds more than its allocatable CPU.
             let mut used: HashMap<(String, String), u64> = HashMap::new();
@@ -250,7 +241,7 @@ async fn lost_cluster_work_moves_elsewhere_and_returning_executor_stops_stale_at
     // Only "slow" reports at first, so every task lands there.
     fed.start_executor("slow");
     let ids = fed.submit("moving", vec![TaskTemplate { count: Some(10), ..task("agent", "1", "20s") }]).await;
-    wait_until(Duration::from_secs(15), "all 10 tasks run on cluster slow", || {
+    flotilla_tests::wait_until(Duration::from_secs(15), "all 10 tasks run on cluster slow", || {
         fed.read(|s| {
             ids.iter().all(|id| s.task(*id).is_some_and(|t| t.state == TaskState::Running && t.lease.as_ref().unwrap().cluster == "slow"))
         })
@@ -258,7 +249,10 @@ async fn lost_cluster_work_moves_elsewhere_and_returning_executor_stops_stale_at
     .await;
     fed.start_executor("fast-a");
     fed.start_executor("fast-b");
-    wait_until(Duration::from_secs(10), "the fast clusters are ready", || fed.cluster_ready("fast-a") && fed.cluster_ready("fast-b")).await;
+    flotilla_tests::wait_until(Duration::from_secs(10), "the fast clusters are ready", || {
+        fed.cluster_ready("fast-a") && fed.cluster_ready("fast-b")
+    })
+    .await;
 
     // Kill the executor of "slow" like a crash; its simulated pods keep running.
     let killed_at = Instant::now();
@@ -269,7 +263,7 @@ async fn lost_cluster_work_moves_elsewhere_and_returning_executor_stops_stale_at
     let stale: BTreeSet<(TaskId, u32)> = fed.sims["slow"].current_attempts().iter().map(|a| (a.task_id, a.attempt)).collect();
     assert_eq!(stale.len(), 10, "the killed cluster still runs its 10 attempts");
 
-    let took = wait_until(LOST_AFTER + Duration::from_secs(10), "the lost cluster's tasks succeeded elsewhere", || {
+    let took = flotilla_tests::wait_until(LOST_AFTER + Duration::from_secs(10), "the lost cluster's tasks succeeded elsewhere", || {
         fed.read(|s| ids.iter().all(|id| s.task(*id).unwrap().state == TaskState::Succeeded))
     })
     .await;
@@ -301,10 +295,11 @@ async fn lost_cluster_work_moves_elsewhere_and_returning_executor_stops_stale_at
 
     // Restart: a new loop over the same cluster must stop every attempt that is not a lease.
     fed.start_executor("slow");
-    let took = wait_until(Duration::from_secs(10), "the returning cluster is ready and its stale attempts are stopped", || {
-        fed.cluster_ready("slow") && fed.sims["slow"].current_attempts().is_empty()
-    })
-    .await;
+    let took =
+        flotilla_tests::wait_until(Duration::from_secs(10), "the returning cluster is ready and its stale attempts are stopped", || {
+            fed.cluster_ready("slow") && fed.sims["slow"].current_attempts().is_empty()
+        })
+        .await;
     eprintln!("returning executor stopped its stale attempts in {took:?}");
     // Invariant 2 from here on: whatever runs on "slow" is the current lease of its task.
     let check_until = Instant::now() + SYNC * 3;
@@ -435,10 +430,15 @@ async fn retries_back_off_exponentially_and_avoid_the_failed_node() {
         clusters_toml(&[("one", 20.0, &[("cpu", 3, 8, 3)]), ("two", 20.0, &[("cpu", 3, 8, 3)]), ("three", 20.0, &[("cpu", 3, 8, 3)])]);
     let mut fed = Federation::start(&toml).await;
     fed.start_all_executors();
-    wait_until(Duration::from_secs(10), "every cluster is ready", || ["one", "two", "three"].iter().all(|c| fed.cluster_ready(c))).await;
+    flotilla_tests::wait_until(Duration::from_secs(10), "every cluster is ready", || {
+        ["one", "two", "three"].iter().all(|c| fed.cluster_ready(c))
+    })
+    .await;
     let ids = fed.submit("flaky", vec![failing("flaky", "4", 3, "1s")]).await;
     let id = ids[0];
-    let took = wait_until(Duration::from_secs(30), "the failing task is failed", || fed.states(&ids)[0] == TaskState::Failed).await;
+    let took =
+        flotilla_tests::wait_until(Duration::from_secs(30), "the failing task is failed", || fed.states(&ids)[0] == TaskState::Failed)
+            .await;
     eprintln!("3 attempts with 1s/2s backoff took {took:?}");
 
     use EventKind::{Failed, Leased, Retrying};
@@ -479,10 +479,11 @@ async fn always_failing_task_set_trips_the_breaker_instead_of_retrying_forever()
     let toml = clusters_toml(&[("one", 20.0, &[("cpu", 4, 16, 2)]), ("two", 20.0, &[("cpu", 4, 16, 2)])]);
     let mut fed = Federation::start(&toml).await;
     fed.start_all_executors();
-    wait_until(Duration::from_secs(10), "every cluster is ready", || fed.cluster_ready("one") && fed.cluster_ready("two")).await;
+    flotilla_tests::wait_until(Duration::from_secs(10), "every cluster is ready", || fed.cluster_ready("one") && fed.cluster_ready("two"))
+        .await;
     let ids = fed.submit("doomed", vec![TaskTemplate { count: Some(24), ..failing("crash", "1", 10, "300ms") }]).await;
     let paused = |fed: &Federation| fed.read(|s| s.task_set(QUEUE, "doomed").unwrap().paused);
-    let took = wait_until(Duration::from_secs(20), "the task set is paused", || paused(&fed)).await;
+    let took = flotilla_tests::wait_until(Duration::from_secs(20), "the task set is paused", || paused(&fed)).await;
     eprintln!("breaker tripped {took:?} after the submission");
 
     let events = fed.events("doomed");
@@ -513,11 +514,14 @@ async fn always_failing_task_set_trips_the_breaker_instead_of_retrying_forever()
         .expect("resume");
     assert!(!paused(&fed), "resumed (the call returns after the commit)");
     assert!(of_kind(&fed.events("doomed"), EventKind::Resumed).count() == 1);
-    wait_until(Duration::from_secs(10), "leases after the resume", || {
+    flotilla_tests::wait_until(Duration::from_secs(10), "leases after the resume", || {
         of_kind(&fed.events("doomed"), EventKind::Leased).count() > leases_at_pause
     })
     .await;
-    wait_until(Duration::from_secs(20), "the breaker trips again", || of_kind(&fed.events("doomed"), EventKind::Paused).count() == 2).await;
+    flotilla_tests::wait_until(Duration::from_secs(20), "the breaker trips again", || {
+        of_kind(&fed.events("doomed"), EventKind::Paused).count() == 2
+    })
+    .await;
     let resumed_again = TasksClient::new(fed.channel.clone())
         .resume_task_set(v1::ResumeTaskSetRequest { queue: QUEUE.into(), task_set: "not-there".into() })
         .await;

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_api::v1::{self, clusters_client::ClustersClient, queues_client::QueuesClient};
 use flotilla_executor::{ExecutorConfig, ExecutorHandle, SimCluster, SimOptions};
@@ -66,7 +66,7 @@ impl Fleet {
         config.sync_interval = SYNC;
         self.executors.push(flotilla_executor::spawn(config, Arc::new(self.sims[cluster].clone())));
         let name = cluster.to_string();
-        wait_until(Duration::from_secs(10), &format!("cluster {cluster} is ready"), || {
+        flotilla_tests::wait_until(Duration::from_secs(10), &format!("cluster {cluster} is ready"), || {
             self.read(|s| s.cluster(&name).is_some_and(|c| c.state == ClusterState::Ready))
         })
         .await;
@@ -104,18 +104,6 @@ impl Fleet {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
-async fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if cond() {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn task(name: &str, duration: &str) -> TaskTemplate {
     TaskTemplate {
         name: name.into(),
@@ -142,7 +130,7 @@ async fn drained_cluster_ends_empty_moved_tasks_resume_elsewhere_as_new_attempts
     let on = |s: &State, id: &TaskId, cluster: &str, state: TaskState| {
         s.task(*id).is_some_and(|t| t.state == state && t.lease.as_ref().is_some_and(|l| l.cluster == cluster))
     };
-    wait_until(Duration::from_secs(15), "every task runs in cluster old", || {
+    flotilla_tests::wait_until(Duration::from_secs(15), "every task runs in cluster old", || {
         fleet.read(|s| all.iter().all(|id| on(s, id, "old", TaskState::Running)))
     })
     .await;
@@ -156,7 +144,7 @@ async fn drained_cluster_ends_empty_moved_tasks_resume_elsewhere_as_new_attempts
     let (_, again) = fleet.cli(&["cluster", "drain", "old"]);
     assert!(again.contains("draining ("), "a second drain is harmless: {again}");
 
-    let moved_in = wait_until(Duration::from_secs(20), "every movable task runs in cluster new", || {
+    let moved_in = flotilla_tests::wait_until(Duration::from_secs(20), "every movable task runs in cluster new", || {
         fleet.read(|s| movable.iter().all(|id| on(s, id, "new", TaskState::Running)))
     })
     .await;
@@ -171,7 +159,7 @@ async fn drained_cluster_ends_empty_moved_tasks_resume_elsewhere_as_new_attempts
     let (_, listed) = fleet.cli(&["clusters"]);
     assert!(listed.contains("draining (1 left)"), "flotilla clusters shows the drain: {listed}");
 
-    wait_until(Duration::from_secs(20), "the critical task finished and old is drained", || {
+    flotilla_tests::wait_until(Duration::from_secs(20), "the critical task finished and old is drained", || {
         fleet.read(|s| {
             s.task(critical).unwrap().state == TaskState::Succeeded && s.cluster_drain("old").unwrap().state == DrainState::Drained
         })
@@ -203,7 +191,7 @@ async fn drained_cluster_ends_empty_moved_tasks_resume_elsewhere_as_new_attempts
     assert_eq!(code, 0, "{out}");
     assert_eq!(fleet.read(|s| s.cluster_drain("old").unwrap().state), DrainState::Schedulable);
     let later = fleet.submit("later", vec![TaskTemplate { count: Some(20), ..task("later", "300s") }]).await;
-    wait_until(Duration::from_secs(15), "new work lands in old again", || {
+    flotilla_tests::wait_until(Duration::from_secs(15), "new work lands in old again", || {
         fleet.read(|s| later.iter().any(|id| s.task(*id).unwrap().lease.as_ref().is_some_and(|l| l.cluster == "old")))
     })
     .await;
@@ -239,7 +227,7 @@ async fn an_agent_that_stops_signalling_is_retried_elsewhere_after_its_deadline_
     let stuck = fleet.submit("stuck", vec![signalling("stuck", "120s", Some("2s"))]).await[0];
     let busy = fleet.submit("busy", vec![signalling("busy", "12s", None)]).await[0];
 
-    wait_until(Duration::from_secs(20), "the stuck agent runs again as attempt 2", || {
+    flotilla_tests::wait_until(Duration::from_secs(20), "the stuck agent runs again as attempt 2", || {
         fleet.read(|s| s.task(stuck).is_some_and(|t| t.attempt == 2 && t.state == TaskState::Running))
     })
     .await;
@@ -259,7 +247,7 @@ async fn an_agent_that_stops_signalling_is_retried_elsewhere_after_its_deadline_
         .iter()
         .any(|r| r.task_id == stuck && r.attempt == 1 && r.ended_by.as_deref() == Some("stopped")));
 
-    wait_until(Duration::from_secs(20), "the signalling agent succeeded", || {
+    flotilla_tests::wait_until(Duration::from_secs(20), "the signalling agent succeeded", || {
         fleet.read(|s| s.task(busy).unwrap().state == TaskState::Succeeded)
     })
     .await;
@@ -270,7 +258,7 @@ async fn an_agent_that_stops_signalling_is_retried_elsewhere_after_its_deadline_
     // The per-cluster dispatch metrics after this run: three attempts started (the stuck
     // agent twice, the busy one once), one NoProgress failure where it stalled, sane
     // lease-to-running times and sync ages.
-    wait_until(Duration::from_secs(5), "the metrics caught up", || {
+    flotilla_tests::wait_until(Duration::from_secs(5), "the metrics caught up", || {
         metric(&fleet.server.ctx.metrics.render(), "flotilla_cluster_attempts_started_total", &[]) >= 3.0
     })
     .await;

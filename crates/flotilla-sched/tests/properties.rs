@@ -258,6 +258,16 @@ fn queued_by_id(input: &Input) -> HashMap<TaskId, &SchedTask> {
 }
 
 /// Each queue's resources after the cycle, recounted: running - preempted + leased.
+/// The decisions of the full cycle and of the backlog cycle over the same input.
+fn both_paths(input: &Input) -> [Decisions; 2] {
+    let mut backlog = Backlog::default();
+    for t in &input.queued {
+        backlog.insert(t.clone());
+    }
+    let lazy = schedule_backlog(&Input { queued: Vec::new(), ..input.clone() }, &backlog);
+    [schedule(input), lazy]
+}
+
 fn queue_usage(input: &Input, d: &Decisions) -> HashMap<String, Resources> {
     let preempted: BTreeSet<TaskId> = d.preemptions.iter().map(|p| p.task).collect();
     let queued = queued_by_id(input);
@@ -340,12 +350,7 @@ proptest! {
     fn no_placement_violates_a_required_affinity_term(input in inputs()) {
         let nodes = node_map(&input);
         let queued = queued_by_id(&input);
-        let mut backlog = Backlog::default();
-        for t in &input.queued {
-            backlog.insert(t.clone());
-        }
-        let lazy = schedule_backlog(&Input { queued: Vec::new(), ..input.clone() }, &backlog);
-        for d in [schedule(&input), lazy] {
+        for d in both_paths(&input) {
             for l in &d.leases {
                 let t = queued[&l.task];
                 let labels = &nodes[&l.node].labels;
@@ -360,12 +365,7 @@ proptest! {
     fn every_placed_same_value_of_gang_is_on_one_value_of_its_label_in_one_cluster(input in inputs()) {
         let nodes = node_map(&input);
         let queued = queued_by_id(&input);
-        let mut backlog = Backlog::default();
-        for t in &input.queued {
-            backlog.insert(t.clone());
-        }
-        let lazy = schedule_backlog(&Input { queued: Vec::new(), ..input.clone() }, &backlog);
-        for d in [schedule(&input), lazy] {
+        for d in both_paths(&input) {
             // Per gang: its label and the (cluster, label value) pairs its members landed on.
             type Domains = BTreeSet<(String, Option<String>)>;
             let mut gangs: BTreeMap<TaskId, (String, Domains)> = BTreeMap::new();
