@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use flotilla_api::v1::{self, queues_client::QueuesClient, tasks_client::TasksClient};
 use flotilla_executor::{ExecutorConfig, SimCluster, SimOptions};
 use flotilla_model::TaskState;
@@ -24,24 +24,53 @@ use tonic::transport::Channel;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[arg(long, default_value = "clusters.example.toml")]
-    clusters: PathBuf,
+    pub clusters: PathBuf,
     #[arg(long, default_value_t = 100_000)]
-    tasks: usize,
+    pub tasks: usize,
     /// Tasks per SubmitTasks call (at most 10,000).
     #[arg(long, default_value_t = 5_000)]
-    batch: usize,
+    pub batch: usize,
     #[arg(long, default_value_t = 4)]
-    concurrency: usize,
+    pub concurrency: usize,
     #[arg(long, default_value = "20m")]
-    cpu: String,
+    pub cpu: String,
     #[arg(long, default_value = "32Mi")]
-    memory: String,
+    pub memory: String,
     /// Simulated time speed-up (pod start included).
     #[arg(long, default_value_t = 1.0)]
-    speed: f64,
+    pub speed: f64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+    /// Steady state instead (see `steady.rs`): submit at `--rate` for this many seconds, with
+    /// replicas as separate processes; 0: the burst above, in one process.
+    #[arg(long, default_value_t = 0)]
+    pub duration_s: u64,
+    /// Steady state: replica processes.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u64,
+    /// Steady state: tasks submitted per second, open loop.
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+    /// Steady state: the first seconds, left out of the figures.
+    #[arg(long, default_value_t = 15)]
+    pub warmup_s: u64,
+    /// Steady state: how long each task runs (simulated time).
+    #[arg(long, default_value = "30s")]
+    pub task_duration: String,
+    /// Steady state: generate this many alike clusters instead of reading `--clusters`.
+    #[arg(long, default_value_t = 0)]
+    pub generate_clusters: u32,
+    #[arg(long, default_value_t = 1_000)]
+    pub nodes_per_cluster: u32,
+    #[arg(long, default_value = "32")]
+    pub node_cpu: String,
+    #[arg(long, default_value = "128Gi")]
+    pub node_memory: String,
+    /// The most pods a node runs: for generated clusters (default 110, the kubelet's), and,
+    /// when given, instead of every pool's `max_pods` in `--clusters`.
+    #[arg(long)]
+    pub max_pods: Option<u32>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -49,11 +78,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--batch must be 1..=10000 and --concurrency above 0");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if args.duration_s > 0 {
+        println!("{}", rt.block_on(crate::steady::run(args))?);
+        return Ok(());
+    }
     rt.block_on(run_async(args))
 }
 
 async fn run_async(args: &Args) -> anyhow::Result<()> {
-    let clusters = flotilla_executor::load_clusters(&args.clusters).with_context(|| format!("loading {}", args.clusters.display()))?;
+    let clusters = crate::steady::load_clusters(args)?;
     let dir = tempfile::tempdir()?;
     let mut config = ServerConfig::single("127.0.0.1:0".parse()?, dir.path().join("data"));
     config.schedule_interval = Duration::from_millis(500);

@@ -4,7 +4,8 @@
 //! - `sched`: the scheduling algorithm alone (`flotilla_sched::schedule`) on a synthetic
 //!   federation; only the call itself is timed.
 //! - `submit`: acknowledged submissions per second through real replica processes.
-//! - `e2e`: tasks leased per second through one replica and simulated executors.
+//! - `e2e`: tasks leased per second through one replica and simulated executors; with
+//!   `--duration-s`, the steady state through replica processes at real pod density.
 //! - `leader`: the leader's whole scheduling cycle (input, schedule, commit through the
 //!   replicas, apply) at a large backlog, and listing/metrics reads at that size.
 //! - `chaos`: the deterministic fault simulator over many seeds; exits non-zero on a
@@ -22,6 +23,7 @@ mod executor;
 mod leader;
 mod memory;
 mod sched;
+mod steady;
 mod submit;
 
 #[derive(Parser)]
@@ -73,7 +75,12 @@ pub fn peak_memory_bytes() -> u64 {
 /// A memory figure of this process from /proc/self/status (`VmHWM:`, `VmRSS:`), in bytes;
 /// 0 where /proc is missing.
 pub fn memory_bytes(field: &str) -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    process_memory_bytes("self", field)
+}
+
+/// A memory figure of process `pid` ("self" for this one), like [`memory_bytes`].
+pub fn process_memory_bytes(pid: &str, field: &str) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))

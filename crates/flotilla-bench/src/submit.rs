@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use flotilla_api::auth::AuthChannel;
 use flotilla_api::v1::{self, queues_client::QueuesClient, tasks_client::TasksClient};
 use tonic::transport::Channel;
 
@@ -36,6 +37,10 @@ pub struct Args {
     /// (the second run of a pair tends to be slower); the ratio is of the medians.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Each call carries `--batch` distinct one-task templates (their name, an argument and an
+    /// environment variable differ), as agent fleets submit, instead of one array task.
+    #[arg(long)]
+    distinct: bool,
 }
 
 /// The token the secure run's client sends, and the auth file that knows it.
@@ -45,11 +50,12 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls")
 }
 
-struct Replicas {
-    children: Vec<Child>,
+/// Replica processes, replica `i + 1` at position `i`.
+pub(crate) struct Replicas {
+    pub children: Vec<Child>,
     _dir: tempfile::TempDir,
     data_dirs: Vec<PathBuf>,
-    urls: Vec<String>,
+    pub urls: Vec<String>,
 }
 
 impl Drop for Replicas {
@@ -74,7 +80,7 @@ fn flotilla_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn start_replicas(n: u64, secure: bool) -> anyhow::Result<Replicas> {
+pub(crate) fn start_replicas(n: u64, secure: bool) -> anyhow::Result<Replicas> {
     let bin = flotilla_binary()?;
     let dir = tempfile::tempdir()?;
     let scheme = if secure { "https" } else { "http" };
@@ -138,7 +144,22 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
         .sum()
 }
 
-async fn connect(url: &str, dial: &flotilla_api::dial::Dial) -> anyhow::Result<Channel> {
+/// Creates the queue `bench`. The group elects a leader once a majority is up; this waits
+/// for it (60 s at most).
+pub(crate) async fn create_bench_queue(channel: &AuthChannel) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let spec = v1::QueueSpec { name: "bench".into(), weight: 1.0, ..Default::default() };
+        match QueuesClient::new(channel.clone()).create_queue(v1::CreateQueueRequest { queue: Some(spec) }).await {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+            Err(s) if Instant::now() > deadline => bail!("the group did not accept writes within 60 s: {s}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+pub(crate) async fn connect(url: &str, dial: &flotilla_api::dial::Dial) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match dial.connect(Channel::from_shared(url.to_string())?).await {
@@ -200,17 +221,7 @@ async fn run_once(args: &Args, secure: bool) -> anyhow::Result<serde_json::Value
         for url in &replicas.urls {
             channels.push(token.channel(connect(url, &dial).await?));
         }
-        // The group elects a leader once a majority is up; creating the queue waits for it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let spec = v1::QueueSpec { name: "bench".into(), weight: 1.0, ..Default::default() };
-            match QueuesClient::new(channels[0].clone()).create_queue(v1::CreateQueueRequest { queue: Some(spec) }).await {
-                Ok(_) => break,
-                Err(s) if s.code() == tonic::Code::AlreadyExists => break,
-                Err(s) if Instant::now() > deadline => bail!("the group did not accept writes within 60 s: {s}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+        create_bench_queue(&channels[0]).await?;
 
         let batches = args.tasks.div_ceil(args.batch);
         let next = Arc::new(AtomicUsize::new(0));
@@ -219,7 +230,7 @@ async fn run_once(args: &Args, secure: bool) -> anyhow::Result<serde_json::Value
         for w in 0..args.concurrency {
             let next = next.clone();
             let channel = channels[w % channels.len()].clone();
-            let (batch, total) = (args.batch, args.tasks);
+            let (batch, total, distinct) = (args.batch, args.tasks, args.distinct);
             workers.push(tokio::spawn(async move {
                 let mut client = TasksClient::new(channel).max_encoding_message_size(64 << 20).max_decoding_message_size(64 << 20);
                 let mut latencies = Vec::new();
@@ -230,17 +241,11 @@ async fn run_once(args: &Args, secure: bool) -> anyhow::Result<serde_json::Value
                         break;
                     }
                     let count = batch.min(total - b * batch) as u32;
-                    let template = v1::TaskTemplate {
-                        name: "task".into(),
-                        count: Some(count),
-                        image: "busybox:1.36".into(),
-                        resources: [("cpu".to_string(), "100m".to_string()), ("memory".to_string(), "128Mi".to_string())].into(),
-                        ..Default::default()
-                    };
+                    let tasks = if distinct { (0..count).map(|i| distinct_template(b, i)).collect() } else { vec![array_template(count)] };
                     let req = v1::SubmitTasksRequest {
                         queue: "bench".into(),
                         task_set: format!("set-{}", b % 64),
-                        tasks: vec![template],
+                        tasks,
                         client_request_id: format!("bench-{b}"),
                     };
                     let t0 = Instant::now();
@@ -270,6 +275,7 @@ async fn run_once(args: &Args, secure: bool) -> anyhow::Result<serde_json::Value
         let result = serde_json::json!({
                 "bench": "submit",
                 "secure": secure,
+                "shape": if args.distinct { "distinct" } else { "array" },
                 "replicas": args.replicas,
                 "tasks": acked,
                 "batch": args.batch,
@@ -282,5 +288,28 @@ async fn run_once(args: &Args, secure: bool) -> anyhow::Result<serde_json::Value
         });
         drop(replicas);
         Ok(result)
+    }
+}
+
+/// `count` alike tasks: one template.
+fn array_template(count: u32) -> v1::TaskTemplate {
+    v1::TaskTemplate {
+        name: "task".into(),
+        count: Some(count),
+        image: "busybox:1.36".into(),
+        resources: [("cpu".to_string(), "100m".to_string()), ("memory".to_string(), "128Mi".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// One agent of its own (call `batch`, position `i`): its name, its prompt argument and its
+/// session variable differ from every other task's.
+fn distinct_template(batch: usize, i: u32) -> v1::TaskTemplate {
+    v1::TaskTemplate {
+        name: format!("agent-{i:04}"),
+        count: Some(1),
+        args: vec!["--prompt-id".into(), format!("{batch}-{i}")],
+        env: [("SESSION".to_string(), format!("s-{batch:06}-{i:04}"))].into(),
+        ..array_template(1)
     }
 }

@@ -57,7 +57,7 @@ pub use backend::{Attempt, AttemptEvent, AttemptPhase, BackendError, ClusterBack
 pub use config::ConfigError;
 pub use kube::{KubeBackend, KubeBackendConfig, KubeSource};
 pub use progress::ProgressTracker;
-pub use sim::config::{cluster_names, load_clusters, parse_clusters, ClusterConfig, ClustersFile, Faults, PoolConfig};
+pub use sim::config::{cluster_names, load_clusters, parse_clusters, ClusterConfig, ClustersFile, Faults, PoolConfig, DEFAULT_MAX_PODS};
 pub use sim::{SimCluster, SimOptions};
 pub use status::ExecutorStatus;
 

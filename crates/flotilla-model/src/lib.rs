@@ -38,7 +38,7 @@ pub use queue::{
 };
 pub use resources::{
     format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, QuantityError, ResourceLimits, Resources, GPU_RESOURCE,
-    MAX_NODE_CPU_MILLIS, MAX_NODE_EXTENDED_AMOUNT, MAX_NODE_EXTENDED_RESOURCES, MAX_NODE_GPUS, MAX_NODE_MEMORY_BYTES,
+    MAX_NODE_CPU_MILLIS, MAX_NODE_EXTENDED_AMOUNT, MAX_NODE_EXTENDED_RESOURCES, MAX_NODE_GPUS, MAX_NODE_MEMORY_BYTES, PODS_RESOURCE,
 };
 pub use task::{
     runtime_class_label, AttemptStatus, FailureKind, GangRef, Placement, PodSecurity, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId,

@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 /// The resource name Kubernetes uses for NVIDIA GPUs.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
+/// How many pods a node runs at most (the kubelet's `maxPods`, 110 by default), as nodes
+/// report it among their extended resources: `allocatable.extended["pods"]` is the node's
+/// capacity and `reserved.extended["pods"]` the pods on it that are not Flotilla's. Every
+/// task is one pod. A node that reports no `pods` has no pod limit Flotilla knows of.
+/// Tasks cannot request it.
+pub const PODS_RESOURCE: &str = "pods";
+
 /// Most CPU one node may report: 65,536 cores. The largest machines today have a few
 /// thousand; more is a broken or forged report, and would skew fair shares and packing.
 pub const MAX_NODE_CPU_MILLIS: u64 = 65_536 * 1000;

@@ -1,27 +1,51 @@
-//! A compact, `Copy` view of the three resources fairness and packing reason about.
+//! A compact, `Copy` view of the resources fairness and packing reason about.
 //!
 //! [`Resources`] carries a map of extended resources, which makes it costly to copy in the
-//! hot loop. The scheduler keeps GPU, CPU and memory in an [`Amount`] and checks extended
-//! resources separately (they are rare and never drive fairness).
+//! hot loop. The scheduler keeps GPU, CPU, memory and pods in an [`Amount`] and checks
+//! extended resources separately (they are rare and never drive fairness). Pods bound how
+//! many tasks a node runs (the kubelet's `maxPods`); they never count in fair shares.
 
 use std::collections::BTreeMap;
 
-use flotilla_model::{format_bytes, format_cpu_millis, Resources};
+use flotilla_model::{format_bytes, format_cpu_millis, Node, Resources, PODS_RESOURCE};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Amount {
     pub gpu: u64,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// Pods: 1 for a task, a count of tasks for what runs, the room left for a node
+    /// ([`NO_POD_LIMIT`] when it reports none), 0 for queue guarantees and limits.
+    pub pods: u64,
 }
 
+/// The pod room of a node that reports no pod limit: more than any node could hold.
+pub(crate) const NO_POD_LIMIT: u64 = 1 << 40;
+
 impl Amount {
+    /// Resources alone, without pods (a queue's guarantee).
     pub fn of(r: &Resources) -> Amount {
-        Amount { gpu: r.gpu, cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes }
+        Amount { gpu: r.gpu, cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes, pods: 0 }
+    }
+
+    /// What a task with requests `r` takes: its resources and one pod.
+    pub fn task(r: &Resources) -> Amount {
+        Amount { pods: 1, ..Amount::of(r) }
+    }
+
+    /// What node `n` offers: its schedulable resources, and room for as many pods as it
+    /// reports (`allocatable.extended["pods"]`) less the pods on it that are not Flotilla's,
+    /// or [`NO_POD_LIMIT`] when it reports none.
+    pub fn node(n: &Node) -> Amount {
+        let pods = match n.allocatable.extended.get(PODS_RESOURCE) {
+            Some(max) => max.saturating_sub(n.reserved.extended.get(PODS_RESOURCE).copied().unwrap_or(0)),
+            None => NO_POD_LIMIT,
+        };
+        Amount { pods, ..Amount::of(&n.schedulable_capacity()) }
     }
 
     pub fn fits_in(self, other: Amount) -> bool {
-        self.gpu <= other.gpu && self.cpu_millis <= other.cpu_millis && self.memory_bytes <= other.memory_bytes
+        self.gpu <= other.gpu && self.cpu_millis <= other.cpu_millis && self.memory_bytes <= other.memory_bytes && self.pods <= other.pods
     }
 
     pub fn plus(self, o: Amount) -> Amount {
@@ -29,6 +53,7 @@ impl Amount {
             gpu: self.gpu.saturating_add(o.gpu),
             cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            pods: self.pods.saturating_add(o.pods),
         }
     }
 
@@ -37,6 +62,7 @@ impl Amount {
             gpu: self.gpu.saturating_sub(o.gpu),
             cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
+            pods: self.pods.saturating_sub(o.pods),
         }
     }
 
@@ -124,10 +150,38 @@ mod tests {
 
     #[test]
     fn dominant_share_ignores_resources_the_federation_lacks() {
-        let total = Amount { gpu: 0, cpu_millis: 1000, memory_bytes: 0 };
-        let used = Amount { gpu: 4, cpu_millis: 250, memory_bytes: 7 };
+        let total = Amount { gpu: 0, cpu_millis: 1000, memory_bytes: 0, pods: 0 };
+        let used = Amount { gpu: 4, cpu_millis: 250, memory_bytes: 7, pods: 3 };
         assert_eq!(used.dominant_share(total), 0.25);
         assert_eq!(used.dominant_share(Amount::default()), 0.0);
+    }
+
+    #[test]
+    fn a_task_is_one_pod_and_a_node_without_a_pod_limit_has_room_for_any() {
+        let mut node = Node {
+            cluster: "c".into(),
+            name: "n".into(),
+            allocatable: Resources::new(4000, 1 << 30, 0),
+            reserved: Resources::default(),
+            topology: Default::default(),
+            gpu_model: None,
+            instance_type: String::new(),
+            spot: false,
+            price_per_hour_usd: 0.0,
+            labels: Default::default(),
+            taints: Vec::new(),
+            unschedulable: false,
+        };
+        assert_eq!(Amount::node(&node).pods, NO_POD_LIMIT);
+        node.allocatable.extended.insert(PODS_RESOURCE.into(), 5);
+        node.reserved.extended.insert(PODS_RESOURCE.into(), 3);
+        let task = Amount::task(&Resources::new(100, 1 << 20, 0));
+        assert_eq!(task.pods, 1);
+        assert!(task.plus(task).fits_in(Amount::node(&node)), "5 pods, 3 of them others': room for 2");
+        assert!(!task.plus(task).plus(task).fits_in(Amount::node(&node)), "a third pod does not fit in two");
+        node.reserved.extended.insert(PODS_RESOURCE.into(), 5);
+        assert_eq!(Amount::node(&node).pods, 0, "others' pods fill the node");
+        assert_eq!(Amount::of(&node.allocatable).pods, 0, "a guarantee or limit holds no pods");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Backlog {
     pub fn insert(&mut self, t: SchedTask) {
         self.remove(t.id);
         let q = self.queue_id(&t.queue);
-        let amount = Amount::of(&t.resources);
+        let amount = Amount::task(&t.resources);
         let qb = &mut self.queues[q as usize];
         qb.all_demand = qb.all_demand.plus(amount);
         qb.tasks += 1;
@@ -137,7 +137,7 @@ impl Backlog {
                 if group.is_empty() {
                     qb.singles.remove(&key);
                 }
-                qb.unit_demand = qb.unit_demand.minus(Amount::of(&t.resources));
+                qb.unit_demand = qb.unit_demand.minus(Amount::task(&t.resources));
                 self.release_shape(shape);
                 t
             }
@@ -157,7 +157,7 @@ impl Backlog {
         };
         if let Some(&q) = self.queue_ids.get(task.queue.as_str()) {
             let qb = &mut self.queues[q as usize];
-            qb.all_demand = qb.all_demand.minus(Amount::of(&task.resources));
+            qb.all_demand = qb.all_demand.minus(Amount::task(&task.resources));
             qb.tasks -= 1;
         }
         Some(task)
@@ -234,11 +234,11 @@ impl Backlog {
         let level = first.gang.as_ref().map_or(TopologyLevel::Node, |g| g.topology);
         // Placement order, as `Cycle::gang_unit` puts them: largest first, then by rank.
         let mut order: Vec<&(SchedTask, u32)> = entry.members.values().collect();
-        order.sort_by_key(|(t, _)| (Reverse(Amount::of(&t.resources)), t.gang.as_ref().map_or(0, |g| g.rank)));
+        order.sort_by_key(|(t, _)| (Reverse(Amount::task(&t.resources)), t.gang.as_ref().map_or(0, |g| g.rank)));
         let shapes: Vec<u32> = order.iter().map(|(_, s)| *s).collect();
         let priority = tasks.iter().map(|t| t.priority).max().unwrap_or(first.priority);
         let seq = tasks.iter().map(|t| t.submit_seq).min().unwrap_or(first.submit_seq);
-        let total = tasks.iter().fold(Amount::default(), |a, t| a.plus(Amount::of(&t.resources)));
+        let total = tasks.iter().fold(Amount::default(), |a, t| a.plus(Amount::task(&t.resources)));
         let q = self.queue_ids[first.queue.as_str()];
         let key: GangKey = (Reverse(priority), shapes, level, first.gang.as_ref().and_then(|g| g.same_value_of.clone()));
         entry.filed = Some((q, key.clone(), (seq, gang)));

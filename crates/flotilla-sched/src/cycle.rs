@@ -145,7 +145,7 @@ impl<'a> Cycle<'a> {
             let first = running_ids.insert(r.task.id);
             let node = index.by_ref.get(&(r.node.cluster.as_str(), r.node.node.as_str())).copied();
             let queue = queue_by_name.get(r.task.queue.as_str()).copied();
-            let amount = Amount::of(&r.task.resources);
+            let amount = Amount::task(&r.task.resources);
             if let Some(n) = node {
                 // Every entry is charged, duplicates too: over-counting only makes us cautious.
                 index.charge_running(n, amount, &r.task.resources.extended);
@@ -292,7 +292,7 @@ impl<'a> Cycle<'a> {
     /// The queued tasks of a unit, and their total resources.
     pub fn unit_members(&self, unit: Unit) -> (Vec<u32>, Amount) {
         match unit {
-            Unit::Single(i) => (vec![i], Amount::of(&self.queued[i as usize].resources)),
+            Unit::Single(i) => (vec![i], Amount::task(&self.queued[i as usize].resources)),
             Unit::Gang(g) => {
                 let gang = &self.gangs[g as usize];
                 (gang.members.clone(), gang.total)
@@ -520,7 +520,7 @@ impl<'a> Cycle<'a> {
         }
         for &(t, n) in &plan.assignments {
             let task = &self.queued[t as usize];
-            let amount = Amount::of(&task.resources);
+            let amount = Amount::task(&task.resources);
             debug_assert!(!self.leased[t as usize]);
             self.index.reserve(n, amount, &task.resources.extended);
             self.queues[q].alloc = self.queues[q].alloc.plus(amount);
@@ -543,7 +543,7 @@ impl<'a> Cycle<'a> {
             None => {
                 for (i, t) in self.queued.iter().enumerate() {
                     if let (Some(q), false, false) = (self.task_queue[i], self.leased[i], self.duplicate[i]) {
-                        demand[q] = demand[q].plus(Amount::of(&t.resources));
+                        demand[q] = demand[q].plus(Amount::task(&t.resources));
                     }
                 }
             }
@@ -551,7 +551,7 @@ impl<'a> Cycle<'a> {
         if self.lazy.is_some() {
             for (&t, &leased) in self.queued.iter().zip(&self.leased) {
                 if let (true, Some(&q)) = (leased, self.queue_by_name.get(t.queue.as_str())) {
-                    demand[q] = demand[q].minus(Amount::of(&t.resources));
+                    demand[q] = demand[q].minus(Amount::task(&t.resources));
                 }
             }
         }
@@ -590,7 +590,7 @@ impl<'a> Cycle<'a> {
         for (&t, &n) in self.lease_tasks.iter().zip(&self.lease_nodes) {
             let t = &self.queued[t as usize];
             let e = leased.entry(n).or_default();
-            e.0 = e.0.plus(Amount::of(&t.resources));
+            e.0 = e.0.plus(Amount::task(&t.resources));
             crate::amount::ext_add(&mut e.1, &t.resources.extended);
         }
         for n in nodes {

@@ -85,9 +85,9 @@ impl<'a> Cycle<'a> {
         let label = first.gang.as_ref().and_then(|g| g.same_value_of.clone());
         members.sort_by_key(|m| {
             let t = &queued[*m as usize];
-            (Reverse(Amount::of(&t.resources)), t.gang.as_ref().map_or(0, |g| g.rank))
+            (Reverse(Amount::task(&t.resources)), t.gang.as_ref().map_or(0, |g| g.rank))
         });
-        let total = members.iter().fold(Amount::default(), |a, m| a.plus(Amount::of(&queued[*m as usize].resources)));
+        let total = members.iter().fold(Amount::default(), |a, m| a.plus(Amount::task(&queued[*m as usize].resources)));
         let priority = members.iter().map(|m| queued[*m as usize].priority).max().unwrap_or(first.priority);
         let seq = members.iter().map(|m| queued[*m as usize].submit_seq).min().unwrap_or(first.submit_seq);
         let key = (members.iter().map(|m| self.task_shape[*m as usize]).collect::<Vec<u32>>(), level, label.clone());

@@ -65,15 +65,33 @@ impl NodeState<'_> {
         self.cap.minus(self.used)
     }
 
-    fn gpu_key(&self, idx: u32) -> Key {
+    /// What the ordered sets and histograms see as free: nothing once the node runs its
+    /// most pods, so searches pass over it without a look instead of finding its free CPU
+    /// and then failing the pod check, node after node, on a federation full of small pods.
+    fn searchable_free(&self) -> Amount {
         let f = self.free();
+        if f.pods == 0 {
+            Amount::default()
+        } else {
+            f
+        }
+    }
+
+    fn gpu_key(&self, idx: u32) -> Key {
+        let f = self.searchable_free();
         (f.gpu, self.price_key, f.cpu_millis, f.memory_bytes, idx)
     }
 
     fn cpu_key(&self, idx: u32) -> Key {
-        let f = self.free();
+        let f = self.searchable_free();
         (u64::from(self.cap.gpu > 0), f.cpu_millis, self.price_key, f.memory_bytes, idx)
     }
+}
+
+/// A node's extended resources without `pods`, which [`Amount`] carries.
+fn without_pods(mut ext: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    ext.remove(flotilla_model::PODS_RESOURCE);
+    ext
 }
 
 pub(crate) struct Domain {
@@ -156,7 +174,7 @@ impl<'a> NodeIndex<'a> {
         let mut total = Amount::default();
         for (i, n) in order.iter().enumerate() {
             let cap_r = n.schedulable_capacity();
-            let cap = Amount::of(&cap_r);
+            let cap = Amount::node(n);
             total = total.plus(cap);
             let cluster = clusters.binary_search(&n.cluster).unwrap_or(0) as u32;
             let model = match &n.gpu_model {
@@ -174,7 +192,7 @@ impl<'a> NodeIndex<'a> {
                 model,
                 domains,
                 cap,
-                cap_ext: cap_r.extended,
+                cap_ext: without_pods(cap_r.extended),
                 used: Amount::default(),
                 used_ext: BTreeMap::new(),
                 price_key: price_key(n.price_per_hour_usd),
@@ -306,7 +324,7 @@ impl<'a> NodeIndex<'a> {
         if !n.schedulable || n.cap.gpu == 0 {
             return;
         }
-        let (model, bucket, domains) = (n.model, n.free().gpu as usize, n.domains);
+        let (model, bucket, domains) = (n.model, n.searchable_free().gpu as usize, n.domains);
         let len = self.hist_len;
         for (slot, d) in domains.iter().enumerate() {
             let dom = &mut self.domains[slot][*d as usize];

@@ -69,7 +69,7 @@ impl<'a> Shape<'a> {
         });
         let preferred = p.preferred_cluster.as_ref().and_then(|c| index.clusters.binary_search(c).ok().map(|i| i as u32));
         let mut shape = Shape {
-            amount: Amount::of(&task.resources),
+            amount: Amount::task(&task.resources),
             ext: &task.resources.extended,
             placement: p,
             model,
@@ -268,7 +268,7 @@ pub(crate) fn diagnose(index: &NodeIndex<'_>, shape: &Shape<'_>) -> String {
     if shape.clusters.as_ref().is_some_and(|c| c.is_empty()) {
         return format!("none of the allowed clusters ({}) is in the federation", shape.placement.allowed_clusters.join(","));
     }
-    let (mut matching, mut big_enough, mut gpu_free, mut affinity_excluded) = (0usize, 0usize, 0usize, 0usize);
+    let (mut matching, mut big_enough, mut gpu_free, mut affinity_excluded, mut pods_full) = (0usize, 0usize, 0usize, 0usize, 0usize);
     let affinity = &shape.placement.affinity;
     for &i in &index.schedulable {
         if !shape.allows(index, i) {
@@ -284,9 +284,15 @@ pub(crate) fn diagnose(index: &NodeIndex<'_>, shape: &Shape<'_>) -> String {
             if n.free().gpu >= shape.amount.gpu {
                 gpu_free += 1;
             }
+            if n.free().pods == 0 {
+                pods_full += 1;
+            }
         }
     }
-    let reason = diagnose_matching(shape, matching, big_enough, gpu_free);
+    let mut reason = diagnose_matching(shape, matching, big_enough, gpu_free);
+    if pods_full > 0 {
+        reason = format!("{reason} ({pods_full} of the {big_enough} nodes large enough run their most pods)");
+    }
     if affinity_excluded == 0 || matching == 0 {
         return reason;
     }

@@ -483,3 +483,37 @@ fn a_held_queue_takes_no_lease_its_tasks_get_the_reason_and_others_use_the_room(
     }
     assert_eq!(reason_of(&schedule(&i), 1), "daily budget $5.00 spent; resumes at 00:00 UTC");
 }
+
+/// Both paths' decisions on `i`: the full cycle and the backlog cycle.
+fn both_paths(i: &Input) -> [Decisions; 2] {
+    let mut backlog = Backlog::default();
+    for t in &i.queued {
+        backlog.insert(t.clone());
+    }
+    [schedule(i), schedule_backlog(&Input { queued: Vec::new(), ..i.clone() }, &backlog)]
+}
+
+#[test]
+fn a_node_runs_no_more_pods_than_it_reports_counting_others_and_running_tasks() {
+    // Room for 64 CPUs of tiny tasks, but the kubelet runs at most 4 pods, one of them a
+    // daemon set's, and one of ours already runs: room for 2 more. The next node takes the rest.
+    let mut full = node("c", "a", 0, "");
+    full.allocatable.extended.insert(PODS_RESOURCE.into(), 4);
+    full.reserved.extended.insert(PODS_RESOURCE.into(), 1);
+    let mut other = node("c", "b", 0, "");
+    other.allocatable.extended.insert(PODS_RESOURCE.into(), 3);
+    let tiny = |id| {
+        let mut t = task(id, "q", 0);
+        t.resources = Resources::new(10, 1 << 20, 0);
+        t
+    };
+    let queued: Vec<SchedTask> = (1..=8).map(tiny).collect();
+    let i = input(vec![Queue::new("q", 1.0)], vec![full.clone(), other], queued, vec![running(tiny(100), &full)]);
+    for d in both_paths(&i) {
+        let on = |n: &str| d.leases.iter().filter(|l| l.node.node == n).count();
+        assert_eq!((on("a"), on("b")), (2, 3), "{:?}", d.leases);
+        assert_eq!(d.leases.len(), 5);
+        let reason = reason_of(&d, 6);
+        assert!(reason.ends_with("(2 of the 2 nodes large enough run their most pods)"), "{reason:?}");
+    }
+}

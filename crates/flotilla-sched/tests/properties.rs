@@ -75,6 +75,14 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
             taints: if g.chance(15) { vec![taint()] } else { vec![] },
             unschedulable: g.chance(5),
         });
+        if g.chance(30) {
+            // The kubelet's maxPods, low enough to bind, with some pods not Flotilla's.
+            let node = nodes.last_mut().expect("just pushed");
+            node.allocatable.extended.insert(PODS_RESOURCE.to_string(), 1 + g.below(6));
+            if g.chance(50) {
+                node.reserved.extended.insert(PODS_RESOURCE.to_string(), g.below(3));
+            }
+        }
     }
     // Names may repeat across clusters; a repeated (cluster, name) is a duplicate report.
     let queues: Vec<Queue> = (0..n_queues)
@@ -137,6 +145,7 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
 
     // Running tasks only where they fit, so the input itself is never over-committed.
     let mut used: HashMap<usize, Resources> = HashMap::new();
+    let mut pods_used: HashMap<usize, u64> = HashMap::new();
     let mut running = Vec::new();
     for _ in 0..n_running {
         if nodes.is_empty() {
@@ -148,8 +157,15 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
         let ni = g.below(nodes.len() as u64) as usize;
         let n = &nodes[ni];
         let u = used.entry(ni).or_default();
-        if u.plus(&t.resources).fits_in(&n.schedulable_capacity()) {
+        let pod_room = n
+            .allocatable
+            .extended
+            .get(PODS_RESOURCE)
+            .map_or(u64::MAX, |max| max.saturating_sub(n.reserved.extended.get(PODS_RESOURCE).copied().unwrap_or(0)));
+        let pods = pods_used.entry(ni).or_insert(0u64);
+        if u.plus(&t.resources).fits_in(&n.schedulable_capacity()) && *pods < pod_room {
             u.add(&t.resources);
+            *pods += 1;
             running.push(Running { task: t, node: n.node_ref() });
         }
     }
@@ -306,6 +322,27 @@ proptest! {
         for l in &d.leases {
             let cap = nodes[&l.node].schedulable_capacity();
             prop_assert!(used[&l.node].fits_in(&cap), "{} holds {} of {}", l.node, used[&l.node], cap);
+        }
+    }
+
+    #[test]
+    fn no_node_is_given_more_pods_than_it_runs(input in inputs()) {
+        for d in both_paths(&input) {
+            let preempted: BTreeSet<TaskId> = d.preemptions.iter().map(|p| p.task).collect();
+            let mut pods: HashMap<&NodeRef, u64> = HashMap::new();
+            for r in input.running.iter().filter(|r| !preempted.contains(&r.task.id)) {
+                *pods.entry(&r.node).or_default() += 1;
+            }
+            for l in &d.leases {
+                *pods.entry(&l.node).or_default() += 1;
+            }
+            let nodes = node_map(&input);
+            for l in &d.leases {
+                let n = nodes[&l.node];
+                let Some(max) = n.allocatable.extended.get(PODS_RESOURCE) else { continue };
+                let others = n.reserved.extended.get(PODS_RESOURCE).copied().unwrap_or(0);
+                prop_assert!(pods[&l.node] + others <= *max, "{} runs {} of ours and {others} others' pods of {max}", l.node, pods[&l.node]);
+            }
         }
     }
 

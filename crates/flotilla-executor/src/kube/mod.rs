@@ -232,7 +232,9 @@ impl KubeBackend {
         for pod in self.other_pods.as_ref().map(|s| s.state()).unwrap_or_default() {
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
             if let Some(node) = node.filter(|_| nodes::pod_is_active(&pod)) {
-                reserved.entry(node).or_default().add(&nodes::pod_requests(&pod));
+                let held = reserved.entry(node).or_default();
+                held.add(&nodes::pod_requests(&pod));
+                *held.extended.entry(flotilla_model::PODS_RESOURCE.to_string()).or_insert(0) += 1;
             }
         }
         let mut out: Vec<Node> = self

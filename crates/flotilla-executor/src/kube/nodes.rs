@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use flotilla_model::{
-    normalize_gpu_model, parse_bytes, parse_count, parse_cpu_millis, QuantityError, Resources, Taint, Topology, GPU_RESOURCE,
+    normalize_gpu_model, parse_bytes, parse_count, parse_cpu_millis, QuantityError, Resources, Taint, Topology, GPU_RESOURCE, PODS_RESOURCE,
 };
 use k8s_openapi::api::core::v1::{Node as K8sNode, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,8 +30,8 @@ const SPOT_LABELS: [(&str, &str); 4] = [
 
 /// A Kubernetes Node as the scheduler's node of `cluster`; `None` for a node without a name.
 ///
-/// Allocatable CPU, memory, `nvidia.com/gpu` and other `domain/name` resources come from
-/// `status.allocatable`. A node whose `Ready` condition is not `True`, a cordoned one, and
+/// Allocatable CPU, memory, `nvidia.com/gpu`, `pods` (the most pods the kubelet runs) and
+/// other `domain/name` resources come from `status.allocatable`. A node whose `Ready` condition is not `True`, a cordoned one, and
 /// one being drained (a taint of [`DRAIN_TAINTS`]) is reported as unschedulable: nothing new
 /// is leased onto it and its capacity is not offered.
 pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) -> Option<flotilla_model::Node> {
@@ -39,7 +39,14 @@ pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) 
     let labels: BTreeMap<String, String> = node.metadata.labels.clone().unwrap_or_default();
     let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
     let status = node.status.as_ref();
-    let allocatable = status.and_then(|s| s.allocatable.as_ref()).map(resources_of).unwrap_or_default();
+    let allocatable_list = status.and_then(|s| s.allocatable.as_ref());
+    let mut allocatable = allocatable_list.map(resources_of).unwrap_or_default();
+    // The kubelet's maxPods: Flotilla leases no more pods than it will run.
+    if let Some(Quantity(pods)) = allocatable_list.and_then(|a| a.get(PODS_RESOURCE)) {
+        if let Ok(max) = parse_count(pods).or_else(|e| if matches!(e, QuantityError::NotPositive(_)) { Ok(0) } else { Err(e) }) {
+            allocatable.extended.insert(PODS_RESOURCE.to_string(), max);
+        }
+    }
     let instance_type =
         labels.get(LABEL_INSTANCE_TYPE).or_else(|| labels.get("beta.kubernetes.io/instance-type")).cloned().unwrap_or_default();
     let spot = SPOT_LABELS.iter().any(|(k, v)| labels.get(*k).is_some_and(|l| l == v));

@@ -221,8 +221,11 @@ async fn nodes_report_capacity_topology_spot_price_and_what_other_pods_hold() {
     assert_eq!(h100.cluster, "eks-us-east");
     let mut allocatable = Resources::new(191_450, 2000 << 30, 8);
     allocatable.extended.insert("vpc.amazonaws.com/efa".into(), 32);
-    assert_eq!(h100.allocatable, allocatable);
-    assert_eq!(h100.reserved, Resources::new(750, (1 << 30) + (512 << 20), 0));
+    allocatable.extended.insert("pods".into(), 110);
+    assert_eq!(h100.allocatable, allocatable, "the kubelet's maxPods comes as pods");
+    let mut reserved = Resources::new(750, (1 << 30) + (512 << 20), 0);
+    reserved.extended.insert("pods".into(), 2);
+    assert_eq!(h100.reserved, reserved, "the two running pods that are not ours hold their requests and two pod slots");
     assert_eq!(h100.topology, Topology { region: "us-east-1".into(), zone: "us-east-1a".into(), rack: "pg-7".into() });
     assert_eq!(h100.gpu_model.as_deref(), Some("H100"));
     assert_eq!(h100.instance_type, "p5.48xlarge");

@@ -31,6 +31,7 @@
 //! nodes_per_rack = 2            # optional; or racks = ["r01", "r02"] (nodes split in blocks)
 //! reserved_cpu = "500m"         # taken by daemon sets (optional)
 //! reserved_memory = "2Gi"
+//! max_pods = 110                # the kubelet's maxPods (optional; 110 as in Kubernetes)
 //! labels = { "karpenter.sh/nodepool" = "h100" }
 //! taints = [{ key = "dedicated", value = "training", effect = "NoSchedule" }]
 //! ```
@@ -42,7 +43,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_model::{is_dns1123_label, normalize_gpu_model, parse_bytes, parse_cpu_millis, Node, Resources, Taint, Topology};
+use flotilla_model::{
+    is_dns1123_label, normalize_gpu_model, parse_bytes, parse_cpu_millis, Node, Resources, Taint, Topology, PODS_RESOURCE,
+};
 use serde::Deserialize;
 
 use crate::config::{de_duration, ConfigError};
@@ -135,10 +138,21 @@ pub struct PoolConfig {
     pub reserved_cpu: Option<String>,
     #[serde(default)]
     pub reserved_memory: Option<String>,
+    /// The most pods a node runs (the kubelet's `maxPods`), Flotilla's and others; reported
+    /// as the node's allocatable `pods`.
+    #[serde(default = "default_max_pods")]
+    pub max_pods: u32,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub taints: Vec<Taint>,
+}
+
+/// The kubelet's default `maxPods`.
+pub const DEFAULT_MAX_PODS: u32 = 110;
+
+fn default_max_pods() -> u32 {
+    DEFAULT_MAX_PODS
 }
 
 /// Reads and checks a clusters file. Errors name the file and the field
@@ -262,6 +276,9 @@ impl PoolConfig {
         if !(self.price_per_hour_usd.is_finite() && self.price_per_hour_usd >= 0.0) {
             return Err(format!("price_per_hour_usd: {} must be zero or more", self.price_per_hour_usd));
         }
+        if self.max_pods == 0 {
+            return Err("max_pods: must be at least 1".into());
+        }
         if self.nodes_per_rack == Some(0) {
             return Err("nodes_per_rack: must be at least 1".into());
         }
@@ -282,7 +299,9 @@ impl PoolConfig {
     fn allocatable(&self) -> Result<Resources, String> {
         let cpu = parse_cpu_millis(&self.cpu).map_err(|e| format!("cpu: {e}"))?;
         let memory = parse_bytes(&self.memory).map_err(|e| format!("memory: {e}"))?;
-        Ok(Resources::new(cpu, memory, self.gpu))
+        let mut r = Resources::new(cpu, memory, self.gpu);
+        r.extended.insert(PODS_RESOURCE.to_string(), u64::from(self.max_pods));
+        Ok(r)
     }
 
     fn reserved(&self) -> Result<Resources, String> {
@@ -376,7 +395,9 @@ nodes_per_rack = 2
         assert_eq!(nodes.len(), 5);
         assert_eq!(nodes[0].name, "a-gpu-01");
         assert_eq!(nodes[0].gpu_model.as_deref(), Some("H100"));
-        assert_eq!(nodes[0].allocatable, Resources::new(192_000, 2 << 40, 8));
+        let mut allocatable = Resources::new(192_000, 2 << 40, 8);
+        allocatable.extended.insert(PODS_RESOURCE.into(), u64::from(DEFAULT_MAX_PODS));
+        assert_eq!(nodes[0].allocatable, allocatable, "pods: the kubelet's default maxPods");
         let placement: Vec<(&str, &str)> = nodes.iter().map(|n| (n.topology.zone.as_str(), n.topology.rack.as_str())).collect();
         assert_eq!(
             placement,

@@ -83,6 +83,13 @@ fn limits_below_requests_are_rejected() {
 }
 
 #[test]
+fn a_task_cannot_request_pods_it_is_one() {
+    let mut t = template("a");
+    t.resources.insert("pods".into(), "2".into());
+    assert_eq!(errors_of(&[t]), vec!["tasks[0].resources.pods: cannot be requested: every task is one pod"]);
+}
+
+#[test]
 fn gang_rules_are_enforced() {
     let mut small = template("a");
     small.gang = Some(GangTemplate { size: 1, topology: None, same_value_of: None });

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::taskfile::{FieldError, TaskTemplate};
-use crate::{quote, QuantityError, Resources};
+use crate::{quote, QuantityError, Resources, PODS_RESOURCE};
 
 /// The requests and the limits of a template.
 pub(super) fn requests_and_limits(p: &str, t: &TaskTemplate, errors: &mut Vec<FieldError>) -> (Resources, Resources) {
@@ -12,6 +12,11 @@ pub(super) fn requests_and_limits(p: &str, t: &TaskTemplate, errors: &mut Vec<Fi
         errors.push(FieldError::new(format!("{p}.resources"), "is required (at least cpu or memory)"));
     }
     let limits = quantities(&format!("{p}.limits"), &t.limits, errors);
+    for (field, map) in [("resources", &t.resources), ("limits", &t.limits)] {
+        if map.contains_key(PODS_RESOURCE) {
+            errors.push(FieldError::new(format!("{p}.{field}.{PODS_RESOURCE}"), "cannot be requested: every task is one pod"));
+        }
+    }
     for (key, requested, limit) in [
         ("cpu", resources.cpu_millis, limits.cpu_millis),
         ("memory", resources.memory_bytes, limits.memory_bytes),
