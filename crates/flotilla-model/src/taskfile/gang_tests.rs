@@ -137,3 +137,12 @@ fn a_template_without_group_fields_serializes_as_before() {
         crate::GangRef { id: crate::TaskId(1), size: 2, rank: 0, topology: TopologyLevel::Rack, same_value_of: None, roles: Vec::new() };
     assert!(!serde_json::to_string(&g).unwrap().contains("roles"));
 }
+
+#[test]
+fn the_jobset_example_expands_into_one_gang_of_a_launcher_and_four_workers() {
+    let f = TaskFile::from_yaml(include_str!("../../../../examples/train-jobset.yaml")).unwrap();
+    let specs = expand("research", "mpi-train", &f.tasks, &SubmitLimits::default()).unwrap();
+    let roles: Vec<(&str, u32)> = specs.iter().map(|s| (s.name.as_str(), s.gang.as_ref().unwrap().rank)).collect();
+    assert_eq!(roles, [("launcher", 0), ("worker", 1), ("worker", 2), ("worker", 3), ("worker", 4)]);
+    assert!(specs.iter().all(|s| s.gang.as_ref().unwrap().topology == TopologyLevel::Rack));
+}
