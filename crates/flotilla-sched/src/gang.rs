@@ -8,6 +8,12 @@
 //! without it are never candidates. Domains whose GPU histogram shows they cannot hold the gang
 //! are skipped without looking at their nodes. Inside a domain, members are placed with
 //! `Cycle::plan_members`, which commits nothing unless every member fits.
+//!
+//! Members need not be alike: a gang of several templates (a launcher and its GPU workers)
+//! has members of different resources and placement. Each member keeps its own shape, they
+//! are placed largest first, the gang's shape key lists every member's shape in that order
+//! (so one mix failing never skips another), and the domain bounds count the nodes and
+//! GPU models any member may use.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -35,7 +41,8 @@ pub(crate) struct GangUnit {
 }
 
 /// Why the queued members of gang `id` cannot be one unit, if they cannot: they disagree
-/// on queue, size, roles (a gang of several templates) or domain, some are missing, or their ranks are not `0..size`.
+/// on queue, size, roles (a gang of several templates) or domain, some are missing, or
+/// their ranks are not `0..size`.
 pub(crate) fn gang_problem(id: TaskId, members: &[&SchedTask]) -> Option<String> {
     let first = members.first()?;
     let g0 = first.gang.as_ref()?;
