@@ -498,6 +498,9 @@ fn expected_executor_grants(create_namespaces: bool) -> BTreeMap<(String, String
         (("batch".to_string(), "jobs".to_string()), set(&["get", "list", "watch", "create", "delete"])),
         // Reflector on Api::<Event>::all: the Job controller's FailedCreate events.
         ((String::new(), "events".to_string()), set(&["list", "watch"])),
+        // Reflector on Api::<Service>::all: the gang Services; create per gang, delete with
+        // its last Job.
+        ((String::new(), "services".to_string()), set(&["get", "list", "watch", "create", "delete"])),
     ]);
     if create_namespaces {
         // Created on a 404 from Job creation; 409 tolerated, never read.

@@ -338,7 +338,7 @@ async fn gang_never_runs_partially_and_stays_in_one_rack() {
     let racks = fed.racks();
     let gangs: Vec<TaskTemplate> = (0..8)
         .map(|i| TaskTemplate {
-            gang: Some(GangTemplate { size: 4, topology: Some("rack".into()), same_value_of: None }),
+            gang: Some(GangTemplate { size: 4, topology: Some("rack".into()), ..Default::default() }),
             ..task(&format!("train-{i}"), "8", "10s")
         })
         .collect();

@@ -247,3 +247,100 @@ fn node_affinity_and_a_same_value_of_gang_decide_where_tasks_run_in_a_simulated_
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("tasks[0].affinity.required[0].values: In needs at least one value"), "{err}");
 }
+
+/// The rack of a node of tests/fixtures/clusters-gangsets.toml (`gs-node-03` -> 2).
+fn rack_of(node: &str) -> u32 {
+    let n: u32 = node.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    n.saturating_sub(1) / 2 + 1
+}
+
+/// `flotilla logs TASK` of a simulated attempt: its synthetic output, which shows the
+/// `FLOTILLA_GANG_*` variables a pod would have.
+fn gang_env(dev: &DevProcess, task: &Value) -> std::collections::BTreeMap<String, String> {
+    let (code, out, err) = dev.cli(&["logs", &task["id"].to_string()]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .filter_map(|l| l.split_once(" flotilla-sim: env ")?.1.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_gang_of_a_launcher_and_workers_starts_together_in_one_rack_knows_its_roles_and_restarts_whole_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-gangsets.toml", "5");
+    let (code, _, err) = dev.cli(&["queue", "create", "policy"]);
+    assert_eq!(code, 0, "{err}");
+    // 1 + 4 x 3 = 13 CPUs: one rack (16) holds the gang, one node (8) does not.
+    let (_dir, path) = task_file(
+        "queue: policy\ntaskSet: gs\ntasks:\n  \
+         - {name: worker, count: 4, gang: {group: train, topology: rack}, image: busybox, resources: {cpu: 3}, sim: {duration: 1h}}\n  \
+         - {name: launcher, gang: {group: train, leader: true}, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n  \
+         - {name: crash, gang: {group: flaky}, image: busybox, resources: {cpu: 1}, retry: {maxAttempts: 2, backoff: 1s}, sim: {duration: 10s, exitCode: 3}}\n  \
+         - {name: steady, count: 2, gang: {group: flaky}, image: busybox, resources: {cpu: 1}, sim: {duration: 1h}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    let train = |dev: &DevProcess| -> Vec<Value> {
+        tasks(dev, "gs").into_iter().filter(|t| t["name"] == "launcher" || t["name"] == "worker").collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while train(&dev).iter().any(|t| t["state"] != "running") {
+        assert!(Instant::now() < deadline, "the gang did not start: {:?}", train(&dev));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let members = train(&dev);
+    // The leader's template is first in rank order: the launcher has the gang's first id.
+    assert_eq!(members[0]["name"], "launcher", "{members:?}");
+    let gang_id = members[0]["id"].clone();
+    assert!(members.iter().all(|t| t["gangId"] == gang_id), "one gang: {members:?}");
+    let racks: std::collections::BTreeSet<u32> = members.iter().map(|t| rack_of(t["node"].as_str().unwrap_or_default())).collect();
+    assert_eq!(racks.len(), 1, "one rack: {members:?}");
+
+    let launcher = gang_env(&dev, &members[0]);
+    assert_eq!(launcher["FLOTILLA_GANG_ROLE"], "launcher");
+    assert_eq!((launcher["FLOTILLA_GANG_RANK"].as_str(), launcher["FLOTILLA_GANG_SIZE"].as_str()), ("0", "5"));
+    assert_eq!(launcher["FLOTILLA_GANG_ROLES"], "launcher:1,worker:4");
+    assert_eq!(launcher["FLOTILLA_GANG_ADDRESS"], launcher["FLOTILLA_GANG_LEADER"]);
+    for (k, worker) in members[1..].iter().enumerate() {
+        let env = gang_env(&dev, worker);
+        assert_eq!(env["FLOTILLA_GANG_ROLE"], "worker", "{env:?}");
+        assert_eq!(env["FLOTILLA_GANG_ROLE_RANK"], k.to_string(), "{env:?}");
+        assert_eq!(env["FLOTILLA_GANG_RANK"], (k + 1).to_string(), "{env:?}");
+        assert_eq!(env["FLOTILLA_GANG_LEADER"], launcher["FLOTILLA_GANG_LEADER"], "{env:?}");
+        assert!(env["FLOTILLA_GANG_LEADER"].starts_with("launcher-0.flotilla-sim-g"), "{env:?}");
+        assert!(env["FLOTILLA_GANG_ADDRESS"].starts_with(&format!("worker-{k}.")), "{env:?}");
+        assert_eq!(env["FLOTILLA_GANG_PEERS"].split(',').count(), 5, "{env:?}");
+    }
+
+    // The crashing member fails twice: the first failure restarts its whole gang (the steady
+    // members run a second attempt), the second ends it.
+    let flaky = |dev: &DevProcess| -> Vec<Value> {
+        tasks(dev, "gs").into_iter().filter(|t| t["name"] == "crash" || t["name"] == "steady").collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flaky(&dev).iter().any(|t| !matches!(t["state"].as_str(), Some("failed" | "cancelled"))) {
+        assert!(Instant::now() < deadline, "the flaky gang did not end: {:?}", flaky(&dev));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ended = flaky(&dev);
+    let crash = ended.iter().find(|t| t["name"] == "crash").unwrap();
+    assert_eq!((crash["state"].as_str(), crash["attempt"].as_u64()), (Some("failed"), Some(2)), "{crash}");
+    for steady in ended.iter().filter(|t| t["name"] == "steady") {
+        assert_eq!(steady["state"], "cancelled", "{steady}");
+        assert_eq!(steady["attempt"], 2, "restarted with the gang: {steady}");
+        // "gang member crash (7) failed", or passed on from a member it cancelled.
+        assert!(steady["reason"].as_str().unwrap_or_default().starts_with("gang member "), "{steady}");
+    }
+    // The other gang never noticed.
+    assert!(train(&dev).iter().all(|t| t["state"] == "running" && t["attempt"] == 1), "{:?}", train(&dev));
+
+    // Members of one gang cannot wait for each other.
+    let (_bad_dir, bad) = task_file(
+        "queue: policy\ntaskSet: bad\ntasks:\n  \
+         - {name: a, gang: {group: g}, image: busybox, resources: {cpu: 1}}\n  \
+         - {name: b, gang: {group: g}, after: [a], image: busybox, resources: {cpu: 1}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &bad]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tasks[1].after[0]: \"a\" is in the same gang group \"g\""), "{err}");
+}

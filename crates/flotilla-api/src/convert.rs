@@ -57,7 +57,14 @@ pub fn template_from_proto(t: &v1::TaskTemplate) -> m::TaskTemplate {
         pending_timeout: opt(&t.pending_timeout),
         runtime_class: opt(&t.runtime_class),
         termination_grace: opt(&t.termination_grace),
-        gang: t.gang.as_ref().map(|g| m::GangTemplate { size: g.size, topology: opt(&g.topology), same_value_of: opt(&g.same_value_of) }),
+        gang: t.gang.as_ref().map(|g| m::GangTemplate {
+            size: g.size,
+            topology: opt(&g.topology),
+            same_value_of: opt(&g.same_value_of),
+            group: opt(&g.group),
+            role: opt(&g.role),
+            leader: g.leader,
+        }),
         placement: t.placement.as_ref().map(|p| m::PlacementTemplate {
             gpu_model: opt(&p.gpu_model),
             clusters: p.clusters.clone(),
@@ -133,6 +140,9 @@ pub fn template_to_proto(t: &m::TaskTemplate) -> v1::TaskTemplate {
             size: g.size,
             topology: g.topology.clone().unwrap_or_default(),
             same_value_of: g.same_value_of.clone().unwrap_or_default(),
+            group: g.group.clone().unwrap_or_default(),
+            role: g.role.clone().unwrap_or_default(),
+            leader: g.leader,
         }),
         placement: t.placement.as_ref().map(|p| v1::PlacementTemplate {
             gpu_model: p.gpu_model.clone().unwrap_or_default(),

@@ -191,7 +191,14 @@ fn build_input(args: &Args) -> Input {
             let queue = queues[rng.random_range(0..heavy)].name.clone();
             // One node in ten of the running share is a whole-node gang member.
             if rng.random_bool(args.running_fraction * 0.1) {
-                let gang = GangRef { id: TaskId(next_id), size: 1, rank: 0, topology: TopologyLevel::Node, same_value_of: None };
+                let gang = GangRef {
+                    id: TaskId(next_id),
+                    size: 1,
+                    rank: 0,
+                    topology: TopologyLevel::Node,
+                    same_value_of: None,
+                    roles: Vec::new(),
+                };
                 let mut t = one_task(next_id, &queue, 8, 0);
                 t.gang = Some(gang);
                 running.push(Running { task: t, node: node_ref });
@@ -216,7 +223,14 @@ fn build_input(args: &Args) -> Input {
         for rank in 0..GANG_SIZE as u32 {
             let mut t = one_task(next_id, queue, 8, 100);
             t.placement.gpu_model = Some("H100".into());
-            t.gang = Some(GangRef { id: gang_id, size: GANG_SIZE as u32, rank, topology: TopologyLevel::Rack, same_value_of: None });
+            t.gang = Some(GangRef {
+                id: gang_id,
+                size: GANG_SIZE as u32,
+                rank,
+                topology: TopologyLevel::Rack,
+                same_value_of: None,
+                roles: Vec::new(),
+            });
             queued.push(t);
             next_id += 1;
         }

@@ -41,6 +41,7 @@
 pub mod agent;
 pub mod backend;
 pub mod config;
+pub mod gang;
 pub mod kube;
 pub mod planted;
 pub mod progress;

@@ -12,10 +12,13 @@ pub enum Kind {
     Pod,
     Event,
     Job,
+    /// Core `v1` Services: stored and listed, no endpoints or DNS (the tests check the
+    /// objects a client makes, not the network).
+    Service,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Node, Kind::Namespace, Kind::Pod, Kind::Event, Kind::Job];
+    pub const ALL: [Kind; 6] = [Kind::Node, Kind::Namespace, Kind::Pod, Kind::Event, Kind::Job, Kind::Service];
 
     pub fn kind(self) -> &'static str {
         match self {
@@ -24,6 +27,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Event => "Event",
             Kind::Job => "Job",
+            Kind::Service => "Service",
         }
     }
 
@@ -34,6 +38,7 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Event => "events",
             Kind::Job => "jobs",
+            Kind::Service => "services",
         }
     }
 
@@ -53,7 +58,7 @@ impl Kind {
     }
 
     pub fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Event | Kind::Job)
+        matches!(self, Kind::Pod | Kind::Event | Kind::Job | Kind::Service)
     }
 
     /// The resource as the API server names it in messages: `pods`, `jobs.batch`.
@@ -93,6 +98,7 @@ impl Kind {
             Kind::Node => &["metadata.name", "spec.unschedulable"],
             Kind::Namespace => &["metadata.name", "status.phase"],
             Kind::Job => &["metadata.name", "metadata.namespace", "status.successful"],
+            Kind::Service => &["metadata.name", "metadata.namespace"],
             Kind::Event => &[
                 "metadata.name",
                 "metadata.namespace",

@@ -297,6 +297,25 @@ impl State {
                 labels.insert("kubernetes.io/metadata.name".into(), json!(name));
                 object["metadata"]["labels"] = Value::Object(labels);
             }
+            Kind::Service => {
+                // As the real server validates a Service's name and a headless one's spec.
+                let mut causes = Vec::new();
+                if !is_dns1035_label(name) {
+                    causes.push(format!("metadata.name: Invalid value: {name:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"));
+                }
+                let cluster_ip = object["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+                if cluster_ip.is_empty() {
+                    object["spec"]["clusterIP"] = json!("10.96.0.10");
+                } else if cluster_ip != "None" {
+                    causes.push(format!("spec.clusterIP: Invalid value: {cluster_ip:?}: must be \"None\" or empty here"));
+                }
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid(kind, name, &causes));
+                }
+                if origin == Origin::Client {
+                    object["status"] = json!({"loadBalancer": {}});
+                }
+            }
             Kind::Node | Kind::Event => {}
         }
         Ok(())
@@ -501,4 +520,12 @@ pub fn merge(target: &mut Value, patch: &Value) {
             merge(t.entry(k.clone()).or_insert(Value::Null), v);
         }
     }
+}
+
+/// A Service's name: a DNS-1035 label (lower-case alphanumerics and '-', a letter first, at most 63).
+fn is_dns1035_label(s: &str) -> bool {
+    s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }

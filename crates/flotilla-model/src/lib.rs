@@ -41,9 +41,10 @@ pub use resources::{
     MAX_NODE_CPU_MILLIS, MAX_NODE_EXTENDED_AMOUNT, MAX_NODE_EXTENDED_RESOURCES, MAX_NODE_GPUS, MAX_NODE_MEMORY_BYTES, PODS_RESOURCE,
 };
 pub use task::{
-    runtime_class_label, AttemptStatus, FailureKind, GangRef, Placement, PodSecurity, RetryPolicy, SchedTask, SimSpec, SpotPolicy, TaskId,
-    TaskSpec, TaskState, TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_PENDING_TIMEOUT_MS, DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP,
-    MAX_BACKOFF_MS, MAX_RUN_AS_USER, RUNTIME_CLASS_LABEL_PREFIX,
+    gang_role_of, runtime_class_label, AttemptStatus, FailureKind, GangRef, GangRole, Placement, PodSecurity, RetryPolicy, SchedTask,
+    SimSpec, SpotPolicy, TaskId, TaskSpec, TaskState, TopologyLevel, DEFAULT_BACKOFF_MS, DEFAULT_PENDING_TIMEOUT_MS,
+    DEFAULT_TERMINATION_GRACE_MS, MAX_ATTEMPTS_CAP, MAX_BACKOFF_MS, MAX_GANG_ROLES, MAX_GANG_ROLE_BYTES, MAX_RUN_AS_USER,
+    RUNTIME_CLASS_LABEL_PREFIX,
 };
 pub use taskfile::{
     check_name, expand, is_dns1123_label, parse_duration_ms, AffinityTemplate, FieldError, GangTemplate, PlacementTemplate,

@@ -120,6 +120,52 @@ pub struct GangRef {
     /// written when unset, so entries and snapshots from before it read and write the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_value_of: Option<String>,
+    /// A gang of several templates (`gang.group`): its roles in rank order, the leader's
+    /// first. Empty for a gang of one template written with `gang.size`, whose one role is
+    /// the task's name. Not written when empty (entries and snapshots from before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<GangRole>,
+}
+
+/// One template of a gang: its role name and how many members it has. Members are ranked
+/// role by role, so a role's members have consecutive ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GangRole {
+    pub name: String,
+    pub count: u32,
+}
+
+/// Most roles (templates) one gang may have.
+pub const MAX_GANG_ROLES: usize = 16;
+
+/// Longest role name: a member's pod hostname is `<role>-<rank in role>`, a DNS label of at
+/// most 63 characters, and ranks stay below the gang size limit of 512 (3 digits).
+pub const MAX_GANG_ROLE_BYTES: usize = 58;
+
+impl GangRef {
+    /// The gang's roles in rank order; a gang of one template (`roles` empty) has one,
+    /// named `task_name`, of `size` members.
+    pub fn layout(&self, task_name: &str) -> Vec<GangRole> {
+        if self.roles.is_empty() {
+            vec![GangRole { name: task_name.to_string(), count: self.size }]
+        } else {
+            self.roles.clone()
+        }
+    }
+}
+
+/// The role of gang rank `rank` in `layout` and its rank within that role, or `None` when
+/// the layout has no such rank.
+pub fn gang_role_of(layout: &[GangRole], rank: u32) -> Option<(&GangRole, u32)> {
+    let mut first = 0u32;
+    for role in layout {
+        let end = first.checked_add(role.count)?;
+        if rank < end {
+            return Some((role, rank - first));
+        }
+        first = end;
+    }
+    None
 }
 
 /// Whether a task may, must or must not run on spot (preemptible cloud) capacity.

@@ -1,11 +1,12 @@
 //! Node affinity and `sameValueOf` gangs, on small hand-built federations. Each test runs
-//! both entry points ([`schedule`] and [`schedule_backlog`]), which must agree.
+//! both entry points (`schedule` and `schedule_backlog`), which must agree.
 
 use std::collections::BTreeMap;
 
 use flotilla_model::*;
 
-use crate::{schedule, schedule_backlog, Backlog, Config, Decisions, Input};
+use crate::test_support::both;
+use crate::Decisions;
 
 const GIB: u64 = 1 << 30;
 
@@ -55,30 +56,17 @@ fn label_gang(first: u64, size: u32, gpus: u64, key: &str) -> Vec<SchedTask> {
     (0..size)
         .map(|rank| {
             let mut t = task(first + u64::from(rank), gpus);
-            t.gang = Some(GangRef { id: TaskId(first), size, rank, topology: TopologyLevel::Cluster, same_value_of: Some(key.into()) });
+            t.gang = Some(GangRef {
+                id: TaskId(first),
+                size,
+                rank,
+                topology: TopologyLevel::Cluster,
+                same_value_of: Some(key.into()),
+                roles: Vec::new(),
+            });
             t
         })
         .collect()
-}
-
-/// Both entry points on the same input; asserts they agree on leases.
-fn both(nodes: Vec<Node>, queued: Vec<SchedTask>) -> Decisions {
-    let input = Input {
-        queues: vec![Queue::new("q", 1.0)],
-        nodes,
-        queued: queued.clone(),
-        running: vec![],
-        config: Config::default(),
-        held_queues: Default::default(),
-    };
-    let mut backlog = Backlog::default();
-    for t in queued {
-        backlog.insert(t);
-    }
-    let direct = schedule(&input);
-    let lazy = schedule_backlog(&Input { queued: Vec::new(), ..input.clone() }, &backlog);
-    assert_eq!(direct.leases, lazy.leases, "schedule and schedule_backlog disagree");
-    direct
 }
 
 fn node_of(d: &Decisions, id: u64) -> Option<String> {

@@ -88,6 +88,7 @@ mod tests {
                     rank: (id - g) as u32,
                     topology: flotilla_model::TopologyLevel::Cluster,
                     same_value_of: None,
+                    roles: Vec::new(),
                 }),
                 placement: Default::default(),
                 avoid_nodes: vec![],

@@ -8,6 +8,12 @@
 //! without it are never candidates. Domains whose GPU histogram shows they cannot hold the gang
 //! are skipped without looking at their nodes. Inside a domain, members are placed with
 //! `Cycle::plan_members`, which commits nothing unless every member fits.
+//!
+//! Members need not be alike: a gang of several templates (a launcher and its GPU workers)
+//! has members of different resources and placement. Each member keeps its own shape, they
+//! are placed largest first, the gang's shape key lists every member's shape in that order
+//! (so one mix failing never skips another), and the domain bounds count the nodes and
+//! GPU models any member may use.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -35,18 +41,21 @@ pub(crate) struct GangUnit {
 }
 
 /// Why the queued members of gang `id` cannot be one unit, if they cannot: they disagree
-/// on queue, size or domain, some are missing, or their ranks are not `0..size`.
+/// on queue, size, roles (a gang of several templates) or domain, some are missing, or
+/// their ranks are not `0..size`.
 pub(crate) fn gang_problem(id: TaskId, members: &[&SchedTask]) -> Option<String> {
     let first = members.first()?;
     let g0 = first.gang.as_ref()?;
     let consistent = members.iter().all(|t| {
         t.queue == first.queue
-            && t.gang.as_ref().is_some_and(|g| g.size == g0.size && g.topology == g0.topology && g.same_value_of == g0.same_value_of)
+            && t.gang.as_ref().is_some_and(|g| {
+                g.size == g0.size && g.topology == g0.topology && g.same_value_of == g0.same_value_of && g.roles == g0.roles
+            })
     });
     let count = members.len() as u64;
     let size = u64::from(g0.size);
     if !consistent {
-        Some(format!("gang {id}: members disagree on queue, size or topology"))
+        Some(format!("gang {id}: members disagree on queue, size, roles or topology"))
     } else if count < size {
         Some(format!("gang {id}: {count} of {size} members queued; waiting for the rest"))
     } else if count > size {
@@ -122,11 +131,18 @@ impl<'a> Cycle<'a> {
         let gang = &self.gangs[g as usize];
         let index = &self.index;
         let lead = &self.shapes[self.task_shape[gang.members[0] as usize] as usize];
+        // Members of a gang of several templates have shapes of their own: a node any of
+        // them may use counts towards what a domain could hold.
+        let mut member_shapes: Vec<u32> = gang.members.iter().map(|m| self.task_shape[*m as usize]).collect();
+        member_shapes.sort_unstable();
+        member_shapes.dedup();
+        let shapes: Vec<&crate::placement::Shape<'_>> = member_shapes.iter().map(|s| &self.shapes[*s as usize]).collect();
         if let Some(key) = &gang.label {
             let domains = self.label_domains(key, lead);
             let mut candidates: Vec<(u64, bool, usize)> = Vec::new();
             for (d, (cluster, nodes)) in domains.iter().enumerate() {
-                let free: u64 = nodes.iter().filter(|&&n| lead.allows(index, n)).map(|&n| index.nodes[n as usize].free().gpu).sum();
+                let free: u64 =
+                    nodes.iter().filter(|&&n| shapes.iter().any(|s| s.allows(index, n))).map(|&n| index.nodes[n as usize].free().gpu).sum();
                 if free < gang.total.gpu {
                     continue;
                 }
@@ -141,14 +157,22 @@ impl<'a> Cycle<'a> {
             let n = best_node(index, lead, gang.total, &|n| self.plan_members(&[n], &gang.members, None, None).is_some())?;
             return self.plan_members(&[n], &gang.members, None, None);
         };
-        let gpu_each = gang.members.iter().map(|m| self.shapes[self.task_shape[*m as usize] as usize].amount.gpu).min().unwrap_or(0);
+        // The GPU histogram bounds how many of the members that want GPUs a domain could
+        // hold: with the fewest any of them wants each, on the models any of them may use.
+        // (Members without GPUs, a launcher say, are left to `plan_members`.)
+        let gpu_members: Vec<&crate::placement::Shape<'_>> =
+            gang.members.iter().map(|m| &self.shapes[self.task_shape[*m as usize] as usize]).filter(|s| s.amount.gpu > 0).collect();
+        let gpu_each = gpu_members.iter().map(|s| s.amount.gpu).min().unwrap_or(0);
+        let mut models: Vec<u32> = shapes.iter().filter(|s| s.amount.gpu > 0).flat_map(|s| s.models.iter().copied()).collect();
+        models.sort_unstable();
+        models.dedup();
         let mut candidates: Vec<(u64, bool, u32)> = Vec::new();
         for (d, dom) in index.domains[slot].iter().enumerate() {
             if dom.nodes.is_empty() || lead.clusters.as_ref().is_some_and(|cs| cs.binary_search(&dom.cluster).is_err()) {
                 continue;
             }
-            let free = match index.domain_gpu_bound(slot, d as u32, &lead.models, gpu_each) {
-                Some((fit, free)) if fit >= gang.members.len() as u64 && free >= gang.total.gpu => free,
+            let free = match index.domain_gpu_bound(slot, d as u32, &models, gpu_each) {
+                Some((fit, free)) if fit >= gpu_members.len() as u64 && free >= gang.total.gpu => free,
                 Some(_) => continue,
                 None => 0,
             };

@@ -219,4 +219,8 @@ pub fn schedule_backlog(input: &Input, backlog: &Backlog) -> Decisions {
 #[cfg(test)]
 mod affinity_tests;
 #[cfg(test)]
+mod gang_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

@@ -57,7 +57,7 @@ fn reason_of(d: &Decisions, id: u64) -> String {
 }
 
 fn gang(mut t: SchedTask, id: u64, size: u32, rank: u32, level: TopologyLevel) -> SchedTask {
-    t.gang = Some(GangRef { id: TaskId(id), size, rank, topology: level, same_value_of: None });
+    t.gang = Some(GangRef { id: TaskId(id), size, rank, topology: level, same_value_of: None, roles: Vec::new() });
     t
 }
 

@@ -180,7 +180,7 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
             for rank in 0..present {
                 let mut t = first.clone();
                 t.id = TaskId(first.id.0 + u64::from(rank) * 10_000);
-                t.gang = Some(GangRef { id: first.id, size, rank, topology: level, same_value_of: None });
+                t.gang = Some(GangRef { id: first.id, size, rank, topology: level, same_value_of: None, roles: Vec::new() });
                 queued.push(t);
             }
         } else {
@@ -188,6 +188,7 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
         }
     }
     add_affinity(seed, &mut nodes, &mut queued);
+    add_roles(seed, &mut queued);
     let mut config = Config::default();
     if g.chance(30) {
         config.max_evictions_per_cycle = g.below(4) as usize;
@@ -249,6 +250,27 @@ fn add_affinity(seed: u64, nodes: &mut [Node], queued: &mut [SchedTask]) {
                 gang.topology = TopologyLevel::Cluster;
             }
             gang.same_value_of = label;
+        }
+    }
+}
+
+/// Gangs of several templates: some gangs become a launcher (rank 0, no GPUs, a size of
+/// its own) and workers, with roles to match. Drawn from a generator of their own, so the
+/// rest of the input is what it was before such gangs existed.
+fn add_roles(seed: u64, queued: &mut [SchedTask]) {
+    let mut g = Gen(seed ^ 0x6A46_5E75_0000_0007);
+    let mut per_gang: HashMap<TaskId, Option<Resources>> = HashMap::new();
+    for t in queued.iter_mut() {
+        let Some(gang) = &mut t.gang else { continue };
+        let launcher = per_gang
+            .entry(gang.id)
+            .or_insert_with(|| g.chance(40).then(|| Resources::new(500 * (1 + g.below(4)), GIB * (1 + g.below(8)), 0)))
+            .clone();
+        let Some(launcher) = launcher else { continue };
+        gang.roles = vec![GangRole { name: "launcher".into(), count: 1 }, GangRole { name: "worker".into(), count: gang.size - 1 }];
+        if gang.rank == 0 {
+            t.resources = launcher;
+            t.placement.gpu_model = None;
         }
     }
 }
@@ -348,7 +370,9 @@ proptest! {
 
     #[test]
     fn gangs_are_leased_whole_inside_one_domain(input in inputs()) {
-        let d = schedule(&input);
+        // Gangs of several templates included (`add_roles`): a mixed gang is all placed in
+        // one domain or not at all, through both entry points.
+        for d in both_paths(&input) {
         let nodes = node_map(&input);
         let queued = queued_by_id(&input);
         let mut gangs: BTreeMap<TaskId, Vec<&NodeRef>> = BTreeMap::new();
@@ -380,6 +404,7 @@ proptest! {
             if placed.iter().any(|r| unlabelled(r)) {
                 prop_assert!(placed.iter().all(|r| *r == placed[0]), "gang {} spread over unlabelled nodes", id);
             }
+        }
         }
     }
 

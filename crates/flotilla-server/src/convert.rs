@@ -91,6 +91,11 @@ pub fn leased_task(t: &TaskRecord) -> v1::LeasedTask {
         sim_progress: sim.progress_every_ms.map(|every_ms| v1::SimProgress { every_ms, stall_after_ms: sim.stall_after_ms.unwrap_or(0) }),
         runtime_class: s.runtime_class.clone().unwrap_or_default(),
         affinity: flotilla_api::affinity_to_proto(&s.placement.affinity),
+        gang_roles: s
+            .gang
+            .as_ref()
+            .map(|g| g.layout(&s.name).into_iter().map(|r| v1::GangRole { name: r.name, count: r.count }).collect())
+            .unwrap_or_default(),
     }
 }
 

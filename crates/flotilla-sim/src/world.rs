@@ -439,7 +439,7 @@ fn submission(rng: &mut SmallRng, k: usize) -> v1::SubmitTasksRequest {
         }
         1 => {
             let mut t = template("gang", rng.random_range(1..3), rng.random_range(5..20));
-            t.gang = Some(v1::GangTemplate { size: rng.random_range(2..5), topology: "cluster".into(), same_value_of: String::new() });
+            t.gang = Some(v1::GangTemplate { size: rng.random_range(2..5), topology: "cluster".into(), ..Default::default() });
             vec![t]
         }
         _ => {

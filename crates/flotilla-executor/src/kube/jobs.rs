@@ -8,7 +8,7 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePoli
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EnvVar, LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements,
-    SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, Service, ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -132,10 +132,10 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], i
         env_var("FLOTILLA_QUEUE", task.queue.clone()),
         env_var("FLOTILLA_TASK_SET", task.task_set.clone()),
     ];
-    if task.gang_size > 0 {
-        env.push(env_var("FLOTILLA_GANG_ID", task.gang_id.to_string()));
-        env.push(env_var("FLOTILLA_GANG_SIZE", task.gang_size.to_string()));
-        env.push(env_var("FLOTILLA_GANG_RANK", task.gang_rank.to_string()));
+    let namespace = namespace_for(&task.queue, config);
+    let gang = crate::gang::member(task, &crate::gang::service_name(installation, task.gang_id), &namespace);
+    if let Some(g) = &gang {
+        env.extend(g.env.iter().map(|(k, v)| env_var(k, v.clone())));
     }
     let (volumes, volume_mounts) = if task.checkpoint {
         env.push(env_var("FLOTILLA_CHECKPOINT_DIR", config.checkpoint_mount_path.clone()));
@@ -197,12 +197,16 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], i
         service_account_name: config.service_account.clone(),
         image_pull_secrets: (!config.image_pull_secrets.is_empty())
             .then(|| config.image_pull_secrets.iter().map(|s| LocalObjectReference { name: s.clone() }).collect()),
+        // A gang member answers at <hostname>.<subdomain>.<namespace>.svc (its gang's
+        // headless Service, `gang_service`).
+        hostname: gang.as_ref().map(|g| g.hostname.clone()),
+        subdomain: gang.as_ref().map(|g| g.service.clone()),
         ..Default::default()
     };
     Job {
         metadata: ObjectMeta {
             name: Some(job_name(installation, task_id, task.attempt)),
-            namespace: Some(namespace_for(&task.queue, config)),
+            namespace: Some(namespace),
             labels: Some(labels.clone()),
             annotations: Some(annotations),
             ..Default::default()
@@ -225,6 +229,44 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], i
         }),
         status: None,
     }
+}
+
+/// The headless Service that gives the members of `task`'s gang their DNS names (see
+/// [`crate::gang`]): it selects the gang's pods of this installation, and publishes them
+/// before they are ready, since members look each other up while they start. It carries
+/// the installation's labels (invariant 9) and is deleted with the gang's last Job.
+pub fn gang_service(task: &LeasedTask, installation: &str, config: &KubeBackendConfig) -> Option<Service> {
+    if task.gang_size == 0 {
+        return None;
+    }
+    let gang_id = task.gang_id.to_string();
+    let labels = BTreeMap::from([
+        (LABEL_INSTALLATION.to_string(), installation.to_string()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_QUEUE.to_string(), label_value(&task.queue)),
+        (LABEL_GANG_ID.to_string(), gang_id.clone()),
+    ]);
+    let selector = BTreeMap::from([(LABEL_INSTALLATION.to_string(), installation.to_string()), (LABEL_GANG_ID.to_string(), gang_id)]);
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(crate::gang::service_name(installation, task.gang_id)),
+            namespace: Some(namespace_for(&task.queue, config)),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector),
+            publish_not_ready_addresses: Some(true),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The gang a Job or Service belongs to, read from its labels.
+pub fn gang_of(meta: &ObjectMeta) -> Option<u64> {
+    meta.labels.as_ref()?.get(LABEL_GANG_ID)?.parse().ok()
 }
 
 /// One rule: a pod with condition `DisruptionTarget` fails the Job at once.

@@ -23,14 +23,19 @@
 //! failed attempt (`StartFailed`) with the API server's message, reported once, so the
 //! scheduler's retry policy decides and the Job is stopped like any ended attempt.
 //!
+//! **Gangs.** Each gang has a headless Service in its namespace and each member's pod a
+//! `hostname` and `subdomain`, so members find each other by stable names ([`crate::gang`],
+//! `services`); the Service goes with the gang's last Job.
+//!
 //! RBAC the executor needs: `get/list/watch` on nodes and pods (cluster-wide),
-//! `get/list/watch/create/delete` on `batch/jobs`, `list/watch` on events, and `create` on
-//! namespaces when `create_namespaces = true`.
+//! `get/list/watch/create/delete` on `batch/jobs` and on `services`, `list/watch` on events,
+//! and `create` on namespaces when `create_namespaces = true`.
 
 pub mod config;
 pub mod jobs;
 pub mod nodes;
 pub mod pods;
+mod services;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
@@ -44,7 +49,7 @@ use flotilla_model::{AttemptStatus, FailureKind, Node, Resources, TaskId};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node as K8sNode, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node as K8sNode, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -98,6 +103,8 @@ pub struct KubeBackend {
     other_pods: Option<Store<Pod>>,
     /// Jobs' `FailedCreate` events: why the Job controller could not create a pod.
     pod_refusals: Store<Event>,
+    /// The installation's gang Services (`services`).
+    gang_services: Store<Service>,
     state: Mutex<State>,
     watches: Vec<tokio::task::JoinHandle<()>>,
     /// Wall-clock milliseconds since the epoch: the system clock, or a test API server's.
@@ -149,8 +156,23 @@ impl KubeBackend {
             "jobs",
         );
         watches.push(w);
-        let (pods, w) =
-            spawn_reflector(Api::<Pod>::all(client.clone()), managed, |p: &mut Pod| p.metadata.managed_fields = None, &cluster, "pods");
+        let (pods, w) = spawn_reflector(
+            Api::<Pod>::all(client.clone()),
+            managed.clone(),
+            |p: &mut Pod| p.metadata.managed_fields = None,
+            &cluster,
+            "pods",
+        );
+        watches.push(w);
+        // Not waited for by `check_ready` either: without RBAC on services, gangs start
+        // without DNS names and the rest works as before.
+        let (gang_services, w) = spawn_reflector(
+            Api::<Service>::all(client.clone()),
+            managed,
+            |s: &mut Service| s.metadata.managed_fields = None,
+            &cluster,
+            "services",
+        );
         watches.push(w);
         let other_pods = config.count_reserved.then(|| {
             let cfg =
@@ -166,7 +188,21 @@ impl KubeBackend {
         watches.push(w);
         let state = Mutex::new(State::default());
         let clock: Clock = Arc::new(unix_now_ms);
-        KubeBackend { cluster, installation, client, config, nodes, jobs, pods, other_pods, pod_refusals, state, watches, clock }
+        KubeBackend {
+            cluster,
+            installation,
+            client,
+            config,
+            nodes,
+            jobs,
+            pods,
+            other_pods,
+            pod_refusals,
+            gang_services,
+            state,
+            watches,
+            clock,
+        }
     }
 
     /// Reads time from `clock` instead of the system clock (a test API server's manual clock,
@@ -418,6 +454,8 @@ impl KubeBackend {
             .unwrap_or_else(|| task.node.clone());
         let taints = node.as_ref().and_then(|n| nodes::node_from_k8s(&self.cluster, n, &self.config)).map(|n| n.taints).unwrap_or_default();
         let job = job_for_lease(&task, &hostname, &taints, &self.installation, &self.config);
+        // The gang's names resolve from the moment its members start.
+        self.ensure_gang_service(&task, &namespace).await?;
         match self.create_job(&job, &namespace).await {
             Ok(()) => {
                 tracing::info!(cluster = %self.cluster, task_id = task.task_id, attempt = task.attempt, node = %task.node, job = %name, %namespace, "created job");
@@ -490,6 +528,10 @@ impl KubeBackend {
             Err(e) => return Err(self.unavailable(&format!("deleting Job {namespace}/{name}"), e)),
         }
         self.lock().stopping.insert(key);
+        // The gang's Service goes with its last Job.
+        if let Some(gang) = jobs::gang_of(&job.metadata) {
+            self.delete_unused_gang_services(Some(gang), 0).await?;
+        }
         Ok(())
     }
 
@@ -734,7 +776,11 @@ impl ClusterBackend for KubeBackend {
     }
 
     fn attempts(&self) -> BoxFuture<'_, Result<Vec<Attempt>, BackendError>> {
-        Box::pin(async move { self.attempt_list() })
+        Box::pin(async move {
+            let attempts = self.attempt_list()?;
+            self.delete_unused_gang_services(None, services::SERVICE_MIN_AGE_MS).await?;
+            Ok(attempts)
+        })
     }
 
     fn start(&self, task: LeasedTask) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -768,5 +814,7 @@ impl ClusterBackend for KubeBackend {
 
 #[cfg(test)]
 mod failure_tests;
+#[cfg(test)]
+mod gang_tests;
 #[cfg(test)]
 mod tests;

@@ -24,8 +24,10 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
     assert_eq!(
         paths,
         [
-            "POST /apis/batch/v1/namespaces/flotilla-research/jobs",
+            // A gang member: its gang's Service first, so the names resolve from the start.
+            "POST /api/v1/namespaces/flotilla-research/services",
             "POST /api/v1/namespaces",
+            "POST /api/v1/namespaces/flotilla-research/services",
             "POST /apis/batch/v1/namespaces/flotilla-research/jobs"
         ]
     );
@@ -42,6 +44,27 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
         "flotilla.io/task-set": "llama-sweep", "flotilla.io/gang-id": "40", "app.kubernetes.io/managed-by": "flotilla",
         "flotilla.io/installation": INSTALLATION
     });
+    let env = json!([
+        {"name": "FLOTILLA_TASK_ID", "value": "42"},
+        {"name": "FLOTILLA_TASK_NAME", "value": "train-7"},
+        {"name": "FLOTILLA_TASK_INDEX", "value": "7"},
+        {"name": "FLOTILLA_ATTEMPT", "value": "3"},
+        {"name": "FLOTILLA_QUEUE", "value": "research"},
+        {"name": "FLOTILLA_TASK_SET", "value": "llama-sweep"},
+        {"name": "FLOTILLA_GANG_ID", "value": "40"},
+        {"name": "FLOTILLA_GANG_SIZE", "value": "4"},
+        {"name": "FLOTILLA_GANG_RANK", "value": "2"},
+        {"name": "FLOTILLA_GANG_ROLE", "value": "train-7"},
+        {"name": "FLOTILLA_GANG_ROLE_RANK", "value": "2"},
+        {"name": "FLOTILLA_GANG_ROLE_SIZE", "value": "4"},
+        {"name": "FLOTILLA_GANG_ROLES", "value": "train-7:4"},
+        {"name": "FLOTILLA_GANG_ADDRESS", "value": "train-7-2.flotilla-01234567-g40.flotilla-research.svc"},
+        {"name": "FLOTILLA_GANG_LEADER", "value": "train-7-0.flotilla-01234567-g40.flotilla-research.svc"},
+        {"name": "FLOTILLA_GANG_SUBDOMAIN", "value": "flotilla-01234567-g40.flotilla-research.svc"},
+        {"name": "FLOTILLA_GANG_PEERS", "value": "train-7-0.flotilla-01234567-g40.flotilla-research.svc,train-7-1.flotilla-01234567-g40.flotilla-research.svc,train-7-2.flotilla-01234567-g40.flotilla-research.svc,train-7-3.flotilla-01234567-g40.flotilla-research.svc"},
+        {"name": "FLOTILLA_CHECKPOINT_DIR", "value": "/flotilla/checkpoint"},
+        {"name": "WANDB_PROJECT", "value": "sweep"}
+    ]);
     let expected = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -71,24 +94,14 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
                     ],
                     "volumes": [{"name": "flotilla-checkpoint", "emptyDir": {}}],
                     "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "hostname": "train-7-2",
+                    "subdomain": "flotilla-01234567-g40",
                     "containers": [{
                         "name": "task",
                         "image": "ghcr.io/acme/train:1.4",
                         "command": ["python", "train.py"],
                         "args": ["--lr=3e-4"],
-                        "env": [
-                            {"name": "FLOTILLA_TASK_ID", "value": "42"},
-                            {"name": "FLOTILLA_TASK_NAME", "value": "train-7"},
-                            {"name": "FLOTILLA_TASK_INDEX", "value": "7"},
-                            {"name": "FLOTILLA_ATTEMPT", "value": "3"},
-                            {"name": "FLOTILLA_QUEUE", "value": "research"},
-                            {"name": "FLOTILLA_TASK_SET", "value": "llama-sweep"},
-                            {"name": "FLOTILLA_GANG_ID", "value": "40"},
-                            {"name": "FLOTILLA_GANG_SIZE", "value": "4"},
-                            {"name": "FLOTILLA_GANG_RANK", "value": "2"},
-                            {"name": "FLOTILLA_CHECKPOINT_DIR", "value": "/flotilla/checkpoint"},
-                            {"name": "WANDB_PROJECT", "value": "sweep"}
-                        ],
+                        "env": env,
                         "resources": {
                             "requests": {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": "8"},
                             "limits": {"memory": "160Gi", "nvidia.com/gpu": "8"}
@@ -100,7 +113,7 @@ async fn a_lease_becomes_exactly_this_job_in_a_namespace_created_on_demand() {
             }
         }
     });
-    assert_eq!(requests[2].body, expected);
+    assert_eq!(requests[3].body, expected);
 }
 
 #[test]
@@ -434,7 +447,8 @@ async fn a_task_pod_the_namespace_level_forbids_fails_its_attempt_once_with_the_
     let attempts = backend.attempts().await.unwrap();
     assert_eq!(attempts.iter().map(|a| a.phase.as_str()).collect::<Vec<_>>(), ["failed"], "the scheduler will have it stopped");
     let creates = server.writes().iter().filter(|r| r.method == "POST" && r.path.ends_with("/jobs")).count();
-    assert_eq!(creates, 2, "one Job create before and one after creating the namespace, none retried");
+    // The lease is a gang member: its gang's Service, created first, made the namespace.
+    assert_eq!(creates, 1, "one Job create, none retried");
 
     // A baseline task in the same namespace is admitted.
     backend.start(LeasedTask { task_id: 43, ..lease_at("baseline", None) }).await.unwrap();

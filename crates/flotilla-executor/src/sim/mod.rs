@@ -35,7 +35,8 @@
 //! the scheduler's, so tests can check that a task never ran in two places at once.
 //!
 //! Every attempt has synthetic output ([`SimCluster::logs`]) made from its run record: a line
-//! when it starts, one per second of (real) run time for its first ten minutes, and one when
+//! when it starts (a gang member's also one `flotilla-sim: env KEY=VALUE` line per
+//! `FLOTILLA_GANG_*` variable a pod of it would have), one per second of (real) run time for its first ten minutes, and one when
 //! it ends; kept for `keep_finished` after the end, like a finished Job, so `flotilla logs`
 //! works in `flotilla dev`.
 //!
@@ -82,7 +83,58 @@ pub struct RunRecord {
     /// How it ended: `succeeded`, `failed:<kind>` (e.g. `failed:evicted`) or `stopped`
     /// (removed before it finished); `None` while it still holds the node.
     pub ended_by: Option<String>,
+    /// A gang member's place in its gang, for the `FLOTILLA_GANG_*` lines of its output.
+    /// Not in the history file.
+    #[serde(skip)]
+    pub gang: Option<Box<SimGangMember>>,
 }
+
+/// What a simulated gang member was leased with: enough to give it the variables a
+/// Kubernetes pod gets ([`crate::gang::member`]). At most 16 roles, so small.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimGangMember {
+    name: String,
+    queue: String,
+    id: u64,
+    size: u32,
+    rank: u32,
+    roles: Vec<(String, u32)>,
+}
+
+impl SimGangMember {
+    fn of(task: &LeasedTask) -> Option<Box<SimGangMember>> {
+        (task.gang_size > 0).then(|| {
+            Box::new(SimGangMember {
+                name: task.name.clone(),
+                queue: task.queue.clone(),
+                id: task.gang_id,
+                size: task.gang_size,
+                rank: task.gang_rank,
+                roles: task.gang_roles.iter().map(|r| (r.name.clone(), r.count)).collect(),
+            })
+        })
+    }
+
+    /// The variables the member's pod would have, with the names a cluster of this
+    /// installation would give (`flotilla-<queue>` namespace, the gang's Service).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let task = LeasedTask {
+            name: self.name.clone(),
+            queue: self.queue.clone(),
+            gang_id: self.id,
+            gang_size: self.size,
+            gang_rank: self.rank,
+            gang_roles: self.roles.iter().map(|(name, count)| flotilla_api::v1::GangRole { name: name.clone(), count: *count }).collect(),
+            ..Default::default()
+        };
+        let namespace = format!("{SIM_NAMESPACE_PREFIX}{}", self.queue);
+        crate::gang::member(&task, &crate::gang::service_name(SIM_INSTALLATION, self.id), &namespace).map(|m| m.env).unwrap_or_default()
+    }
+}
+
+/// The namespace prefix and installation the simulated gang names use (a kube backend's defaults).
+const SIM_NAMESPACE_PREFIX: &str = "flotilla-";
+const SIM_INSTALLATION: &str = "sim";
 
 /// How a simulated cluster is built, beyond its clusters-file entry.
 #[derive(Clone, Debug, Default)]
@@ -370,6 +422,7 @@ impl SimCluster {
             started_unix_ms: inner.clock.unix_ms_at(now),
             ended_unix_ms: None,
             ended_by: None,
+            gang: SimGangMember::of(task),
         });
         state.events.push_back(AttemptEvent {
             task_id: key.0,
@@ -684,6 +737,10 @@ fn sim_log(r: &RunRecord, now_unix_ms: u64) -> String {
     let stamp = |ms: u64| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms));
     let mut out =
         format!("{} flotilla-sim: task {} attempt {} started on node {}\n", stamp(r.started_unix_ms), r.task_id, r.attempt, r.node);
+    // What a pod of the gang would find in its environment.
+    for (key, value) in r.gang.as_ref().map(|g| g.env()).unwrap_or_default() {
+        let _ = writeln!(out, "{} flotilla-sim: env {key}={value}", stamp(r.started_unix_ms));
+    }
     let until = r.ended_unix_ms.unwrap_or(now_unix_ms);
     let seconds = until.saturating_sub(r.started_unix_ms) / 1000;
     for s in 1..=seconds.min(MAX_SIM_LOG_LINES) {
@@ -917,6 +974,7 @@ mod tests {
                 started_unix_ms: t0,
                 ended_unix_ms: Some(t0 + 6_000),
                 ended_by: Some("succeeded".into()),
+                gang: None,
             }
         );
         assert_eq!((history[1].started_unix_ms, history[1].ended_unix_ms), (t0 + 2_000, None));
@@ -963,6 +1021,32 @@ mod tests {
         assert_eq!(sim.run_history_dropped(), extra);
         assert_eq!(history[0].task_id, TaskId(extra));
         assert_eq!(history.last().map(|r| (r.task_id, r.ended_by.as_deref())), Some((TaskId(last), Some("stopped"))));
+    }
+
+    #[test]
+    fn a_simulated_gang_members_output_shows_the_gang_variables_a_pod_would_have() {
+        let sim = cluster("", manual());
+        let mut member = lease(5, 5_000);
+        member.name = "worker".into();
+        member.queue = "research".into();
+        (member.gang_id, member.gang_size, member.gang_rank) = (4, 3, 2);
+        member.gang_roles = vec![
+            flotilla_api::v1::GangRole { name: "launcher".into(), count: 1 },
+            flotilla_api::v1::GangRole { name: "worker".into(), count: 2 },
+        ];
+        sim.start_attempt(&member);
+        sim.start_attempt(&lease(6, 5_000));
+        let history = sim.run_history();
+        let log = sim_log(&history[0], history[0].started_unix_ms);
+        for line in [
+            "env FLOTILLA_GANG_RANK=2",
+            "env FLOTILLA_GANG_ROLE=worker",
+            "env FLOTILLA_GANG_ROLE_RANK=1",
+            "env FLOTILLA_GANG_LEADER=launcher-0.flotilla-sim-g4.flotilla-research.svc",
+        ] {
+            assert!(log.contains(line), "missing {line:?} in:\n{log}");
+        }
+        assert!(!sim_log(&history[1], history[1].started_unix_ms).contains("FLOTILLA_GANG"), "a task outside a gang has none");
     }
 
     #[test]

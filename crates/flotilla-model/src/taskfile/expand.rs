@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::gangs::{gang_groups, join_group, Groups};
 use super::graph::check_dependency_graph;
 use super::validate::{check_name, validate_template};
 use super::{FieldError, TaskTemplate, ValidationErrors};
@@ -46,22 +47,21 @@ pub fn expand(queue: &str, task_set: &str, templates: &[TaskTemplate], limits: &
     }
 
     let names = unique_names(templates, &mut errors);
+    let groups = gang_groups(templates, limits, &mut errors);
 
     let mut total_tasks: u64 = 0;
     let mut specs = Vec::new();
     for (i, t) in templates.iter().enumerate() {
         let p = format!("tasks[{i}]");
-        let before = errors.len();
         let spec = validate_template(&p, queue, task_set, t, &names, limits, &mut errors);
         let n = match (&t.gang, t.count) {
+            (Some(g), c) if g.group.is_some() => u64::from(c.unwrap_or(1)),
             (Some(g), _) => g.size as u64,
             (None, Some(c)) => c as u64,
             (None, None) => 1,
         };
         total_tasks += n;
-        if errors.len() == before {
-            specs.push((spec, n));
-        }
+        specs.push((spec, n));
     }
     if total_tasks > limits.max_tasks_per_submit as u64 {
         errors.push(FieldError::new(
@@ -73,8 +73,29 @@ pub fn expand(queue: &str, task_set: &str, templates: &[TaskTemplate], limits: &
     if !errors.is_empty() {
         return Err(ValidationErrors(errors));
     }
+    for members in groups.values() {
+        join_group(templates, members, &mut specs);
+    }
+    Ok(replicate(in_task_order(templates, &groups, specs), total_tasks))
+}
 
-    Ok(replicate(specs, total_tasks))
+/// The specs in the order their tasks get ids: file order, except that a gang group's
+/// templates come together, in rank order, where the group's first template is. So a gang's
+/// members have consecutive ids from its leader's, as the state machine expects.
+fn in_task_order(templates: &[TaskTemplate], groups: &Groups<'_>, specs: Vec<(TaskSpec, u64)>) -> Vec<(TaskSpec, u64)> {
+    let mut specs: Vec<Option<(TaskSpec, u64)>> = specs.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, t) in templates.iter().enumerate() {
+        match t.gang.as_ref().and_then(|g| groups.get(g.group.as_deref()?)) {
+            Some(members) => {
+                for &m in members {
+                    out.extend(specs[m].take());
+                }
+            }
+            None => out.extend(specs[i].take()),
+        }
+    }
+    out
 }
 
 /// Template names, each to its first position; a repeated name is an error.
@@ -95,7 +116,8 @@ fn replicate(specs: Vec<(TaskSpec, u64)>, total_tasks: u64) -> Vec<TaskSpec> {
         for k in 0..n as u32 {
             let mut s = spec.clone();
             if let Some(g) = &mut s.gang {
-                g.rank = k;
+                // A group's template starts at its first rank in the gang.
+                g.rank += k;
             } else {
                 s.index = k;
             }

@@ -94,6 +94,9 @@ pub struct RetryTemplate {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GangTemplate {
+    /// Members of a gang of one template; 0 (unset) with `group`, whose size is the sum of
+    /// its templates' counts.
+    #[serde(default)]
     pub size: u32,
     #[serde(default)]
     pub topology: Option<String>,
@@ -101,6 +104,16 @@ pub struct GangTemplate {
     /// Exclusive with `topology`. Not written when absent (digests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_value_of: Option<String>,
+    /// A gang of several templates: every template naming this group is one gang of
+    /// `count` members each. Not written when absent (digests), nor are the two below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The members' role (`FLOTILLA_GANG_ROLE`, their hostnames); default: the template's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// This template's first member leads the group (rank 0); default: the group's first template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leader: bool,
 }
 
 /// `affinity:` as written: operators stay strings and weights any integer until validated.

@@ -1,7 +1,8 @@
 //! The task-file format (YAML) and the validation every submission goes through.
 //!
 //! A task file names a queue, a task set and a list of task templates. A template
-//! expands into one task, `count` tasks (an array task) or `gang.size` tasks (a gang).
+//! expands into one task, `count` tasks (an array task) or `gang.size` tasks (a gang); the
+//! templates naming one `gang.group` make one gang of several templates (`gangs`).
 //! Validation is all or nothing: every bad field is reported with its path
 //! (`tasks[1].resources.memory: "2Gx" is not a quantity`) and nothing is accepted.
 //!
@@ -23,9 +24,12 @@
 mod errors;
 mod expand;
 mod format;
+mod gangs;
 mod graph;
 mod validate;
 
+#[cfg(test)]
+mod gang_tests;
 #[cfg(test)]
 mod tests;
 

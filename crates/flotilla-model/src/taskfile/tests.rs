@@ -92,9 +92,9 @@ fn a_task_cannot_request_pods_it_is_one() {
 #[test]
 fn gang_rules_are_enforced() {
     let mut small = template("a");
-    small.gang = Some(GangTemplate { size: 1, topology: None, same_value_of: None });
+    small.gang = Some(GangTemplate { size: 1, ..Default::default() });
     let mut counted = template("b");
-    counted.gang = Some(GangTemplate { size: 4, topology: Some("galaxy".into()), same_value_of: None });
+    counted.gang = Some(GangTemplate { size: 4, topology: Some("galaxy".into()), ..Default::default() });
     counted.count = Some(2);
     let errs = errors_of(&[small, counted]);
     assert!(errs.iter().any(|e| e.starts_with("tasks[0].gang.size: 1 must be at least 2")), "{errs:?}");

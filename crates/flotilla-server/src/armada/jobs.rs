@@ -396,7 +396,7 @@ fn group_gangs(items: &[JobSubmitRequestItem], templates: Vec<v1::TaskTemplate>,
                 });
                 let mut t = t;
                 if cardinality >= 2 {
-                    t.gang = Some(v1::GangTemplate { size: cardinality, topology, same_value_of: String::new() });
+                    t.gang = Some(v1::GangTemplate { size: cardinality, topology, ..Default::default() });
                 }
                 gangs.insert(id.clone(), Gang { template: out.templates.len(), cardinality, uniformity, members: 1, first_item: i });
                 out.slots.push(next_slot);

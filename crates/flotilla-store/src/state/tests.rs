@@ -294,7 +294,7 @@ fn lease_whole(s: &mut State, ids: &[TaskId]) -> CommandResult {
 
 fn gang(size: u32) -> TaskTemplate {
     let mut t = template("g");
-    t.gang = Some(GangTemplate { size, topology: Some("rack".into()), same_value_of: None });
+    t.gang = Some(GangTemplate { size, topology: Some("rack".into()), ..Default::default() });
     t
 }
 
@@ -798,3 +798,4 @@ fn a_cancelled_task_no_longer_waits_for_its_stopping_attempt() {
 }
 
 mod cordon;
+mod gangs;

@@ -1,17 +1,16 @@
 //! Where a task may run: `gang` and `placement`.
 
+use super::{check_name, is_dns1123_label};
 use crate::taskfile::{FieldError, SubmitLimits, TaskTemplate};
-use crate::{is_label_key, quote, GangRef, Placement, Resources, SpotPolicy, TaskId, TopologyLevel};
+use crate::{is_label_key, quote, GangRef, Placement, Resources, SpotPolicy, TaskId, TopologyLevel, MAX_GANG_ROLE_BYTES};
 
+/// The template's gang, rank 0. A template of a group (`gang.group`) gets its size, roles,
+/// ranks and domain from the whole group when the submission is expanded (`taskfile::gangs`).
 pub(super) fn gang(p: &str, t: &TaskTemplate, limits: &SubmitLimits, errors: &mut Vec<FieldError>) -> Option<GangRef> {
     let g = t.gang.as_ref()?;
-    if g.size < 2 {
-        errors.push(FieldError::new(format!("{p}.gang.size"), format!("{} must be at least 2 (a single task needs no gang)", g.size)));
-    } else if g.size > limits.max_gang_size {
-        errors.push(FieldError::new(format!("{p}.gang.size"), format!("{} exceeds the limit of {}", g.size, limits.max_gang_size)));
-    }
-    if t.count.is_some() {
-        errors.push(FieldError::new(format!("{p}.count"), "cannot be combined with gang (a gang's size is its count)"));
+    match &g.group {
+        Some(group) => group_member(p, t, group, errors),
+        None => one_template(p, t, limits, errors),
     }
     let same_value_of = g.same_value_of.clone();
     if let Some(key) = &same_value_of {
@@ -33,7 +32,49 @@ pub(super) fn gang(p: &str, t: &TaskTemplate, limits: &SubmitLimits, errors: &mu
             TopologyLevel::Cluster
         }),
     };
-    Some(GangRef { id: TaskId(0), size: g.size, rank: 0, topology, same_value_of })
+    Some(GangRef { id: TaskId(0), size: g.size, rank: 0, topology, same_value_of, roles: Vec::new() })
+}
+
+/// `gang: {size: N}`: one template, `size` members.
+fn one_template(p: &str, t: &TaskTemplate, limits: &SubmitLimits, errors: &mut Vec<FieldError>) {
+    let Some(g) = &t.gang else { return };
+    if g.size < 2 {
+        errors.push(FieldError::new(format!("{p}.gang.size"), format!("{} must be at least 2 (a single task needs no gang)", g.size)));
+    } else if g.size > limits.max_gang_size {
+        errors.push(FieldError::new(format!("{p}.gang.size"), format!("{} exceeds the limit of {}", g.size, limits.max_gang_size)));
+    }
+    if t.count.is_some() {
+        errors.push(FieldError::new(format!("{p}.count"), "cannot be combined with gang.size (a gang's size is its count)"));
+    }
+    if g.role.is_some() {
+        errors.push(FieldError::new(format!("{p}.gang.role"), "needs gang.group (roles name the templates of a gang of several)"));
+    }
+    if g.leader {
+        errors.push(FieldError::new(format!("{p}.gang.leader"), "needs gang.group (it picks the leading template of a gang of several)"));
+    }
+}
+
+/// `gang: {group: G, role: R}` with `count`: this template's members of gang group `G`.
+fn group_member(p: &str, t: &TaskTemplate, group: &str, errors: &mut Vec<FieldError>) {
+    let Some(g) = &t.gang else { return };
+    check_name(&format!("{p}.gang.group"), group, errors);
+    if g.size != 0 {
+        errors.push(FieldError::new(
+            format!("{p}.gang.size"),
+            "cannot be combined with gang.group (a group's size is the sum of its templates' counts)",
+        ));
+    }
+    let role = g.role.as_deref().unwrap_or(&t.name);
+    if !is_dns1123_label(role) || role.len() > MAX_GANG_ROLE_BYTES {
+        let whose = if g.role.is_some() { "" } else { " (the template's name, by default)" };
+        errors.push(FieldError::new(
+            format!("{p}.gang.role"),
+            format!(
+                "{}{whose} is not a valid role: lower-case letters, digits and '-', at most {MAX_GANG_ROLE_BYTES} characters (a member's hostname is <role>-<rank>)",
+                quote(role)
+            ),
+        ));
+    }
 }
 
 pub(super) fn placement(p: &str, t: &TaskTemplate, resources: &Resources, errors: &mut Vec<FieldError>) -> Placement {

@@ -98,7 +98,7 @@ fn a_submission_naming_an_unknown_class_is_refused_naming_the_field() {
 fn a_gang_whose_members_have_different_classes_is_refused_naming_both_fields() {
     let mut s = setup();
     let mut g = template("g");
-    g.gang = Some(GangTemplate { size: 3, topology: None, same_value_of: None });
+    g.gang = Some(GangTemplate { size: 3, ..Default::default() });
     let mut mixed = specs(&[g]);
     mixed[2].priority_class = "critical".into();
     let r = apply(
