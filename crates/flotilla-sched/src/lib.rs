@@ -54,7 +54,8 @@
 //!     reserved: Resources::default(), topology: Topology::default(), gpu_model: Some("H100".into()),
 //!     instance_type: String::new(), spot: false, price_per_hour_usd: 30.0, labels: Default::default(),
 //!     taints: vec![], unschedulable: false };
-//! let task = SchedTask { id: TaskId(1), queue: "q".into(), priority: 100, preemptible: true, submit_seq: 1,
+//! let task = SchedTask { id: TaskId(1), queue: "q".into(), priority: 100, preemptible: true,
+//!     priority_class: "default".into(), submit_seq: 1,
 //!     resources: Resources::new(1000, 1 << 30, 1), gang: None, placement: Placement::default(),
 //!     avoid_nodes: vec![], avoid_clusters: vec![] };
 //! let input = Input { queues: vec![Queue::new("q", 1.0)], nodes: vec![node], queued: vec![task], ..Input::default() };
@@ -64,6 +65,7 @@
 
 mod amount;
 mod backlog;
+mod class_limits;
 mod cycle;
 mod drain;
 mod fairness;
@@ -218,5 +220,7 @@ pub fn schedule_backlog(input: &Input, backlog: &Backlog) -> Decisions {
 
 #[cfg(test)]
 mod affinity_tests;
+#[cfg(test)]
+mod class_limit_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
-//! Priority classes: operator-defined, replicated, and never deleted while a task uses one.
+//! Priority classes: operator-defined, replicated, and never deleted while a task or a
+//! queue's per-class limit uses one.
 //!
 //! A state that never recorded a class (a new federation, or a snapshot written before
 //! classes were replicated) has the built-in ones ([`PriorityClass::builtin`]): `classes`
@@ -68,6 +69,14 @@ impl State {
                     quote(name),
                     ids.join(", ")
                 ),
+            );
+        }
+        // A limit on a class that is gone would limit nothing, silently; the operator removes
+        // it (`flotilla queue update`) first.
+        if let Some(q) = self.queues.values().find(|q| q.priority_class_limits.iter().any(|l| l.priority_class == name)) {
+            return CommandResult::rejected(
+                RejectKind::Conflict,
+                format!("priority class {} is named in a limit of queue {}; remove that limit first", quote(name), quote(&q.name)),
             );
         }
         self.priority_classes.get_or_insert_with(|| BUILTIN.clone()).remove(name);
