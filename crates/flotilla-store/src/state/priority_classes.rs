@@ -83,21 +83,23 @@ impl State {
         CommandResult::Ok
     }
 
+    /// Class `name` (at `path` of a request) exists; else the rejection lists known ones.
+    pub(super) fn check_class_exists(&self, path: &str, name: &str) -> Result<(), CommandResult> {
+        if self.priority_class(name).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.priority_classes().keys().map(String::as_str).take(16).collect();
+        Err(CommandResult::rejected(
+            RejectKind::Invalid,
+            format!("{path}: unknown priority class {} (known: {})", quote(name), known.join(", ")),
+        ))
+    }
+
     /// A submission's classes exist, and every member of a gang has its gang's class.
     pub(super) fn check_submitted_classes(&self, specs: &[TaskSpec]) -> Result<(), CommandResult> {
         let mut gang_class: Option<(usize, &str)> = None;
         for (i, spec) in specs.iter().enumerate() {
-            if self.priority_class(&spec.priority_class).is_none() {
-                let known: Vec<&str> = self.priority_classes().keys().map(String::as_str).take(16).collect();
-                return Err(CommandResult::rejected(
-                    RejectKind::Invalid,
-                    format!(
-                        "tasks[{i}].priorityClass: unknown priority class {} (known: {})",
-                        quote(&spec.priority_class),
-                        known.join(", ")
-                    ),
-                ));
-            }
+            self.check_class_exists(&format!("tasks[{i}].priorityClass"), &spec.priority_class)?;
             match &spec.gang {
                 Some(g) if g.rank == 0 => gang_class = Some((i, &spec.priority_class)),
                 Some(_) => {

@@ -39,17 +39,7 @@ impl State {
             return Err(CommandResult::rejected(RejectKind::Invalid, e.to_string()));
         }
         for (i, l) in queue.priority_class_limits.iter().enumerate() {
-            if self.priority_class(&l.priority_class).is_none() {
-                let known: Vec<&str> = self.priority_classes().keys().map(String::as_str).take(16).collect();
-                return Err(CommandResult::rejected(
-                    RejectKind::Invalid,
-                    format!(
-                        "priorityClassLimits[{i}].priorityClass: unknown priority class {} (known: {})",
-                        quote(&l.priority_class),
-                        known.join(", ")
-                    ),
-                ));
-            }
+            self.check_class_exists(&format!("priorityClassLimits[{i}].priorityClass"), &l.priority_class)?;
         }
         Ok(())
     }
