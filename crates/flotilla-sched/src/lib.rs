@@ -23,9 +23,10 @@
 //! Fairness is weighted dominant-resource fairness over the whole federation. Each
 //! queue's fair share is computed up front by demand-capped water-filling on dominant
 //! shares. Then the queue with the lowest dominant share ÷ weight takes a turn: its next
-//! unit (highest priority, then earliest submitted) is checked against the queue's limit,
-//! placed on the best node (or, for a gang, the best topology domain with room for every
-//! member), and the queue's share grows. A unit that cannot be placed stays queued with a
+//! unit (highest priority, then earliest submitted) is checked against the queue's limit
+//! and its limits per priority class (all gang members counted), placed on the best node
+//! (or, for a gang, the best topology domain with room for every member), and the queue's
+//! share grows. A unit that cannot be placed stays queued with a
 //! reason and the queue moves on to its next unit, so one oversized task never blocks
 //! the rest. Queues of weight zero take turns only after every weighted queue is done.
 //! A shape that failed to fit is not searched again until capacity is freed.
