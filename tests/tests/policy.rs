@@ -344,3 +344,61 @@ fn a_gang_of_a_launcher_and_workers_starts_together_in_one_rack_knows_its_roles_
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("tasks[1].after[0]: \"a\" is in the same gang group \"g\""), "{err}");
 }
+
+#[test]
+fn a_queue_s_class_limit_holds_its_class_at_a_fraction_of_the_pool_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-classlimits.toml", "5");
+    let (code, _, err) = dev.cli(&["priority-class", "create", "urgent", "--priority", "500", "--preemptible"]);
+    assert_eq!(code, 0, "{err}");
+    // Bad limits are refused, naming the problem, and create nothing.
+    let (code, _, err) = dev.cli(&["queue", "create", "other", "--class-limit", "nope:gpu=10%"]);
+    assert_eq!(code, 2, "an unknown class is bad input: {err}");
+    assert!(err.contains("priorityClassLimits[0].priorityClass: unknown priority class \"nope\""), "{err}");
+    let (code, _, err) = dev.cli(&["queue", "create", "other", "--class-limit", "urgent:gpu=150%"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at most 100% of the pool"), "{err}");
+    assert!(dev.cli_json(&["queue", "list"]).as_array().unwrap().is_empty(), "nothing created");
+
+    // 8 GPUs in the pool: urgent tasks of `policy` may hold 25%, 2 GPUs.
+    let (code, _, err) = dev.cli(&["queue", "create", "policy", "--class-limit", "urgent:gpu=25%", "--class-limit", "urgent:cpu=40"]);
+    assert_eq!(code, 0, "{err}");
+    let q = dev.cli_json(&["queue", "get", "policy"]);
+    assert_eq!(q[0]["priorityClassLimits"], serde_json::json!(["urgent:gpu=25%", "urgent:cpu=40"]), "{q}");
+    let (code, table, err) = dev.cli(&["queue", "get", "policy"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("urgent:gpu=25%,urgent:cpu=40"), "{table}");
+
+    let (_dir, path) = task_file(
+        "queue: policy\ntaskSet: limited\ntasks:\n  \
+         - {name: hot, count: 4, priorityClass: urgent, image: busybox, resources: {cpu: 1, nvidia.com/gpu: 1}, sim: {duration: 1h}}\n  \
+         - {name: bulk, count: 3, image: busybox, resources: {cpu: 1, nvidia.com/gpu: 1}, sim: {duration: 1h}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "limited", "five running", |s| count(s, "running") == 5);
+    // A few more cycles (one a second) change nothing: the class stays at its limit while
+    // 3 GPUs stay free, and its waiting tasks say which limit holds them.
+    std::thread::sleep(Duration::from_secs(3));
+    let all = tasks(&dev, "limited");
+    let running = |name: &str| all.iter().filter(|t| t["name"] == name && t["state"] == "running").count();
+    assert_eq!((running("hot"), running("bulk")), (2, 3), "{all:?}");
+    // The backlog path visits a waiting group's head each cycle; the tasks behind it keep
+    // the reason they had (none yet here), as for every other reason.
+    let reasons: Vec<&str> =
+        all.iter().filter(|t| t["name"] == "hot" && t["state"] == "queued").map(|t| t["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.len(), 2, "{all:?}");
+    assert!(reasons.contains(&"queue limit gpu=25% of pool (2) for class urgent reached"), "{reasons:?}");
+    assert!(reasons.iter().all(|r| r.is_empty() || r.starts_with("queue limit gpu=25%")), "{reasons:?}");
+
+    // A class a queue limit names is not deleted, even once no task uses it.
+    let (code, _, err) = dev.cli(&["cancel", "--queue", "policy", "--task-set", "limited"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "limited", "cancelled", |s| count(s, "cancelled") == 7);
+    let (code, _, err) = dev.cli(&["priority-class", "delete", "urgent"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is named in a limit of queue \"policy\""), "{err}");
+    let (code, _, err) = dev.cli(&["queue", "update", "policy"]);
+    assert_eq!(code, 0, "an update without --class-limit removes the limits: {err}");
+    let (code, _, err) = dev.cli(&["priority-class", "delete", "urgent"]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -188,6 +188,32 @@ fn term(key: &str, operator: &str, values: &[String], weight: i32) -> v1::Affini
     v1::AffinityTerm { key: key.to_string(), operator: operator.to_string(), values: values.to_vec(), weight }
 }
 
+/// A queue's per-class limit as the wire carries it.
+pub fn class_limit_to_proto(l: &m::ClassLimit) -> v1::PriorityClassLimit {
+    use v1::priority_class_limit::Max;
+    v1::PriorityClassLimit {
+        priority_class: l.priority_class.clone(),
+        resource: l.resource.as_str().to_string(),
+        max: Some(match l.max {
+            m::LimitMax::Amount(a) => Max::Amount(l.resource.format_amount(a)),
+            m::LimitMax::PoolFraction(f) => Max::PoolFraction(f),
+        }),
+    }
+}
+
+/// A wire per-class limit (`path` names it in errors) as the model's. The amount is parsed
+/// here; the rest is checked with the queue's other limits (`check_class_limits`).
+pub fn class_limit_from_proto(path: &str, l: &v1::PriorityClassLimit) -> Result<m::ClassLimit, m::FieldError> {
+    use v1::priority_class_limit::Max;
+    let resource = m::LimitResource::parse(&l.resource).map_err(|e| m::FieldError::new(format!("{path}.resource"), e))?;
+    let max = match &l.max {
+        Some(Max::Amount(a)) => m::LimitMax::Amount(resource.parse_amount(a).map_err(|e| m::FieldError::new(format!("{path}.amount"), e))?),
+        Some(Max::PoolFraction(f)) => m::LimitMax::PoolFraction(*f),
+        None => return Err(m::FieldError::new(path, "needs an amount or a poolFraction")),
+    };
+    Ok(m::ClassLimit { priority_class: l.priority_class.clone(), resource, max })
+}
+
 /// A validated node affinity as the executor receives it.
 pub fn affinity_to_proto(a: &m::NodeAffinity) -> Option<v1::NodeAffinity> {
     (!a.is_empty()).then(|| v1::NodeAffinity {

@@ -64,4 +64,7 @@ mod convert;
 pub mod dial;
 pub mod tls;
 
-pub use convert::{affinity_to_proto, node_from_report, node_to_report, template_from_proto, template_to_proto};
+pub use convert::{
+    affinity_to_proto, class_limit_from_proto, class_limit_to_proto, node_from_report, node_to_report, template_from_proto,
+    template_to_proto,
+};

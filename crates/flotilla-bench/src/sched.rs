@@ -261,6 +261,7 @@ fn one_task(id: u64, queue: &str, gpus: u64, priority: i32) -> SchedTask {
         queue: queue.to_string(),
         priority,
         preemptible: true,
+        priority_class: "default".into(),
         submit_seq: id,
         resources: Resources::new(gpus * 8_000, gpus * 64 * GIB, gpus),
         gang: None,

@@ -16,6 +16,7 @@
 
 mod access;
 mod affinity;
+mod class_limits;
 mod node;
 mod queue;
 mod resources;
@@ -28,6 +29,7 @@ pub use affinity::{
     is_label_key, is_label_value, AffinityOperator, NodeAffinity, NodeRequirement, PreferredRequirement, MAX_AFFINITY_TERMS,
     MAX_AFFINITY_VALUES, MAX_AFFINITY_WEIGHT,
 };
+pub use class_limits::{check_class_limits, is_pool_fraction, ClassLimit, LimitMax, LimitResource, MAX_CLASS_LIMITS_PER_QUEUE};
 pub use node::{
     check_nodes, normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology, MAX_LABELS_PER_NODE, MAX_LABEL_KEY_BYTES,
     MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_NODE_NAME_BYTES, MAX_TAINTS_PER_NODE,

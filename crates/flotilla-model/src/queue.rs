@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{check_name, FieldError, Permit, ResourceLimits, Resources};
+use crate::{check_name, ClassLimit, FieldError, Permit, ResourceLimits, Resources};
 
 /// Where tasks wait. Queues share the federation by weight (dominant-resource fairness).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,11 @@ pub struct Queue {
     /// from this queue; `None`: the scheduler's default (`flotilla_sched::Config`, 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected_fraction: Option<f64>,
+    /// Caps on what the queue's tasks of one priority class hold at once (see
+    /// [`crate::ClassLimit`]), besides `limit`. Not written when empty, so entries and
+    /// snapshots of queues without them read and write as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priority_class_limits: Vec<ClassLimit>,
 }
 
 /// The protected fraction of queues that set none, unless the server sets another: a queue
@@ -69,6 +74,7 @@ impl Queue {
             permits: Vec::new(),
             budget_usd_per_day: 0.0,
             protected_fraction: None,
+            priority_class_limits: Vec::new(),
         }
     }
 }

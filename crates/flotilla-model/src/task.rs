@@ -410,6 +410,10 @@ pub struct SchedTask {
     pub queue: String,
     pub priority: i32,
     pub preemptible: bool,
+    /// The priority class `priority` and `preemptible` come from: what the queue's
+    /// per-class limits count. Empty counts against no class limit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub priority_class: String,
     /// Submit order (the state machine's sequence); lower goes first within a priority.
     pub submit_seq: u64,
     pub resources: Resources,

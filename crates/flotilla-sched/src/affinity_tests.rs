@@ -33,6 +33,7 @@ fn task(id: u64, gpus: u64) -> SchedTask {
         queue: "q".into(),
         priority: 100,
         preemptible: true,
+        priority_class: "default".into(),
         submit_seq: id,
         resources: Resources::new(1_000, GIB, gpus),
         gang: None,

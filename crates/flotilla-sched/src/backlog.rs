@@ -5,10 +5,10 @@
 //! tasks can start. A [`Backlog`] is kept by its owner (the leader) from one cycle to the
 //! next and changed task by task ([`Backlog::insert`], [`Backlog::remove`]) as tasks are
 //! submitted, leased, requeued or cancelled. It files each queue's tasks in *groups* of
-//! one priority and one shape (resources and placement), each group in submit order, and
-//! each queue's whole (complete and consistent) gangs likewise by priority and member
-//! shapes. Each queue also keeps the sum of what its tasks ask for, which is all that
-//! fair shares need.
+//! one priority and one shape (resources, placement and priority class), each group in
+//! submit order, and each queue's whole (complete and consistent) gangs likewise by
+//! priority and member shapes. Each queue also keeps the sum of what its tasks ask for,
+//! which is all that fair shares need.
 //!
 //! [`crate::schedule_backlog`] then visits a queue's groups lazily: it merges their heads
 //! in queue order (priority, then submit order) and, once a group's head failed to start,
@@ -31,6 +31,10 @@ pub(crate) type GangGroup = BTreeSet<(u64, TaskId)>;
 /// A gang group: its priority, member shapes in placement order, topology level and
 /// `sameValueOf` label.
 pub(crate) type GangKey = (Reverse<i32>, Vec<u32>, TopologyLevel, Option<String>);
+
+/// What files tasks in one group: resources, placement and priority class. Tasks of one
+/// shape fit alike; of one class, they count against the same class limit of their queue.
+pub(crate) type ShapeKey = (Resources, Placement, String);
 
 /// Where a task is filed, so that it can be taken out again.
 #[derive(Clone, Copy, Debug)]
@@ -65,7 +69,8 @@ pub(crate) struct GangEntry {
 /// use flotilla_model::*;
 /// use flotilla_sched::Backlog;
 /// let mut backlog = Backlog::default();
-/// backlog.insert(SchedTask { id: TaskId(1), queue: "q".into(), priority: 100, preemptible: true, submit_seq: 1,
+/// backlog.insert(SchedTask { id: TaskId(1), queue: "q".into(), priority: 100, preemptible: true,
+///     priority_class: "default".into(), submit_seq: 1,
 ///     resources: Resources::new(1000, 1 << 30, 1), gang: None, placement: Placement::default(),
 ///     avoid_nodes: vec![], avoid_clusters: vec![] });
 /// assert_eq!(backlog.len(), 1);
@@ -80,9 +85,9 @@ pub struct Backlog {
     pub(crate) gangs: HashMap<TaskId, GangEntry>,
     /// Gangs whose queued members cannot form a unit (see `gang_problem`).
     pub(crate) broken_gangs: BTreeSet<TaskId>,
-    shape_ids: HashMap<(Resources, Placement), u32>,
+    shape_ids: HashMap<ShapeKey, u32>,
     /// Per shape id: its key and how many tasks use it; unused ids are reused.
-    pub(crate) shapes: Vec<Option<((Resources, Placement), usize)>>,
+    pub(crate) shapes: Vec<Option<(ShapeKey, usize)>>,
     free_shapes: Vec<u32>,
 }
 
@@ -178,7 +183,7 @@ impl Backlog {
     }
 
     fn shape_id(&mut self, t: &SchedTask) -> u32 {
-        let key = (t.resources.clone(), t.placement.clone());
+        let key = (t.resources.clone(), t.placement.clone(), t.priority_class.clone());
         if let Some(&s) = self.shape_ids.get(&key) {
             if let Some((_, n)) = &mut self.shapes[s as usize] {
                 *n += 1;

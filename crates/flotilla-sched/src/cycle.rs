@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use flotilla_model::{Placement, Queue, Resources, SchedTask, TaskId, TopologyLevel};
 
 use crate::amount::Amount;
+use crate::class_limits::{self, ClassCap};
 use crate::fairness::{sanitize_weight, water_fill, Turn};
 use crate::gang::GangUnit;
 use crate::index::NodeIndex;
@@ -38,6 +39,8 @@ pub(crate) struct QueueState<'a> {
     pub version: u32,
     /// In `Input::held_queues`: takes no turn.
     pub held: bool,
+    /// Its limits per priority class, with what each class holds (see `class_limits`).
+    pub class_caps: Vec<ClassCap<'a>>,
 }
 
 pub(crate) struct RunState<'a> {
@@ -135,6 +138,7 @@ impl<'a> Cycle<'a> {
                 evicted: 0,
                 version: 0,
                 held: input.held_queues.contains_key(&q.name),
+                class_caps: class_limits::caps(q, index.total),
             });
         }
 
@@ -152,6 +156,7 @@ impl<'a> Cycle<'a> {
             }
             if let (Some(q), true) = (queue, first) {
                 queues[q].alloc = queues[q].alloc.plus(amount);
+                class_limits::charge(&mut queues[q].class_caps, &r.task, amount, true);
             }
             let evictable = first && r.task.preemptible && node.is_some() && queue.is_some();
             running.push(RunState { task: &r.task, node, queue, amount, evictable, evicted: false });
@@ -419,6 +424,9 @@ impl<'a> Cycle<'a> {
         if let Some(l) = self.queues[q].queue.limit.exceeded_by(&after.to_resources()) {
             return Err(self.reasons.intern(reasons::queue_limit(&l)));
         }
+        if let Some(reason) = self.class_limit_reached(q, members) {
+            return Err(self.reasons.intern(reason));
+        }
         if self.leases.len().saturating_add(members.len()) > self.config.max_leases_per_cycle {
             return Err(self.reasons.intern(reasons::lease_limit(self.config.max_leases_per_cycle)));
         }
@@ -510,6 +518,7 @@ impl<'a> Cycle<'a> {
                 }
                 if let Some(vq) = vq {
                     self.queues[vq].alloc = self.queues[vq].alloc.minus(amount);
+                    class_limits::charge(&mut self.queues[vq].class_caps, task, amount, false);
                     self.queues[vq].evicted += 1;
                     self.push_turn(vq);
                 }
@@ -524,6 +533,7 @@ impl<'a> Cycle<'a> {
             debug_assert!(!self.leased[t as usize]);
             self.index.reserve(n, amount, &task.resources.extended);
             self.queues[q].alloc = self.queues[q].alloc.plus(amount);
+            class_limits::charge(&mut self.queues[q].class_caps, task, amount, true);
             self.leased[t as usize] = true;
             self.leases.push(Lease { task: task.id, node: self.index.nodes[n as usize].node.node_ref() });
             self.lease_tasks.push(t);

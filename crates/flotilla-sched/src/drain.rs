@@ -80,6 +80,7 @@ mod tests {
                 queue: queue.into(),
                 priority: 100,
                 preemptible,
+                priority_class: String::new(),
                 submit_seq: id,
                 resources: Resources::new(1000, 1 << 30, 0),
                 gang: gang.map(|(g, size)| GangRef {

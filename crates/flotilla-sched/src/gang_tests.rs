@@ -41,6 +41,7 @@ fn mixed_gang(first: u64, launchers: u32, workers: u32, worker_gpus: u64) -> Vec
                 queue: "q".into(),
                 priority: 100,
                 preemptible: true,
+                priority_class: "default".into(),
                 submit_seq: first,
                 resources,
                 gang: Some(GangRef {

@@ -6,8 +6,10 @@
 //! back, and every unit of the same group (priority and shape) fails alike for the same
 //! reason, as long as nothing that failure depended on changed:
 //! - capacity only shrinks until a preemption frees some (the cycle's `generation`);
-//! - a queue's allocation only grows until one of its tasks is preempted (which also
-//!   moves the generation), so a queue limit once reached stays reached;
+//! - a queue's allocation, and what each of its priority classes holds, only grows until
+//!   one of its tasks is preempted (which also moves the generation), so a queue limit or
+//!   a class limit once reached stays reached (a group's tasks share one class: the
+//!   backlog files classes apart);
 //! - the lease count and the eviction count only grow; a failed preemption plan is
 //!   remembered for the whole cycle; the reclaim test (share below fair share) only
 //!   turns false as the share grows.
@@ -27,7 +29,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::ops::Bound;
 
-use flotilla_model::{SchedTask, TaskId};
+use flotilla_model::{Placement, Resources, SchedTask, TaskId};
 
 use crate::amount::Amount;
 use crate::backlog::{Backlog, GangGroup, QueueBacklog, SingleGroup};
@@ -105,6 +107,9 @@ pub(crate) struct Lazy<'a> {
     queues: Vec<LazyQueue<'a>>,
     /// Backlog shape id -> this cycle's shape id.
     shapes: HashMap<u32, u32>,
+    /// This cycle's shape ids by resources and placement: backlog shapes that differ only
+    /// in priority class share one, as in the full cycle (same failures, same reasons).
+    cycle_shapes: HashMap<(&'a Resources, &'a Placement), u32>,
 }
 
 impl<'a> Lazy<'a> {
@@ -128,7 +133,7 @@ impl<'a> Lazy<'a> {
                 lq
             })
             .collect();
-        Lazy { backlog, queues, shapes: HashMap::new() }
+        Lazy { backlog, queues, shapes: HashMap::new(), cycle_shapes: HashMap::new() }
     }
 
     pub fn has_units(&self, q: usize) -> bool {
@@ -140,8 +145,8 @@ impl<'a> Lazy<'a> {
     /// need: extra sets change no decision).
     pub fn index_needs(&self) -> (bool, bool) {
         let shapes = self.backlog.shapes.iter().flatten();
-        let with_cpu = shapes.clone().any(|((r, _), _)| r.gpu == 0);
-        let with_clusters = shapes.clone().any(|((_, p), _)| !p.allowed_clusters.is_empty() || p.preferred_cluster.is_some());
+        let with_cpu = shapes.clone().any(|((r, _, _), _)| r.gpu == 0);
+        let with_clusters = shapes.clone().any(|((_, p, _), _)| !p.allowed_clusters.is_empty() || p.preferred_cluster.is_some());
         (with_cpu, with_clusters)
     }
 
@@ -214,17 +219,21 @@ impl<'a> Cycle<'a> {
 
     /// Adds a backlog task to the cycle's tasks; returns its index.
     fn pull_task(&mut self, t: &'a SchedTask, backlog_shape: u32, q: Option<usize>) -> u32 {
-        let known = self.lazy.as_ref().and_then(|l| l.shapes.get(&backlog_shape).copied());
-        let shape = match known {
+        let known =
+            self.lazy.as_ref().and_then(|l| l.shapes.get(&backlog_shape).or_else(|| l.cycle_shapes.get(&(&t.resources, &t.placement))));
+        let shape = match known.copied() {
             Some(s) => s,
             None => {
                 let s = self.add_shape(t);
                 if let Some(lazy) = self.lazy.as_mut() {
-                    lazy.shapes.insert(backlog_shape, s);
+                    lazy.cycle_shapes.insert((&t.resources, &t.placement), s);
                 }
                 s
             }
         };
+        if let Some(lazy) = self.lazy.as_mut() {
+            lazy.shapes.insert(backlog_shape, shape);
+        }
         self.queued.push(t);
         self.task_shape.push(shape);
         self.task_queue.push(q);

@@ -23,9 +23,10 @@
 //! Fairness is weighted dominant-resource fairness over the whole federation. Each
 //! queue's fair share is computed up front by demand-capped water-filling on dominant
 //! shares. Then the queue with the lowest dominant share ÷ weight takes a turn: its next
-//! unit (highest priority, then earliest submitted) is checked against the queue's limit,
-//! placed on the best node (or, for a gang, the best topology domain with room for every
-//! member), and the queue's share grows. A unit that cannot be placed stays queued with a
+//! unit (highest priority, then earliest submitted) is checked against the queue's limit
+//! and its limits per priority class (all gang members counted), placed on the best node
+//! (or, for a gang, the best topology domain with room for every member), and the queue's
+//! share grows. A unit that cannot be placed stays queued with a
 //! reason and the queue moves on to its next unit, so one oversized task never blocks
 //! the rest. Queues of weight zero take turns only after every weighted queue is done.
 //! A shape that failed to fit is not searched again until capacity is freed.
@@ -54,7 +55,8 @@
 //!     reserved: Resources::default(), topology: Topology::default(), gpu_model: Some("H100".into()),
 //!     instance_type: String::new(), spot: false, price_per_hour_usd: 30.0, labels: Default::default(),
 //!     taints: vec![], unschedulable: false };
-//! let task = SchedTask { id: TaskId(1), queue: "q".into(), priority: 100, preemptible: true, submit_seq: 1,
+//! let task = SchedTask { id: TaskId(1), queue: "q".into(), priority: 100, preemptible: true,
+//!     priority_class: "default".into(), submit_seq: 1,
 //!     resources: Resources::new(1000, 1 << 30, 1), gang: None, placement: Placement::default(),
 //!     avoid_nodes: vec![], avoid_clusters: vec![] };
 //! let input = Input { queues: vec![Queue::new("q", 1.0)], nodes: vec![node], queued: vec![task], ..Input::default() };
@@ -64,6 +66,7 @@
 
 mod amount;
 mod backlog;
+mod class_limits;
 mod cycle;
 mod drain;
 mod fairness;
@@ -218,6 +221,8 @@ pub fn schedule_backlog(input: &Input, backlog: &Backlog) -> Decisions {
 
 #[cfg(test)]
 mod affinity_tests;
+#[cfg(test)]
+mod class_limit_tests;
 #[cfg(test)]
 mod gang_tests;
 #[cfg(test)]

@@ -56,6 +56,16 @@ pub(crate) fn unknown_queue(queue: &str) -> String {
     format!("unknown queue {queue}")
 }
 
+/// "queue limit gpu=10% of pool (6) for class urgent reached": the limit as written and,
+/// for a fraction, what it allows this cycle.
+pub(crate) fn class_limit(limit: &flotilla_model::ClassLimit, max: u64) -> String {
+    let now = match limit.max {
+        flotilla_model::LimitMax::PoolFraction(_) => format!(" ({})", limit.resource.format_amount(max)),
+        flotilla_model::LimitMax::Amount(_) => String::new(),
+    };
+    format!("queue limit {}{now} for class {} reached", limit.describe(), limit.priority_class)
+}
+
 pub(crate) fn queue_limit(limit: &str) -> String {
     format!("queue limit {limit} reached")
 }

@@ -8,7 +8,7 @@ use crate::{schedule, schedule_backlog, Backlog, Config, Decisions, Input, Runni
 
 const GIB: u64 = 1 << 30;
 
-fn node(cluster: &str, name: &str, gpus: u64, model: &str) -> Node {
+pub(crate) fn node(cluster: &str, name: &str, gpus: u64, model: &str) -> Node {
     Node {
         cluster: cluster.into(),
         name: name.into(),
@@ -25,12 +25,13 @@ fn node(cluster: &str, name: &str, gpus: u64, model: &str) -> Node {
     }
 }
 
-fn task(id: u64, queue: &str, gpus: u64) -> SchedTask {
+pub(crate) fn task(id: u64, queue: &str, gpus: u64) -> SchedTask {
     SchedTask {
         id: TaskId(id),
         queue: queue.into(),
         priority: 100,
         preemptible: true,
+        priority_class: "default".into(),
         submit_seq: id,
         resources: Resources::new(gpus.max(1).saturating_mul(1_000), gpus.max(1).saturating_mul(GIB), gpus),
         gang: None,

@@ -134,6 +134,7 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
             queue,
             priority: *g.pick(&[0, 100, 100, 1000]),
             preemptible: g.chance(80),
+            priority_class: String::new(),
             submit_seq: g.below(1000),
             resources: Resources::new(500 * (1 + g.below(16)), GIB * (1 + g.below(64)), gpus),
             gang: None,
@@ -189,6 +190,8 @@ fn random_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_
     }
     add_affinity(seed, &mut nodes, &mut queued);
     add_roles(seed, &mut queued);
+    let mut queues = queues;
+    add_class_limits(seed, &mut queues, &mut queued, &mut running);
     let mut config = Config::default();
     if g.chance(30) {
         config.max_evictions_per_cycle = g.below(4) as usize;
@@ -271,6 +274,52 @@ fn add_roles(seed: u64, queued: &mut [SchedTask]) {
         if gang.rank == 0 {
             t.resources = launcher;
             t.placement.gpu_model = None;
+        }
+    }
+}
+
+/// Priority classes on every task (two classes share priority 100, so one group of the
+/// backlog by priority and shape would mix them) and per-class limits on some queues,
+/// as amounts or fractions of the pool. Drawn from a generator of their own, like
+/// `add_affinity`; gang members share their gang's class.
+fn add_class_limits(seed: u64, queues: &mut [Queue], queued: &mut [SchedTask], running: &mut [Running]) {
+    let mut g = Gen(seed ^ 0xC1A5_5000_0000_0002);
+    let class_of = |g: &mut Gen, priority: i32| match priority {
+        0 => "best-effort",
+        1000 => "critical",
+        _ => *g.pick(&["default", "batch"]),
+    };
+    let mut per_gang: HashMap<TaskId, &str> = HashMap::new();
+    for t in queued.iter_mut() {
+        let class = match &t.gang {
+            Some(gang) => *per_gang.entry(gang.id).or_insert_with(|| class_of(&mut g, t.priority)),
+            None => class_of(&mut g, t.priority),
+        };
+        t.priority_class = class.to_string();
+    }
+    for r in running.iter_mut() {
+        r.task.priority_class = class_of(&mut g, r.task.priority).to_string();
+    }
+    for q in queues.iter_mut() {
+        if !g.chance(60) {
+            continue;
+        }
+        for _ in 0..1 + g.below(3) {
+            let class = g.pick(&["default", "batch", "critical", "best-effort"]).to_string();
+            let resource = *g.pick(&[LimitResource::Gpu, LimitResource::Gpu, LimitResource::Cpu, LimitResource::Memory]);
+            if q.priority_class_limits.iter().any(|l| l.priority_class == class && l.resource == resource) {
+                continue;
+            }
+            let max = if g.chance(50) {
+                LimitMax::PoolFraction(*g.pick(&[0.05, 0.1, 0.25, 0.5, 1.0]))
+            } else {
+                LimitMax::Amount(match resource {
+                    LimitResource::Gpu => g.below(12),
+                    LimitResource::Cpu => 1_000 * g.below(40),
+                    LimitResource::Memory => GIB * g.below(200),
+                })
+            };
+            q.priority_class_limits.push(ClassLimit { priority_class: class, resource, max });
         }
     }
 }
@@ -461,6 +510,46 @@ proptest! {
     }
 
     #[test]
+    fn per_class_limits_are_never_exceeded(input in inputs()) {
+        // The pool a fraction applies to: what the scheduler counts as the federation.
+        let mut pool = Resources::default();
+        let mut seen = BTreeSet::new();
+        for n in &input.nodes {
+            if seen.insert(n.node_ref()) {
+                pool.add(&n.schedulable_capacity());
+            }
+        }
+        let queued = queued_by_id(&input);
+        for d in both_paths(&input) {
+            let preempted: BTreeSet<TaskId> = d.preemptions.iter().map(|p| p.task).collect();
+            let mut ids = BTreeSet::new();
+            let held_after: Vec<&SchedTask> = input
+                .running
+                .iter()
+                .filter(|r| ids.insert(r.task.id) && !preempted.contains(&r.task.id))
+                .map(|r| &r.task)
+                .chain(d.leases.iter().map(|l| queued[&l.task]))
+                .collect();
+            for q in &input.queues {
+                for l in &q.priority_class_limits {
+                    let max = l.max_of(l.resource.of(&pool));
+                    let sum = |tasks: &[&SchedTask]| -> u64 {
+                        tasks.iter().filter(|t| t.queue == q.name && t.priority_class == l.priority_class).map(|t| l.resource.of(&t.resources)).sum()
+                    };
+                    let leased: Vec<&SchedTask> = d.leases.iter().map(|l| queued[&l.task]).collect();
+                    let (after, added) = (sum(&held_after), sum(&leased));
+                    // Running tasks may be over a limit already (it was lowered); then no
+                    // lease adds to them (a task that asks for none of the resource may start).
+                    prop_assert!(
+                        after <= max || added == 0,
+                        "queue {} class {} holds {} {} after the cycle, limit {} ({})", q.name, l.priority_class, after, l.resource.as_str(), max, l
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn guarantees_budgets_and_eviction_bounds_hold(input in inputs()) {
         let d = schedule(&input);
         let usage = queue_usage(&input, &d);
@@ -595,6 +684,7 @@ proptest! {
                     queue: q.into(),
                     priority: 100,
                     preemptible: true,
+                    priority_class: "default".into(),
                     submit_seq: g.below(1000),
                     resources: Resources::new(1000, GIB, gpus_each),
                     gang: None,

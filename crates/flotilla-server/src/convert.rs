@@ -2,8 +2,9 @@
 
 use flotilla_api::v1;
 use flotilla_model::{
-    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, FieldError, Permit, Queue, ResourceLimits, Resources,
-    SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_BUDGET_USD_PER_DAY, MAX_PERMITS_PER_QUEUE,
+    format_bytes, format_cpu_millis, parse_bytes, parse_count, parse_cpu_millis, ClassLimit, FieldError, Permit, Queue, ResourceLimits,
+    Resources, SchedTask, Subject, Verb, DEFAULT_DISRUPTION_BUDGET, MAX_BUDGET_USD_PER_DAY, MAX_CLASS_LIMITS_PER_QUEUE,
+    MAX_PERMITS_PER_QUEUE,
 };
 use flotilla_store::cost::usd;
 use flotilla_store::{State, TaskEvent, TaskRecord};
@@ -110,6 +111,7 @@ pub fn sched_task(s: &State, t: &TaskRecord, avoid_cluster_after: u32, now_ms: u
         queue: t.spec.queue.clone(),
         priority,
         preemptible,
+        priority_class: t.spec.priority_class.clone(),
         submit_seq: t.id.0,
         resources: t.spec.resources.clone(),
         gang: t.spec.gang.clone(),
@@ -162,6 +164,7 @@ pub fn queue_to_spec(q: &Queue) -> v1::QueueSpec {
             .collect(),
         budget_usd_per_day: q.budget_usd_per_day,
         protected_fraction: q.protected_fraction,
+        priority_class_limits: q.priority_class_limits.iter().map(flotilla_api::class_limit_to_proto).collect(),
     }
 }
 
@@ -230,6 +233,7 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
     if let Some(f) = spec.protected_fraction.filter(|f| !flotilla_model::is_protected_fraction(*f)) {
         errors.push(FieldError::new("protectedFraction", format!("{f} must be between 0 and 1")));
     }
+    let priority_class_limits = class_limits_from_proto(&spec.priority_class_limits, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -243,7 +247,30 @@ pub fn queue_from_spec(spec: &v1::QueueSpec) -> Result<Queue, Vec<FieldError>> {
         permits,
         budget_usd_per_day: spec.budget_usd_per_day,
         protected_fraction: spec.protected_fraction,
+        priority_class_limits,
     })
+}
+
+/// A queue's per-class limits, every problem named (`priorityClassLimits[i].field`); a list
+/// over the bound is refused before any entry is read.
+fn class_limits_from_proto(limits: &[v1::PriorityClassLimit], errors: &mut Vec<FieldError>) -> Vec<ClassLimit> {
+    const PATH: &str = "priorityClassLimits";
+    if limits.len() > MAX_CLASS_LIMITS_PER_QUEUE {
+        errors.push(FieldError::new(PATH, format!("{} limits exceed the most a queue holds, {MAX_CLASS_LIMITS_PER_QUEUE}", limits.len())));
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(limits.len());
+    for (i, l) in limits.iter().enumerate() {
+        match flotilla_api::class_limit_from_proto(&format!("{PATH}[{i}]"), l) {
+            Ok(l) => out.push(l),
+            Err(e) => errors.push(e),
+        }
+    }
+    // Paths index the request's list: checked together only when every entry was read.
+    if out.len() == limits.len() {
+        flotilla_model::check_class_limits(PATH, &out, errors);
+    }
+    out
 }
 
 fn permits_from_proto(permits: &[v1::QueuePermit], errors: &mut Vec<FieldError>) -> Vec<Permit> {
@@ -284,6 +311,48 @@ pub fn invalid(errors: &[FieldError]) -> tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_keeps_its_class_limits_through_the_wire_and_bad_ones_are_refused_naming_the_field() {
+        use v1::priority_class_limit::Max;
+        let limit = |class: &str, resource: &str, max: Max| v1::PriorityClassLimit {
+            priority_class: class.into(),
+            resource: resource.into(),
+            max: Some(max),
+        };
+        let spec = v1::QueueSpec {
+            name: "q".into(),
+            weight: 1.0,
+            priority_class_limits: vec![
+                limit("urgent", "nvidia.com/gpu", Max::PoolFraction(0.1)),
+                limit("batch", "memory", Max::Amount("256Gi".into())),
+            ],
+            ..Default::default()
+        };
+        let queue = queue_from_spec(&spec).unwrap();
+        let texts: Vec<String> = queue.priority_class_limits.iter().map(|l| l.to_string()).collect();
+        assert_eq!(texts, ["urgent:gpu=10%", "batch:memory=256Gi"]);
+        let back = queue_to_spec(&queue).priority_class_limits;
+        assert_eq!(back[0], limit("urgent", "gpu", Max::PoolFraction(0.1)));
+        assert_eq!(back[1], limit("batch", "memory", Max::Amount("256Gi".into())));
+
+        let bad = vec![
+            limit("urgent", "disk", Max::Amount("1".into())),
+            limit("urgent", "gpu", Max::Amount("x".repeat(5000))),
+            limit("urgent", "gpu", Max::PoolFraction(0.0)),
+            v1::PriorityClassLimit { priority_class: "u".into(), resource: "cpu".into(), max: None },
+        ];
+        let errors = queue_from_spec(&v1::QueueSpec { priority_class_limits: bad, ..spec.clone() }).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["priorityClassLimits[0].resource", "priorityClassLimits[1].amount", "priorityClassLimits[3]"]);
+        assert!(errors[1].message.len() < 200, "a long bad value is quoted by a prefix: {}", errors[1].message);
+        let fraction = vec![limit("urgent", "gpu", Max::PoolFraction(1.5))];
+        let errors = queue_from_spec(&v1::QueueSpec { priority_class_limits: fraction, ..spec.clone() }).unwrap_err();
+        assert_eq!(errors[0].path, "priorityClassLimits[0].poolFraction");
+        let many = vec![limit("urgent", "gpu", Max::PoolFraction(0.5)); flotilla_model::MAX_CLASS_LIMITS_PER_QUEUE + 1];
+        let errors = queue_from_spec(&v1::QueueSpec { priority_class_limits: many, ..spec }).unwrap_err();
+        assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["priorityClassLimits"]);
+    }
 
     #[test]
     fn a_queue_keeps_its_protected_fraction_through_the_wire_and_one_out_of_range_is_refused_naming_the_field() {

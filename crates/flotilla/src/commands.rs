@@ -296,6 +296,7 @@ fn queue_spec(a: &QueueArgs) -> Result<v1::QueueSpec, Failure> {
             .collect::<Result<_, Failure>>()?,
         budget_usd_per_day: a.budget_usd_per_day,
         protected_fraction: a.protected_fraction,
+        priority_class_limits: a.class_limits.iter().map(flotilla_api::class_limit_to_proto).collect(),
     })
 }
 

@@ -370,6 +370,11 @@ pub struct QueueArgs {
     /// from this queue (default: the server's `--protected-fraction`, 1.0 unless set).
     #[arg(long, value_parser = parse_protected_fraction)]
     pub protected_fraction: Option<f64>,
+    /// Caps what the queue's tasks of one priority class hold at once, as an amount or a
+    /// percentage of the pool, e.g. `urgent:gpu=10%`, `batch:cpu=64`, `batch:memory=256Gi`;
+    /// repeat for more (one per class and resource). Update replaces the whole list.
+    #[arg(long = "class-limit", value_name = "CLASS:RESOURCE=VALUE", value_parser = parse_class_limit)]
+    pub class_limits: Vec<flotilla_model::ClassLimit>,
 }
 
 #[derive(Args, Debug)]
@@ -481,6 +486,10 @@ impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Op(format!("{e:#}"))
     }
+}
+
+fn parse_class_limit(s: &str) -> Result<flotilla_model::ClassLimit, String> {
+    flotilla_model::ClassLimit::parse(s)
 }
 
 fn parse_protected_fraction(s: &str) -> Result<f64, String> {

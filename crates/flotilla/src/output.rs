@@ -156,6 +156,7 @@ pub fn queue_json(q: &v1::Queue) -> Value {
         "owner": spec.owner,
         "disruptionBudget": spec.disruption_budget,
         "protectedFraction": spec.protected_fraction,
+        "priorityClassLimits": class_limits_text(&spec),
         "permits": spec.permits.iter().map(|p| format!("{}={}", p.subject, p.verbs.join(","))).collect::<Vec<_>>(),
         "tasks": status.tasks_by_state,
         "fairShare": status.fair_share,
@@ -167,12 +168,24 @@ pub fn queue_json(q: &v1::Queue) -> Value {
     })
 }
 
+/// A queue's per-class limits in the form `--class-limit` takes: `urgent:gpu=10%`.
+fn class_limits_text(spec: &v1::QueueSpec) -> Vec<String> {
+    spec.priority_class_limits
+        .iter()
+        .map(|l| match flotilla_api::class_limit_from_proto("", l) {
+            Ok(l) => l.to_string(),
+            Err(e) => format!("{}:{} ({e})", l.priority_class, l.resource),
+        })
+        .collect()
+}
+
 pub fn queue_row(q: &v1::Queue) -> Vec<String> {
     let spec = q.spec.clone().unwrap_or_default();
     let status = q.status.clone().unwrap_or_default();
     let count = |s: &str| status.tasks_by_state.get(s).copied().unwrap_or(0).to_string();
     let mut limit: Vec<String> = spec.limit.iter().map(|(k, v)| format!("{k}={v}")).collect();
     limit.sort();
+    limit.extend(class_limits_text(&spec));
     vec![
         spec.name,
         spec.weight.to_string(),
@@ -193,7 +206,8 @@ pub fn queue_row(q: &v1::Queue) -> Vec<String> {
 }
 
 /// COST: the queue's ended attempts (the `flotilla_cost_usd_total` metric); TODAY: its UTC
-/// day's spend with running attempts so far, over its daily budget when it has one.
+/// day's spend with running attempts so far, over its daily budget when it has one. LIMIT:
+/// the queue's limits, then its per-class limits (`urgent:gpu=10%`).
 pub const QUEUE_HEADERS: [&str; 11] =
     ["queue", "weight", "fair share", "actual share", "queued", "running", "succeeded", "failed", "cost", "today", "limit"];
 

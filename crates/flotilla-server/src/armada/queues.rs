@@ -121,7 +121,8 @@ impl QueueService {
     }
 
     /// Replaces what Armada's queue says (weight, owner, permits) and keeps what only
-    /// Flotilla's has (guarantee, limit, disruption budget, daily budget, protected fraction).
+    /// Flotilla's has (guarantee, limit, disruption budget, daily budget, protected fraction,
+    /// per-class limits).
     async fn update(&self, caller: &Caller, q: &armada::Queue) -> Result<(), Status> {
         let spec = spec_of(q).map_err(|e| invalid(&e))?;
         let kept = self.0.read(|s| s.queue(&q.name).map(crate::convert::queue_to_spec)).unwrap_or_default();
@@ -131,6 +132,7 @@ impl QueueService {
             disruption_budget: kept.disruption_budget,
             budget_usd_per_day: kept.budget_usd_per_day,
             protected_fraction: kept.protected_fraction,
+            priority_class_limits: kept.priority_class_limits,
             ..spec
         };
         self.queues().update_queue(as_v1(caller, v1::UpdateQueueRequest { queue: Some(spec) })).await?;

@@ -1,4 +1,5 @@
-//! Priority classes: operator-defined, replicated, and never deleted while a task uses one.
+//! Priority classes: operator-defined, replicated, and never deleted while a task or a
+//! queue's per-class limit uses one.
 //!
 //! A state that never recorded a class (a new federation, or a snapshot written before
 //! classes were replicated) has the built-in ones ([`PriorityClass::builtin`]): `classes`
@@ -70,25 +71,35 @@ impl State {
                 ),
             );
         }
+        // A limit on a class that is gone would limit nothing, silently; the operator removes
+        // it (`flotilla queue update`) first.
+        if let Some(q) = self.queues.values().find(|q| q.priority_class_limits.iter().any(|l| l.priority_class == name)) {
+            return CommandResult::rejected(
+                RejectKind::Conflict,
+                format!("priority class {} is named in a limit of queue {}; remove that limit first", quote(name), quote(&q.name)),
+            );
+        }
         self.priority_classes.get_or_insert_with(|| BUILTIN.clone()).remove(name);
         CommandResult::Ok
+    }
+
+    /// Class `name` (at `path` of a request) exists; else the rejection lists known ones.
+    pub(super) fn check_class_exists(&self, path: &str, name: &str) -> Result<(), CommandResult> {
+        if self.priority_class(name).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.priority_classes().keys().map(String::as_str).take(16).collect();
+        Err(CommandResult::rejected(
+            RejectKind::Invalid,
+            format!("{path}: unknown priority class {} (known: {})", quote(name), known.join(", ")),
+        ))
     }
 
     /// A submission's classes exist, and every member of a gang has its gang's class.
     pub(super) fn check_submitted_classes(&self, specs: &[TaskSpec]) -> Result<(), CommandResult> {
         let mut gang_class: Option<(usize, &str)> = None;
         for (i, spec) in specs.iter().enumerate() {
-            if self.priority_class(&spec.priority_class).is_none() {
-                let known: Vec<&str> = self.priority_classes().keys().map(String::as_str).take(16).collect();
-                return Err(CommandResult::rejected(
-                    RejectKind::Invalid,
-                    format!(
-                        "tasks[{i}].priorityClass: unknown priority class {} (known: {})",
-                        quote(&spec.priority_class),
-                        known.join(", ")
-                    ),
-                ));
-            }
+            self.check_class_exists(&format!("tasks[{i}].priorityClass"), &spec.priority_class)?;
             match &spec.gang {
                 Some(g) if g.rank == 0 => gang_class = Some((i, &spec.priority_class)),
                 Some(_) => {

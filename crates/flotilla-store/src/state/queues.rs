@@ -24,8 +24,24 @@ impl State {
                 format!("budget_usd_per_day: {} must be from 0 to {}", queue.budget_usd_per_day, flotilla_model::MAX_BUDGET_USD_PER_DAY),
             );
         }
+        if let Err(rejected) = self.check_class_limits(queue) {
+            return rejected;
+        }
         self.queues.insert(queue.name.clone(), queue.clone());
         CommandResult::Ok
+    }
+
+    /// A queue's per-class limits are well formed and name classes that exist.
+    fn check_class_limits(&self, queue: &Queue) -> Result<(), CommandResult> {
+        let mut errors = Vec::new();
+        flotilla_model::check_class_limits("priorityClassLimits", &queue.priority_class_limits, &mut errors);
+        if let Some(e) = errors.first() {
+            return Err(CommandResult::rejected(RejectKind::Invalid, e.to_string()));
+        }
+        for (i, l) in queue.priority_class_limits.iter().enumerate() {
+            self.check_class_exists(&format!("priorityClassLimits[{i}].priorityClass"), &l.priority_class)?;
+        }
+        Ok(())
     }
 
     pub(super) fn delete_queue(&mut self, name: &str) -> CommandResult {

@@ -115,3 +115,56 @@ fn a_gang_whose_members_have_different_classes_is_refused_naming_both_fields() {
     }
     assert_eq!(s.task_count(), 0);
 }
+
+fn limited_queue(limits: &[&str]) -> Queue {
+    let mut q = Queue::new("limited", 1.0);
+    q.priority_class_limits = limits.iter().map(|l| flotilla_model::ClassLimit::parse(l).unwrap()).collect();
+    q
+}
+
+#[test]
+fn a_queue_limit_may_name_only_an_existing_class_and_a_refused_one_changes_nothing() {
+    let mut s = setup();
+    let refused = apply(&mut s, 1, Command::PutQueue { queue: limited_queue(&["urgent:gpu=10%"]), create: true });
+    match &refused {
+        CommandResult::Rejected { kind: RejectKind::Invalid, message } => {
+            assert!(message.starts_with("priorityClassLimits[0].priorityClass: unknown priority class \"urgent\""), "{message}")
+        }
+        other => panic!("expected an invalid request: {other:?}"),
+    }
+    assert!(!s.queues.contains_key("limited"), "nothing stored");
+    put(&mut s, class("urgent", 500, true), true);
+    assert_eq!(
+        apply(&mut s, 2, Command::PutQueue { queue: limited_queue(&["urgent:gpu=10%", "default:cpu=64"]), create: true }),
+        CommandResult::Ok
+    );
+    let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert_eq!(back.queues["limited"].priority_class_limits, limited_queue(&["urgent:gpu=10%", "default:cpu=64"]).priority_class_limits);
+    // Two limits on one class and resource are refused by the state machine too.
+    let twice = apply(&mut s, 3, Command::PutQueue { queue: limited_queue(&["urgent:gpu=10%", "urgent:gpu=2"]), create: false });
+    assert_eq!(rejected_kind(&twice), Some(RejectKind::Invalid), "{twice:?}");
+    assert_eq!(s.queues["limited"].priority_class_limits.len(), 2, "the refused update changed nothing");
+}
+
+#[test]
+fn a_class_named_in_a_queue_limit_cannot_be_deleted_until_the_limit_is_removed() {
+    let mut s = setup();
+    put(&mut s, class("urgent", 500, true), true);
+    apply(&mut s, 1, Command::PutQueue { queue: limited_queue(&["urgent:gpu=1"]), create: true });
+    let refused = apply(&mut s, 2, Command::DeletePriorityClass { name: "urgent".into() });
+    match &refused {
+        CommandResult::Rejected { kind: RejectKind::Conflict, message } => assert!(message.contains("queue \"limited\""), "{message}"),
+        other => panic!("expected a conflict: {other:?}"),
+    }
+    assert!(s.priority_class("urgent").is_some());
+    apply(&mut s, 3, Command::PutQueue { queue: limited_queue(&[]), create: false });
+    assert_eq!(apply(&mut s, 4, Command::DeletePriorityClass { name: "urgent".into() }), CommandResult::Ok);
+}
+
+#[test]
+fn a_queue_without_class_limits_is_stored_as_before() {
+    let json = serde_json::to_value(Queue::new("q", 1.0)).unwrap();
+    assert!(json.get("priority_class_limits").is_none(), "{json}");
+    let old: Queue = serde_json::from_value(json).unwrap();
+    assert!(old.priority_class_limits.is_empty());
+}
