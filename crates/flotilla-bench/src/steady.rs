@@ -10,7 +10,8 @@
 //! Measured over the window after `--warmup-s`: starts per second (tasks reaching `running`,
 //! from the task sets' event logs, stamped by the leader), submit-to-running p50 / p99 of the
 //! tasks submitted in the window (those not running 30 s after the run are counted apart), the
-//! leader process's CPU (user + system, in cores) and memory (resident now and at peak), and
+//! CPU (user + system, in cores) of the leader, the busiest follower and this process (the
+//! simulated executors and the clients), the leader's memory (resident now and at peak), and
 //! the busiest node's pods at the end.
 
 use std::sync::Arc;
@@ -68,6 +69,11 @@ pub fn load_clusters(args: &Args) -> anyhow::Result<ClustersFile> {
         }
     }
     Ok(file)
+}
+
+/// CPU seconds used so far by each of `pids`.
+fn cpu_seconds(pids: &[u32]) -> Vec<f64> {
+    pids.iter().map(|&p| process_usage(p).0).collect()
 }
 
 /// (CPU seconds used so far, resident bytes, peak resident bytes) of process `pid`.
@@ -170,6 +176,11 @@ pub async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     wait_for_clusters(&channels[0], names.len(), nodes).await?;
     let leader = leader_id(&channels[0]).await?;
     let leader_pid = replicas.children.get((leader - 1) as usize).context("the leader is not one of ours")?.id();
+    // The leader first, then the followers, then this process.
+    let pids: Vec<u32> = std::iter::once(leader_pid)
+        .chain(replicas.children.iter().map(|c| c.id()).filter(|&p| p != leader_pid))
+        .chain([std::process::id()])
+        .collect();
 
     // Open loop: every 100 ms, whatever is due by now at `--rate`, in submissions of at most
     // `--batch`, spread over every replica (followers forward to the leader).
@@ -184,7 +195,7 @@ pub async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     while started.elapsed() < Duration::from_secs(args.duration_s) {
         tick.tick().await;
         if usage_at_warmup.is_none() && started.elapsed() >= Duration::from_secs(args.warmup_s) {
-            usage_at_warmup = Some((Instant::now(), process_usage(leader_pid).0));
+            usage_at_warmup = Some((Instant::now(), cpu_seconds(&pids)));
         }
         let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
         while submitted < due {
@@ -204,10 +215,16 @@ pub async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             submitted += u64::from(count);
         }
     }
-    let (window_end, cpu_end) = (Instant::now(), process_usage(leader_pid).0);
+    let (window_end, cpu_end) = (Instant::now(), cpu_seconds(&pids));
     let window_end_ms = unix_ms();
     let (warm_at, cpu_warm) = usage_at_warmup.context("the run ended before its warm-up")?;
-    let leader_cores = (cpu_end - cpu_warm) / window_end.duration_since(warm_at).as_secs_f64();
+    // CPU cores each process used in the window: the leader, the followers, and this one
+    // (the simulated executors and the submitting clients).
+    let cores: Vec<f64> =
+        cpu_end.iter().zip(&cpu_warm).map(|(end, warm)| (end - warm) / window_end.duration_since(warm_at).as_secs_f64()).collect();
+    let leader_cores = cores[0];
+    let follower_cores = cores[1..cores.len() - 1].iter().copied().fold(0.0, f64::max);
+    let bench_cores = cores[cores.len() - 1];
     let mut failed_submits = 0usize;
     for p in pending {
         if p.await?.is_err() {
@@ -262,6 +279,8 @@ pub async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "p50_submit_to_running_ms": p(0.50),
         "p99_submit_to_running_ms": p(0.99),
         "leader_cpu_cores": leader_cores,
+        "busiest_follower_cpu_cores": follower_cores,
+        "bench_process_cpu_cores": bench_cores,
         "leader_rss_bytes": leader_rss,
         "leader_peak_rss_bytes": leader_peak,
         "follower_peak_rss_bytes": follower_peak,
