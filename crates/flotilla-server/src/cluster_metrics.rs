@@ -104,10 +104,11 @@ impl ClusterMetrics {
             let name = c.name.as_str();
             self.cordoned.with_label_values(&[name]).set(i64::from(c.cordoned));
             self.draining.with_label_values(&[name]).set(i64::from(c.draining));
-            self.tasks_left.with_label_values(&[name]).set(s.cluster_drain(name).map_or(0, |d| d.tasks_left as i64));
+            // `cluster_drain(name).tasks_left`, without listing what a drain waits for.
+            self.tasks_left.with_label_values(&[name]).set((s.active_count_in(name) + s.stopping_count_in(name)) as i64);
             let starts = s.active_in(name).filter(|t| t.state == flotilla_model::TaskState::Leased).count();
             self.unacknowledged.with_label_values(&[name, "start"]).set(starts as i64);
-            self.unacknowledged.with_label_values(&[name, "stop"]).set(s.stopping_in(name).count() as i64);
+            self.unacknowledged.with_label_values(&[name, "stop"]).set(s.stopping_count_in(name) as i64);
         }
         let stats = s.dispatch_stats();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -136,6 +136,18 @@ impl State {
         self.active_by_cluster.get(cluster).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
+    /// How many tasks hold resources in `cluster` (as `active_in(cluster).count()`, without
+    /// walking them).
+    pub fn active_count_in(&self, cluster: &str) -> usize {
+        self.active_by_cluster.get(cluster).map_or(0, BTreeSet::len)
+    }
+
+    /// How many tasks' ended attempts may still run in `cluster` (as
+    /// `stopping_in(cluster).count()`, without walking them).
+    pub fn stopping_count_in(&self, cluster: &str) -> usize {
+        self.stopping_by_cluster.get(cluster).map_or(0, BTreeSet::len)
+    }
+
     /// Tasks whose ended attempt may still run in `cluster` (see [`TaskRecord::stopping`]).
     pub fn stopping_in(&self, cluster: &str) -> impl Iterator<Item = &TaskRecord> {
         self.stopping_by_cluster.get(cluster).into_iter().flatten().filter_map(|id| self.tasks.get(id))

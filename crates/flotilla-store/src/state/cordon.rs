@@ -81,8 +81,7 @@ impl State {
     /// The cluster's cordon and drain state; `None` for an unknown cluster.
     pub fn cluster_drain(&self, name: &str) -> Option<ClusterDrain> {
         let c = self.clusters.get(name)?;
-        let active = self.active_in(name).count() as u64;
-        let tasks_left = active + self.stopping_in(name).count() as u64;
+        let tasks_left = (self.active_count_in(name) + self.stopping_count_in(name)) as u64;
         let state = match (c.cordoned, c.draining) {
             (false, _) => DrainState::Schedulable,
             (true, false) => DrainState::Cordoned,
