@@ -402,3 +402,46 @@ fn a_queue_s_class_limit_holds_its_class_at_a_fraction_of_the_pool_in_a_simulate
     let (code, _, err) = dev.cli(&["priority-class", "delete", "urgent"]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn mig_slices_and_time_sliced_gpus_fill_the_nodes_that_offer_them_in_a_simulated_cluster() {
+    let dev = DevProcess::start("tests/fixtures/clusters-gpusharing.toml", "5");
+    let (code, _, err) = dev.cli(&["queue", "create", "policy"]);
+    assert_eq!(code, 0, "{err}");
+    let (_dir, path) = task_file(
+        "queue: policy\ntaskSet: shared\ntasks:\n  \
+         - {name: slice, count: 8, image: busybox, resources: {cpu: 1, nvidia.com/mig-1g.10gb: 1}, sim: {duration: 1h}}\n  \
+         - {name: whole, count: 2, image: busybox, resources: {cpu: 1, nvidia.com/gpu: 1}, sim: {duration: 1h}}\n  \
+         - {name: replica, count: 4, image: busybox, resources: {cpu: 1, nvidia.com/gpu.shared: 1}, sim: {duration: 1h}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &path]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(&dev, "shared", "thirteen running", |s| count(s, "running") == 13);
+    let all = tasks(&dev, "shared");
+    let nodes_of = |name: &str| -> Vec<String> {
+        all.iter()
+            .filter(|t| t["name"] == name && t["state"] == "running")
+            .map(|t| t["node"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    // Seven slices, seven MIG tasks, all on the MIG node.
+    assert_eq!(nodes_of("slice").len(), 7, "{all:?}");
+    assert!(nodes_of("slice").iter().all(|n| n.contains("-mig-")), "MIG tasks on the MIG node: {all:?}");
+    // The MIG node is the cheapest, yet whole-GPU tasks never land on its slices.
+    assert_eq!(nodes_of("whole").len(), 2, "{all:?}");
+    assert!(nodes_of("whole").iter().all(|n| n.contains("-whole-")), "whole GPUs on the H100 node: {all:?}");
+    assert!(nodes_of("replica").iter().all(|n| n.contains("-sliced-")), "replicas on the time-sliced node: {all:?}");
+    let waiting: Vec<&Value> = all.iter().filter(|t| t["name"] == "slice" && t["state"] == "queued").collect();
+    assert_eq!(waiting.len(), 1, "{all:?}");
+    assert!(waiting[0]["reason"].as_str().unwrap_or_default().contains("nvidia.com/mig-1g.10gb"), "{:?}", waiting[0]);
+
+    // Whole GPUs and a slice in one task are refused naming the field; nothing is submitted.
+    let (_dir, bad) = task_file(
+        "queue: policy\ntaskSet: mixed\ntasks:\n  \
+         - {name: both, image: busybox, resources: {cpu: 1, nvidia.com/gpu: 1, nvidia.com/mig-1g.10gb: 1}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &bad]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("tasks[0].resources.nvidia.com/mig-1g.10gb: cannot be combined with nvidia.com/gpu"), "{err}");
+    assert!(tasks(&dev, "mixed").is_empty());
+}

@@ -17,6 +17,7 @@
 mod access;
 mod affinity;
 mod class_limits;
+mod gpu_sharing;
 mod node;
 mod queue;
 mod resources;
@@ -30,6 +31,11 @@ pub use affinity::{
     MAX_AFFINITY_VALUES, MAX_AFFINITY_WEIGHT,
 };
 pub use class_limits::{check_class_limits, is_pool_fraction, ClassLimit, LimitMax, LimitResource, MAX_CLASS_LIMITS_PER_QUEUE};
+pub use gpu_sharing::{
+    gpu_replicas_of, gpu_sharing, is_gpu_sharing_resource, mig_milli_gpu, replicas_milli_gpu, shared_gpu_replicas, GpuSharing, MigProfile,
+    A30_MIG_SLICES_PER_GPU, LABEL_GPU_REPLICAS, LABEL_GPU_SHARING_STRATEGY, LABEL_MIG_STRATEGY, MAX_GPU_REPLICAS, MIG_RESOURCE_PREFIX,
+    MIG_SLICES_PER_GPU, SHARED_GPU_RESOURCE,
+};
 pub use node::{
     check_nodes, normalize_gpu_model, Node, NodeRef, Taint, Toleration, Topology, MAX_LABELS_PER_NODE, MAX_LABEL_KEY_BYTES,
     MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_NODE_NAME_BYTES, MAX_TAINTS_PER_NODE,

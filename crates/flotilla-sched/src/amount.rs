@@ -2,12 +2,24 @@
 //!
 //! [`Resources`] carries a map of extended resources, which makes it costly to copy in the
 //! hot loop. The scheduler keeps GPU, CPU, memory and pods in an [`Amount`] and checks
-//! extended resources separately (they are rare and never drive fairness). Pods bound how
-//! many tasks a node runs (the kubelet's `maxPods`); they never count in fair shares.
+//! extended resources separately (they are rare). Pods bound how many tasks a node runs
+//! (the kubelet's `maxPods`); they never count in fair shares.
+//!
+//! Shared GPUs count in fair share by the fraction of a GPU they are, and only there:
+//! `gpu_milli` is whole GPUs plus MIG slices in milli-GPUs (from the profile names, see
+//! `flotilla_model::MigProfile`), `gpu_replicas` counts time-sliced replicas. A replica's
+//! worth depends on the nodes that offer it, so a cycle prices every replica alike: the
+//! GPUs behind all the replicas its nodes offer ÷ those replicas (`1/R` when every node
+//! shares its GPUs `R` ways). The federation's GPU total is the same sum over its nodes, so
+//! a queue holding every GPU, slice and replica has a share of exactly 1. Both are worked
+//! out once per task or node, and a task without extended resources costs nothing more.
 
 use std::collections::BTreeMap;
 
-use flotilla_model::{format_bytes, format_cpu_millis, Node, Resources, PODS_RESOURCE};
+use flotilla_model::{
+    format_bytes, format_cpu_millis, gpu_replicas_of, mig_milli_gpu, replicas_milli_gpu, shared_gpu_replicas, Node, Resources,
+    PODS_RESOURCE,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Amount {
@@ -17,6 +29,11 @@ pub(crate) struct Amount {
     /// Pods: 1 for a task, a count of tasks for what runs, the room left for a node
     /// ([`NO_POD_LIMIT`] when it reports none), 0 for queue guarantees and limits.
     pub pods: u64,
+    /// Whole GPUs and MIG slices in milli-GPUs, for fair share only (placement matches
+    /// `gpu` and the extended resources themselves).
+    pub gpu_milli: u64,
+    /// Time-sliced GPU replicas (`nvidia.com/gpu.shared`), for fair share only.
+    pub gpu_replicas: u64,
 }
 
 /// The pod room of a node that reports no pod limit: more than any node could hold.
@@ -25,7 +42,16 @@ pub(crate) const NO_POD_LIMIT: u64 = 1 << 40;
 impl Amount {
     /// Resources alone, without pods (a queue's guarantee).
     pub fn of(r: &Resources) -> Amount {
-        Amount { gpu: r.gpu, cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes, pods: 0 }
+        let (mig_milli, gpu_replicas) =
+            if r.extended.is_empty() { (0, 0) } else { (mig_milli_gpu(&r.extended), shared_gpu_replicas(&r.extended)) };
+        Amount {
+            gpu: r.gpu,
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+            pods: 0,
+            gpu_milli: r.gpu.saturating_mul(1000).saturating_add(mig_milli),
+            gpu_replicas,
+        }
     }
 
     /// What a task with requests `r` takes: its resources and one pod.
@@ -54,6 +80,8 @@ impl Amount {
             cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
             pods: self.pods.saturating_add(o.pods),
+            gpu_milli: self.gpu_milli.saturating_add(o.gpu_milli),
+            gpu_replicas: self.gpu_replicas.saturating_add(o.gpu_replicas),
         }
     }
 
@@ -63,6 +91,8 @@ impl Amount {
             cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
             pods: self.pods.saturating_sub(o.pods),
+            gpu_milli: self.gpu_milli.saturating_sub(o.gpu_milli),
+            gpu_replicas: self.gpu_replicas.saturating_sub(o.gpu_replicas),
         }
     }
 
@@ -70,12 +100,18 @@ impl Amount {
         Resources::new(self.cpu_millis, self.memory_bytes, self.gpu)
     }
 
-    /// The largest fraction of `total` this amount takes in any one resource. Resources
-    /// the federation does not have at all are left out, so an empty federation gives 0
-    /// and nothing divides by zero.
-    pub fn dominant_share(self, total: Amount) -> f64 {
+    /// The largest fraction of `total` this amount takes in any one resource, GPUs counted
+    /// as whole GPUs, MIG slices and time-sliced replicas at `replica_milli_gpu` each.
+    /// Resources the federation does not have at all are left out, so an empty federation
+    /// gives 0 and nothing divides by zero.
+    pub fn dominant_share(self, total: Amount, replica_milli_gpu: f64) -> f64 {
+        let gpus = |a: Amount| a.gpu_milli as f64 + a.gpu_replicas as f64 * replica_milli_gpu;
         let mut share: f64 = 0.0;
-        for (used, all) in [(self.gpu, total.gpu), (self.cpu_millis, total.cpu_millis), (self.memory_bytes, total.memory_bytes)] {
+        let all_gpus = gpus(total);
+        if all_gpus > 0.0 {
+            share = gpus(self) / all_gpus;
+        }
+        for (used, all) in [(self.cpu_millis, total.cpu_millis), (self.memory_bytes, total.memory_bytes)] {
             if all > 0 {
                 share = share.max(used as f64 / all as f64);
             }
@@ -105,6 +141,24 @@ impl Amount {
         } else {
             parts.join(" ")
         }
+    }
+}
+
+/// What one time-sliced replica is worth in a federation of `nodes`, in milli-GPUs: the GPUs
+/// behind every replica the nodes offer (each node's replicas ÷ its `nvidia.com/gpu.replicas`)
+/// ÷ those replicas. 0 when no node offers any.
+pub(crate) fn replica_milli_gpu<'a>(nodes: impl Iterator<Item = (&'a Node, Amount)>) -> f64 {
+    let (mut replicas, mut behind_milli) = (0u64, 0u64);
+    for (n, cap) in nodes {
+        if cap.gpu_replicas > 0 {
+            replicas = replicas.saturating_add(cap.gpu_replicas);
+            behind_milli = behind_milli.saturating_add(replicas_milli_gpu(cap.gpu_replicas, gpu_replicas_of(n)));
+        }
+    }
+    if replicas == 0 {
+        0.0
+    } else {
+        behind_milli as f64 / replicas as f64
     }
 }
 
@@ -150,10 +204,10 @@ mod tests {
 
     #[test]
     fn dominant_share_ignores_resources_the_federation_lacks() {
-        let total = Amount { gpu: 0, cpu_millis: 1000, memory_bytes: 0, pods: 0 };
-        let used = Amount { gpu: 4, cpu_millis: 250, memory_bytes: 7, pods: 3 };
-        assert_eq!(used.dominant_share(total), 0.25);
-        assert_eq!(used.dominant_share(Amount::default()), 0.0);
+        let total = Amount { cpu_millis: 1000, ..Amount::default() };
+        let used = Amount { gpu: 4, cpu_millis: 250, memory_bytes: 7, pods: 3, gpu_milli: 4000, gpu_replicas: 2 };
+        assert_eq!(used.dominant_share(total, 250.0), 0.25);
+        assert_eq!(used.dominant_share(Amount::default(), 0.0), 0.0);
     }
 
     #[test]

@@ -306,7 +306,6 @@ impl<'a> Cycle<'a> {
     }
 
     fn compute_fair_shares(&mut self) {
-        let total = self.index.total;
         let mut demand: Vec<Amount> = self.queues.iter().map(|q| q.alloc).collect();
         for (qi, q) in self.queues.iter().enumerate() {
             match &self.lazy {
@@ -319,7 +318,7 @@ impl<'a> Cycle<'a> {
                 }
             }
         }
-        let demands: Vec<f64> = demand.iter().map(|d| d.dominant_share(total)).collect();
+        let demands: Vec<f64> = demand.iter().map(|d| self.index.share(*d)).collect();
         let weights: Vec<f64> = self.queues.iter().map(|q| q.weight).collect();
         for (q, fs) in self.queues.iter_mut().zip(water_fill(&demands, &weights)) {
             q.fair_share = fs;
@@ -327,7 +326,7 @@ impl<'a> Cycle<'a> {
     }
 
     pub fn dominant_share(&self, q: usize) -> f64 {
-        self.queues[q].alloc.dominant_share(self.index.total)
+        self.index.share(self.queues[q].alloc)
     }
 
     /// (Re)queues `q` for a turn with its current share; older turns of `q` go stale.
@@ -336,7 +335,7 @@ impl<'a> Cycle<'a> {
         let qs = &mut self.queues[q];
         qs.version = qs.version.wrapping_add(1);
         if more {
-            let turn = Turn::new(qs.alloc.dominant_share(self.index.total), qs.weight, q, qs.version);
+            let turn = Turn::new(self.index.share(qs.alloc), qs.weight, q, qs.version);
             self.turns.push(Reverse(turn));
         }
     }
@@ -571,7 +570,6 @@ impl<'a> Cycle<'a> {
         let tasks = tasks.into_iter().map(|(t, r)| (t, if r == fallback { not_considered } else { r }));
         let unscheduled = reasons::unscheduled(&table, tasks, self.config.max_reasons);
 
-        let total = self.index.total;
         let queue_shares = input
             .queues
             .iter()
@@ -581,7 +579,7 @@ impl<'a> Cycle<'a> {
                 QueueShare {
                     queue: q.name.clone(),
                     fair_share: qs.fair_share,
-                    actual_share: qs.alloc.dominant_share(total).clamp(0.0, 1.0),
+                    actual_share: self.index.share(qs.alloc).clamp(0.0, 1.0),
                     allocated: qs.alloc.to_resources(),
                     demand: demand[qi].to_resources(),
                 }

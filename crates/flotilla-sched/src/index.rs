@@ -110,6 +110,8 @@ pub(crate) struct NodeIndex<'a> {
     pub by_ref: HashMap<(&'a str, &'a str), u32>,
     /// Schedulable capacity of every node: the denominator of every share.
     pub total: Amount,
+    /// What one time-sliced GPU replica is worth in fair share, in milli-GPUs (see `amount`).
+    pub replica_milli_gpu: f64,
     /// Every schedulable node, in node order.
     pub schedulable: Vec<u32>,
     pub domains: [Vec<Domain>; 3],
@@ -221,6 +223,7 @@ impl<'a> NodeIndex<'a> {
                 schedulable.push(i as u32);
             }
         }
+        let replica_milli_gpu = crate::amount::replica_milli_gpu(nodes.iter().map(|ns| (ns.node, ns.cap)));
         let max_gpu = nodes.iter().map(|n| n.cap.gpu).max().unwrap_or(0);
         let hist_len = if max_gpu <= MAX_HISTOGRAM_GPUS { max_gpu as usize + 1 } else { 0 };
 
@@ -230,6 +233,7 @@ impl<'a> NodeIndex<'a> {
             models,
             by_ref,
             total,
+            replica_milli_gpu,
             schedulable,
             domains,
             gpu_sets: Vec::new(),
@@ -265,6 +269,11 @@ impl<'a> NodeIndex<'a> {
             self.insert_keys(i as u32);
             self.hist_update(i as u32, true);
         }
+    }
+
+    /// `a`'s dominant share of the federation (see [`Amount::dominant_share`]).
+    pub fn share(&self, a: Amount) -> f64 {
+        a.dominant_share(self.total, self.replica_milli_gpu)
     }
 
     pub fn model_count(&self) -> usize {

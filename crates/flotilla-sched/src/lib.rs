@@ -226,6 +226,8 @@ mod class_limit_tests;
 #[cfg(test)]
 mod gang_tests;
 #[cfg(test)]
+mod gpu_sharing_tests;
+#[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;

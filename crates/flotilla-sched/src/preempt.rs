@@ -283,7 +283,7 @@ impl Cycle<'_> {
             if !qs.guarantee.fits_in(after) {
                 return false;
             }
-            let share = after.dominant_share(self.index.total) + SHARE_EPSILON;
+            let share = self.index.share(after) + SHARE_EPSILON;
             if q == ctx.queue || share < qs.protected_fraction * qs.fair_share || share < ctx.share_ratio * qs.fair_share {
                 reclaim = false;
             }

@@ -772,3 +772,160 @@ proptest! {
         assert_backlog_path_matches_full(&input)?;
     }
 }
+
+/// A federation of shared GPUs: nodes with whole GPUs, with MIG slices of two profiles
+/// (`nvidia.com/mig-1g.10gb`, `nvidia.com/mig-3g.40gb`), with time-sliced replicas
+/// (`nvidia.com/gpu.shared`, `R` per GPU in the `nvidia.com/gpu.replicas` label) or with
+/// CPU only; running tasks of every kind where they fit, and queued tasks of every kind.
+/// Node names are unique and nothing is reserved, so the federation's totals are plain sums.
+fn sharing_input(seed: u64, n_nodes: usize, n_queued: usize, n_running: usize, n_queues: usize) -> Input {
+    const KINDS: [&str; 4] = ["nvidia.com/mig-1g.10gb", "nvidia.com/mig-3g.40gb", SHARED_GPU_RESOURCE, GPU_RESOURCE];
+    let mut g = Gen(seed);
+    let nodes: Vec<Node> = (0..n_nodes)
+        .map(|i| {
+            let mut allocatable = Resources::new(1_000 * (8 + g.below(56)), GIB * (16 + g.below(500)), 0);
+            let mut labels = BTreeMap::new();
+            match g.below(4) {
+                0 => allocatable.gpu = 1 + g.below(8),
+                1 => {
+                    allocatable.extended.insert(KINDS[0].into(), g.below(15));
+                    allocatable.extended.insert(KINDS[1].into(), g.below(3));
+                }
+                2 => {
+                    let replicas = *g.pick(&[2u64, 3, 4, 8]);
+                    allocatable.extended.insert(SHARED_GPU_RESOURCE.into(), replicas * (1 + g.below(4)));
+                    labels.insert(LABEL_GPU_REPLICAS.to_string(), replicas.to_string());
+                }
+                _ => {}
+            }
+            Node {
+                cluster: g.pick(&CLUSTERS).to_string(),
+                name: format!("n{i}"),
+                allocatable,
+                reserved: Resources::default(),
+                topology: Topology { region: "r".into(), zone: format!("z{}", g.below(2)), rack: format!("r{}", g.below(3)) },
+                gpu_model: None,
+                instance_type: String::new(),
+                spot: false,
+                price_per_hour_usd: g.below(50) as f64,
+                labels,
+                taints: vec![],
+                unschedulable: false,
+            }
+        })
+        .collect();
+    let queues: Vec<Queue> = (0..n_queues).map(|q| Queue::new(format!("q{q}"), *g.pick(&[1.0, 2.0]))).collect();
+    let mut next_id = 1u64;
+    let mut new_task = |g: &mut Gen| {
+        let mut resources = Resources::new(250 * (1 + g.below(8)), GIB * (1 + g.below(8)), 0);
+        match *g.pick(&KINDS) {
+            GPU_RESOURCE => resources.gpu = 1 + g.below(2),
+            kind => {
+                resources.extended.insert(kind.to_string(), 1 + g.below(2));
+            }
+        }
+        let id = next_id;
+        next_id += 1;
+        SchedTask {
+            id: TaskId(id),
+            queue: format!("q{}", g.below(n_queues as u64)),
+            priority: 100,
+            preemptible: true,
+            priority_class: String::new(),
+            submit_seq: id,
+            resources,
+            gang: None,
+            placement: Placement::default(),
+            avoid_nodes: vec![],
+            avoid_clusters: vec![],
+        }
+    };
+    let mut used: HashMap<usize, Resources> = HashMap::new();
+    let mut running = Vec::new();
+    for _ in 0..n_running {
+        if nodes.is_empty() {
+            break;
+        }
+        let t = new_task(&mut g);
+        let ni = g.below(nodes.len() as u64) as usize;
+        let u = used.entry(ni).or_default();
+        if u.plus(&t.resources).fits_in(&nodes[ni].allocatable) {
+            u.add(&t.resources);
+            running.push(Running { task: t, node: nodes[ni].node_ref() });
+        }
+    }
+    let queued = (0..n_queued).map(|_| new_task(&mut g)).collect();
+    Input { queues, nodes, queued, running, config: Config::default(), held_queues: Default::default() }
+}
+
+fn sharing_inputs() -> impl Strategy<Value = Input> {
+    (any::<u64>(), 0usize..12, 0usize..40, 0usize..40, 1usize..4).prop_map(|(s, n, q, r, k)| sharing_input(s, n, q, r, k))
+}
+
+/// A queue's GPUs in milli-GPUs, as docs/task-file.md ("Shared GPUs") defines them: whole
+/// GPUs, MIG slices by profile, time-sliced replicas at `replica_milli` each.
+fn gpu_milli(r: &Resources, replica_milli: f64) -> f64 {
+    (r.gpu * 1000 + mig_milli_gpu(&r.extended)) as f64 + shared_gpu_replicas(&r.extended) as f64 * replica_milli
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_node_is_given_more_of_a_shared_gpu_than_it_reports(input in sharing_inputs()) {
+        for d in both_paths(&input) {
+            let preempted: BTreeSet<TaskId> = d.preemptions.iter().map(|p| p.task).collect();
+            let queued = queued_by_id(&input);
+            let mut used: HashMap<&NodeRef, Resources> = HashMap::new();
+            for r in input.running.iter().filter(|r| !preempted.contains(&r.task.id)) {
+                used.entry(&r.node).or_default().add(&r.task.resources);
+            }
+            for l in &d.leases {
+                used.entry(&l.node).or_default().add(&queued[&l.task].resources);
+            }
+            let nodes = node_map(&input);
+            for (node, u) in &used {
+                let cap = &nodes[*node].allocatable;
+                for (name, n) in u.extended.iter().filter(|(k, _)| is_gpu_sharing_resource(k)) {
+                    let has = cap.extended.get(name).copied().unwrap_or(0);
+                    prop_assert!(*n <= has, "{node} is given {n} {name} of {has}");
+                }
+                prop_assert!(u.gpu <= cap.gpu, "{node} is given {} whole GPUs of {}", u.gpu, cap.gpu);
+            }
+        }
+    }
+
+    #[test]
+    fn a_queues_fair_share_counts_the_gpu_fraction_of_its_slices_and_replicas(input in sharing_inputs()) {
+        let (mut replicas, mut behind) = (0u64, 0u64);
+        let mut total = Resources::default();
+        let mut total_gpu_milli = 0u64;
+        for n in &input.nodes {
+            let shared = shared_gpu_replicas(&n.allocatable.extended);
+            replicas += shared;
+            behind += replicas_milli_gpu(shared, gpu_replicas_of(n));
+            total_gpu_milli += n.allocatable.gpu * 1000 + mig_milli_gpu(&n.allocatable.extended);
+            total.add(&n.allocatable);
+        }
+        let replica_milli = if replicas == 0 { 0.0 } else { behind as f64 / replicas as f64 };
+        let all_gpus = total_gpu_milli as f64 + replicas as f64 * replica_milli;
+        for d in both_paths(&input) {
+            let usage = queue_usage(&input, &d);
+            for s in &d.queue_shares {
+                let u = usage.get(&s.queue).cloned().unwrap_or_default();
+                let mut want: f64 = 0.0;
+                for (used, all) in [(gpu_milli(&u, replica_milli), all_gpus), (u.cpu_millis as f64, total.cpu_millis as f64), (u.memory_bytes as f64, total.memory_bytes as f64)] {
+                    if all > 0.0 {
+                        want = want.max(used / all);
+                    }
+                }
+                prop_assert!((s.actual_share - want.min(1.0)).abs() < 1e-9, "queue {} share {} but holds {} of GPUs, CPU, memory: {}", s.queue, s.actual_share, u, want);
+            }
+        }
+    }
+
+    #[test]
+    fn the_backlog_path_decides_like_the_full_cycle_with_shared_gpus(input in sharing_inputs()) {
+        assert_backlog_path_matches_full(&input)?;
+    }
+}

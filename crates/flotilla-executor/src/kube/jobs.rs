@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::v1::LeasedTask;
-use flotilla_model::{PodSecurity, Resources, Taint, TaskId, GPU_RESOURCE};
+use flotilla_model::{is_gpu_sharing_resource, PodSecurity, Resources, Taint, TaskId, GPU_RESOURCE};
 use k8s_openapi::api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EnvVar, LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
@@ -155,7 +155,8 @@ pub fn job_for_lease(task: &LeasedTask, hostname: &str, node_taints: &[Taint], i
     env.extend(user_env.into_iter().map(|(k, v)| env_var(k, v.clone())));
 
     let mut tolerations: Vec<Toleration> = Vec::new();
-    if requests.gpu > 0 {
+    // A MIG slice or time-sliced replica is on a GPU node, tainted like one.
+    if requests.gpu > 0 || requests.extended.keys().any(|k| is_gpu_sharing_resource(k)) {
         tolerations.push(Toleration {
             key: Some(GPU_RESOURCE.into()),
             operator: Some("Exists".into()),

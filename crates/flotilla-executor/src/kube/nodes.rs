@@ -34,6 +34,16 @@ const SPOT_LABELS: [(&str, &str); 4] = [
 /// other `domain/name` resources come from `status.allocatable`. A node whose `Ready` condition is not `True`, a cordoned one, and
 /// one being drained (a taint of [`DRAIN_TAINTS`]) is reported as unschedulable: nothing new
 /// is leased onto it and its capacity is not offered.
+///
+/// Shared GPUs come as the device plugin advertises them: MIG slices (mixed strategy) as
+/// `nvidia.com/mig-<profile>` and time-sliced replicas (`renameByDefault: true`) as
+/// `nvidia.com/gpu.shared`, with GPU Feature Discovery's labels (`nvidia.com/gpu.replicas`
+/// prices a replica in fair share). When the plugin advertises slices or replicas as
+/// `nvidia.com/gpu` instead (MIG's single strategy, whose product label reads
+/// `...-MIG-1g.10gb`; time slicing without renaming, whose product label ends in `-SHARED`),
+/// they are not whole GPUs and a Job could not ask for them by their own name: the node
+/// reports no GPUs, so no task expecting a whole GPU lands on a slice (docs/task-file.md,
+/// "Shared GPUs").
 pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) -> Option<flotilla_model::Node> {
     let name = node.metadata.name.clone()?;
     let labels: BTreeMap<String, String> = node.metadata.labels.clone().unwrap_or_default();
@@ -50,6 +60,9 @@ pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) 
     let instance_type =
         labels.get(LABEL_INSTANCE_TYPE).or_else(|| labels.get("beta.kubernetes.io/instance-type")).cloned().unwrap_or_default();
     let spot = SPOT_LABELS.iter().any(|(k, v)| labels.get(*k).is_some_and(|l| l == v));
+    if labels.get(LABEL_GPU_PRODUCT).is_some_and(|p| gpus_are_shared(p)) {
+        allocatable.gpu = 0;
+    }
     let gpu_model = labels.get(LABEL_GPU_PRODUCT).filter(|p| !p.is_empty() && allocatable.gpu > 0).map(|p| normalize_gpu_model(p));
     let spec = node.spec.as_ref();
     let taints = spec
@@ -78,6 +91,13 @@ pub fn node_from_k8s(cluster: &str, node: &K8sNode, config: &KubeBackendConfig) 
         taints,
         unschedulable: cordoned || !ready,
     })
+}
+
+/// True when GPU Feature Discovery's product label says the node's `nvidia.com/gpu` are MIG
+/// slices (single strategy: `NVIDIA-A100-SXM4-40GB-MIG-1g.5gb`) or shared replicas
+/// (`NVIDIA-A100-SXM4-40GB-SHARED`).
+fn gpus_are_shared(product: &str) -> bool {
+    product.contains("-MIG-") || product.ends_with("-SHARED")
 }
 
 /// A resource list (`{cpu: "7910m", memory: "31Gi", nvidia.com/gpu: "8"}`) as resources.

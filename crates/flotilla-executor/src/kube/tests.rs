@@ -539,3 +539,82 @@ fn the_progress_url_and_token_reach_the_container_only_from_the_tracker_and_only
             && !env[1].ends_with("mine")
     );
 }
+
+/// A GPU node as GPU Feature Discovery and NVIDIA's device plugin label and advertise it.
+fn shared_gpu_node(name: &str, labels: Value, allocatable: Value) -> Value {
+    let mut all_labels = json!({"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": "us-east-1a"});
+    for (k, v) in labels.as_object().unwrap() {
+        all_labels[k] = v.clone();
+    }
+    let mut all_allocatable = json!({"cpu": "64", "memory": "512Gi", "pods": "110"});
+    for (k, v) in allocatable.as_object().unwrap() {
+        all_allocatable[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": all_labels},
+        "spec": {},
+        "status": {"allocatable": all_allocatable, "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+#[tokio::test]
+async fn mig_and_time_sliced_nodes_report_their_slices_and_replicas_and_never_slices_as_whole_gpus() {
+    let server = seeded(vec![
+        // Mixed strategy: one A100 split into seven 1g.10gb slices, one whole A100 left.
+        shared_gpu_node(
+            "mig-mixed",
+            json!({"nvidia.com/mig.strategy": "mixed", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/mig-1g.10gb.count": "7"}),
+            json!({"nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "7"}),
+        ),
+        // Time slicing with renameByDefault: two GPUs shared four ways.
+        shared_gpu_node(
+            "time-sliced",
+            json!({"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing", "nvidia.com/gpu.product": "NVIDIA-A10G"}),
+            json!({"nvidia.com/gpu.shared": "8"}),
+        ),
+        // Single strategy: the slices are advertised as nvidia.com/gpu.
+        shared_gpu_node(
+            "mig-single",
+            json!({"nvidia.com/mig.strategy": "single", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb", "nvidia.com/mig-1g.5gb.count": "7"}),
+            json!({"nvidia.com/gpu": "7"}),
+        ),
+        // Time slicing without renaming: the replicas are advertised as nvidia.com/gpu.
+        shared_gpu_node(
+            "shared-unrenamed",
+            json!({"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.product": "NVIDIA-A10G-SHARED"}),
+            json!({"nvidia.com/gpu": "4"}),
+        ),
+    ])
+    .await;
+    let backend = backend(&server).await;
+    let nodes = backend.nodes().await.unwrap();
+    let by_name = |n: &str| nodes.iter().find(|x| x.name == n).unwrap_or_else(|| panic!("{n} reported"));
+    let mixed = by_name("mig-mixed");
+    assert_eq!(mixed.allocatable.gpu, 1, "the whole GPU stays a GPU");
+    assert_eq!(mixed.allocatable.extended.get("nvidia.com/mig-1g.10gb"), Some(&7));
+    assert_eq!(mixed.gpu_model.as_deref(), Some("A100"));
+    let sliced = by_name("time-sliced");
+    assert_eq!(sliced.allocatable.gpu, 0);
+    assert_eq!(sliced.allocatable.extended.get("nvidia.com/gpu.shared"), Some(&8));
+    assert_eq!(flotilla_model::gpu_replicas_of(sliced), 4, "the replicas label reaches the scheduler");
+    for name in ["mig-single", "shared-unrenamed"] {
+        let n = by_name(name);
+        assert_eq!(n.allocatable.gpu, 0, "{name}: slices or replicas advertised as nvidia.com/gpu are not whole GPUs");
+        assert_eq!(n.gpu_model, None, "{name}");
+    }
+}
+
+#[test]
+fn a_mig_lease_requests_exactly_its_profile_and_tolerates_the_gpu_taint() {
+    let mut requests = flotilla_api::v1::ResourceAmounts { cpu_millis: 2_000, memory_bytes: 8 << 30, ..Default::default() };
+    requests.extended.insert("nvidia.com/mig-1g.10gb".into(), 1);
+    let task = LeasedTask { requests: Some(requests), limits: None, ..lease() };
+    let job = serde_json::to_value(jobs::job_for_lease(&task, "h", &[], INSTALLATION, &KubeBackendConfig::default())).unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["resources"],
+        json!({"requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/mig-1g.10gb": "1"}, "limits": {"nvidia.com/mig-1g.10gb": "1"}})
+    );
+    assert_eq!(pod["tolerations"], json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]));
+}

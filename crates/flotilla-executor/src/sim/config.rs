@@ -34,7 +34,22 @@
 //! max_pods = 110                # the kubelet's maxPods (optional; 110 as in Kubernetes)
 //! labels = { "karpenter.sh/nodepool" = "h100" }
 //! taints = [{ key = "dedicated", value = "training", effect = "NoSchedule" }]
+//! mig = { "1g.10gb" = 7 }       # MIG slices per node, beside `gpu` whole GPUs (optional)
+//! gpu_replicas = 4              # `gpu` GPUs time-sliced this many ways (optional)
 //! ```
+//!
+//! Shared GPUs are reported as the kube backend reads a node that NVIDIA's device plugin
+//! and GPU Feature Discovery set up (docs/task-file.md, "Shared GPUs"):
+//!
+//! - `mig`: the mixed strategy. Each profile becomes the allocatable resource
+//!   `nvidia.com/mig-<profile>` with its count per node and the label
+//!   `nvidia.com/mig-<profile>.count`; the node is labelled `nvidia.com/mig.strategy=mixed`.
+//!   `gpu` counts the whole GPUs left unpartitioned (0 for a node whose every GPU is split);
+//!   `gpu_product` is required.
+//! - `gpu_replicas = R` (at least 2): time slicing with `renameByDefault`. The pool's `gpu`
+//!   GPUs become `gpu * R` of `nvidia.com/gpu.shared` and no `nvidia.com/gpu`; the node is
+//!   labelled `nvidia.com/gpu.replicas=R` and `nvidia.com/gpu.sharing-strategy=time-slicing`.
+//!   Not with `mig`.
 //!
 //! Nodes of a pool are spread over its zones: with racks, whole racks go round-robin to
 //! zones (a rack never spans two zones); without, nodes go round-robin.
@@ -44,7 +59,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_model::{
-    is_dns1123_label, normalize_gpu_model, parse_bytes, parse_cpu_millis, Node, Resources, Taint, Topology, PODS_RESOURCE,
+    is_dns1123_label, normalize_gpu_model, parse_bytes, parse_cpu_millis, quote, MigProfile, Node, Resources, Taint, Topology,
+    LABEL_GPU_REPLICAS, LABEL_GPU_SHARING_STRATEGY, LABEL_MIG_STRATEGY, MAX_GPU_REPLICAS, MAX_NODE_GPUS, MIG_RESOURCE_PREFIX,
+    PODS_RESOURCE, SHARED_GPU_RESOURCE,
 };
 use serde::Deserialize;
 
@@ -146,6 +163,13 @@ pub struct PoolConfig {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub taints: Vec<Taint>,
+    /// MIG slices per node by profile (`"1g.10gb" = 7`), as the device plugin's mixed
+    /// strategy advertises them.
+    #[serde(default)]
+    pub mig: BTreeMap<String, u64>,
+    /// Time-sliced replicas per GPU: the pool's GPUs are offered as `nvidia.com/gpu.shared`.
+    #[serde(default)]
+    pub gpu_replicas: Option<u64>,
 }
 
 /// The kubelet's default `maxPods`.
@@ -270,9 +294,10 @@ impl PoolConfig {
         }
         self.allocatable()?;
         self.reserved()?;
-        if self.gpu > 0 && self.gpu_product.as_deref().is_none_or(str::is_empty) {
-            return Err("gpu_product: required when gpu > 0 (e.g. \"NVIDIA-H100-80GB-HBM3\")".into());
+        if (self.gpu > 0 || !self.mig.is_empty()) && self.gpu_product.as_deref().is_none_or(str::is_empty) {
+            return Err("gpu_product: required when gpu > 0 or with mig (e.g. \"NVIDIA-H100-80GB-HBM3\")".into());
         }
+        self.validate_shared_gpus()?;
         if !(self.price_per_hour_usd.is_finite() && self.price_per_hour_usd >= 0.0) {
             return Err(format!("price_per_hour_usd: {} must be zero or more", self.price_per_hour_usd));
         }
@@ -296,12 +321,59 @@ impl PoolConfig {
         Ok(())
     }
 
+    fn validate_shared_gpus(&self) -> Result<(), String> {
+        for (profile, count) in &self.mig {
+            if MigProfile::parse(profile).is_none() {
+                return Err(format!("mig: {} is not a MIG profile (e.g. \"1g.10gb\", \"3g.40gb\", \"1g.10gb+me\")", quote(profile)));
+            }
+            if !(1..=MAX_NODE_GPUS * 7).contains(count) {
+                return Err(format!("mig.{profile}: {count} slices must be between 1 and {}", MAX_NODE_GPUS * 7));
+            }
+        }
+        if let Some(r) = self.gpu_replicas {
+            if !(2..=MAX_GPU_REPLICAS).contains(&r) {
+                return Err(format!("gpu_replicas: {r} must be between 2 and {MAX_GPU_REPLICAS}"));
+            }
+            if self.gpu == 0 {
+                return Err("gpu_replicas: needs gpu > 0 (the GPUs that are time-sliced)".into());
+            }
+            if !self.mig.is_empty() {
+                return Err("gpu_replicas: cannot be combined with mig".into());
+            }
+        }
+        Ok(())
+    }
+
     fn allocatable(&self) -> Result<Resources, String> {
         let cpu = parse_cpu_millis(&self.cpu).map_err(|e| format!("cpu: {e}"))?;
         let memory = parse_bytes(&self.memory).map_err(|e| format!("memory: {e}"))?;
         let mut r = Resources::new(cpu, memory, self.gpu);
         r.extended.insert(PODS_RESOURCE.to_string(), u64::from(self.max_pods));
+        for (profile, count) in &self.mig {
+            r.extended.insert(format!("{MIG_RESOURCE_PREFIX}{profile}"), *count);
+        }
+        if let Some(replicas) = self.gpu_replicas {
+            r.gpu = 0;
+            r.extended.insert(SHARED_GPU_RESOURCE.to_string(), self.gpu.saturating_mul(replicas));
+        }
         Ok(r)
+    }
+
+    /// The labels GPU Feature Discovery sets on a node of this pool.
+    fn gpu_labels(&self, labels: &mut BTreeMap<String, String>) {
+        let Some(product) = self.gpu_product.as_ref().filter(|_| self.gpu > 0 || !self.mig.is_empty()) else { return };
+        labels.insert("nvidia.com/gpu.product".to_string(), product.clone());
+        labels.insert("nvidia.com/gpu.count".to_string(), self.gpu.to_string());
+        if !self.mig.is_empty() {
+            labels.insert(LABEL_MIG_STRATEGY.to_string(), "mixed".to_string());
+            for (profile, count) in &self.mig {
+                labels.insert(format!("{MIG_RESOURCE_PREFIX}{profile}.count"), count.to_string());
+            }
+        }
+        if let Some(replicas) = self.gpu_replicas {
+            labels.insert(LABEL_GPU_REPLICAS.to_string(), replicas.to_string());
+            labels.insert(LABEL_GPU_SHARING_STRATEGY.to_string(), "time-slicing".to_string());
+        }
     }
 
     fn reserved(&self) -> Result<Resources, String> {
@@ -330,7 +402,7 @@ impl PoolConfig {
                 Some(r) => format!("{}-{}-rack-{:02}", cluster.name, self.name, r + 1),
             };
             let name = format!("{}-{}-{:0width$}", cluster.name, self.name, i + 1);
-            let gpu_model = self.gpu_product.as_deref().filter(|_| self.gpu > 0).map(normalize_gpu_model);
+            let gpu_model = self.gpu_product.as_deref().filter(|_| allocatable.gpu > 0).map(normalize_gpu_model);
             let mut labels = BTreeMap::from([
                 ("kubernetes.io/hostname".to_string(), name.clone()),
                 ("node.kubernetes.io/instance-type".to_string(), self.instance_type.clone()),
@@ -342,10 +414,7 @@ impl PoolConfig {
             if !rack.is_empty() {
                 labels.insert(crate::kube::DEFAULT_RACK_LABEL.to_string(), rack.clone());
             }
-            if let (Some(product), true) = (&self.gpu_product, self.gpu > 0) {
-                labels.insert("nvidia.com/gpu.product".to_string(), product.clone());
-                labels.insert("nvidia.com/gpu.count".to_string(), self.gpu.to_string());
-            }
+            self.gpu_labels(&mut labels);
             labels.retain(|_, v| !v.is_empty());
             labels.extend(self.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
             out.push(Node {
@@ -429,6 +498,43 @@ nodes_per_rack = 2
     }
 
     #[test]
+    fn mig_and_time_sliced_pools_report_what_the_kube_backend_reads_from_such_nodes() {
+        let text = SMALL.replace("gpu = 8\n", "gpu = 1\nmig = { \"1g.10gb\" = 7, \"3g.40gb\" = 2 }\n");
+        let nodes = parse_clusters(&text, "c.toml").unwrap().sim_nodes("a").unwrap();
+        let n = &nodes[0];
+        assert_eq!(n.allocatable.gpu, 1, "the unpartitioned GPU");
+        assert_eq!(n.allocatable.extended.get("nvidia.com/mig-1g.10gb"), Some(&7));
+        assert_eq!(n.allocatable.extended.get("nvidia.com/mig-3g.40gb"), Some(&2));
+        assert_eq!(n.labels.get(LABEL_MIG_STRATEGY).map(String::as_str), Some("mixed"));
+        assert_eq!(n.labels.get("nvidia.com/mig-1g.10gb.count").map(String::as_str), Some("7"));
+        assert_eq!(n.gpu_model.as_deref(), Some("H100"));
+
+        let text = SMALL.replace("gpu = 8\n", "gpu = 2\ngpu_replicas = 4\n");
+        let nodes = parse_clusters(&text, "c.toml").unwrap().sim_nodes("a").unwrap();
+        let n = &nodes[0];
+        assert_eq!(n.allocatable.gpu, 0, "time-sliced GPUs are not whole GPUs");
+        assert_eq!(n.allocatable.extended.get(SHARED_GPU_RESOURCE), Some(&8));
+        assert_eq!(flotilla_model::gpu_replicas_of(n), 4);
+        assert_eq!(n.labels.get(LABEL_GPU_SHARING_STRATEGY).map(String::as_str), Some("time-slicing"));
+        assert_eq!(n.gpu_model, None);
+        assert_eq!(flotilla_model::check_nodes(&nodes), vec![]);
+    }
+
+    #[test]
+    fn bad_shared_gpu_pools_are_refused_naming_the_field() {
+        for (edit, want) in [
+            ("gpu = 8\nmig = { \"0g.10gb\" = 7 }\n", "pool[0] \"gpu\": mig: \"0g.10gb\" is not a MIG profile"),
+            ("gpu = 8\nmig = { \"1g.10gb\" = 0 }\n", "pool[0] \"gpu\": mig.1g.10gb: 0 slices must be between 1 and"),
+            ("gpu = 8\ngpu_replicas = 1\n", "pool[0] \"gpu\": gpu_replicas: 1 must be between 2 and 1024"),
+            ("gpu = 0\ngpu_replicas = 4\n", "pool[0] \"gpu\": gpu_replicas: needs gpu > 0"),
+            ("gpu = 8\ngpu_replicas = 4\nmig = { \"1g.10gb\" = 7 }\n", "pool[0] \"gpu\": gpu_replicas: cannot be combined with mig"),
+        ] {
+            let e = parse_clusters(&SMALL.replace("gpu = 8\n", edit), "c.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
     fn the_example_federation_loads_and_stays_light() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clusters.example.toml");
         let file = load_clusters(&path).unwrap();
@@ -445,5 +551,7 @@ nodes_per_rack = 2
         assert!(cpu_only > 0);
         let onprem = file.sim_nodes("onprem-lab").unwrap();
         assert!(onprem.iter().filter(|n| n.gpu_model.as_deref() == Some("H100")).all(|n| !n.topology.rack.is_empty()));
+        assert!(onprem.iter().any(|n| n.allocatable.extended.contains_key("nvidia.com/mig-1g.10gb")), "the example shows MIG slices");
+        assert!(onprem.iter().any(|n| n.allocatable.extended.contains_key(SHARED_GPU_RESOURCE)), "and time-sliced GPUs");
     }
 }

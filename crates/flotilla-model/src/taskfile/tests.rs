@@ -83,6 +83,43 @@ fn limits_below_requests_are_rejected() {
 }
 
 #[test]
+fn a_task_may_request_mig_slices_and_time_sliced_replicas_but_not_with_whole_gpus() {
+    let mut t = template("a");
+    t.resources.insert("nvidia.com/mig-1g.10gb".into(), "2".into());
+    t.resources.insert("nvidia.com/gpu.shared".into(), "1".into());
+    let specs = expand("q", "s", &[t.clone()], &SubmitLimits::default()).unwrap();
+    assert_eq!(specs[0].resources.extended.get("nvidia.com/mig-1g.10gb"), Some(&2));
+    assert_eq!(specs[0].resources.extended.get("nvidia.com/gpu.shared"), Some(&1));
+    assert_eq!(specs[0].resources.gpu, 0);
+
+    t.resources.insert("nvidia.com/gpu".into(), "1".into());
+    assert_eq!(
+        errors_of(&[t]),
+        vec![
+            "tasks[0].resources.nvidia.com/gpu.shared: cannot be combined with nvidia.com/gpu: request whole GPUs or a shared GPU (a MIG slice or time-sliced replica), not both",
+            "tasks[0].resources.nvidia.com/mig-1g.10gb: cannot be combined with nvidia.com/gpu: request whole GPUs or a shared GPU (a MIG slice or time-sliced replica), not both",
+        ]
+    );
+}
+
+#[test]
+fn a_bad_mig_profile_name_is_refused_naming_the_field_and_quoting_a_short_prefix() {
+    for bad in ["nvidia.com/mig-0g.10gb", "nvidia.com/mig-abc"] {
+        let mut t = template("a");
+        t.resources.insert(bad.into(), "1".into());
+        let errors = errors_of(&[t]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("tasks[0].resources.{bad}: \"{bad}\" is not a MIG profile")), "{errors:?}");
+    }
+    let long = format!("nvidia.com/mig-{}", "x".repeat(5000));
+    let mut t = template("a");
+    t.limits.insert(long.clone(), "1".into());
+    let errors = errors_of(&[t]);
+    assert!(errors.iter().any(|e| e.starts_with("tasks[0].limits.nvidia.com/mig-x") && e.contains("is not a MIG profile")), "{errors:?}");
+    assert!(errors.iter().all(|e| e.len() < 1500), "the bad name is echoed only in part: {errors:?}");
+}
+
+#[test]
 fn a_task_cannot_request_pods_it_is_one() {
     let mut t = template("a");
     t.resources.insert("pods".into(), "2".into());

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::taskfile::{FieldError, TaskTemplate};
-use crate::{quote, QuantityError, Resources, PODS_RESOURCE};
+use crate::{gpu_sharing, quote, QuantityError, Resources, GPU_RESOURCE, PODS_RESOURCE};
 
 /// The requests and the limits of a template.
 pub(super) fn requests_and_limits(p: &str, t: &TaskTemplate, errors: &mut Vec<FieldError>) -> (Resources, Resources) {
@@ -17,6 +17,7 @@ pub(super) fn requests_and_limits(p: &str, t: &TaskTemplate, errors: &mut Vec<Fi
             errors.push(FieldError::new(format!("{p}.{field}.{PODS_RESOURCE}"), "cannot be requested: every task is one pod"));
         }
     }
+    shared_gpus(p, t, &resources, errors);
     for (key, requested, limit) in [
         ("cpu", resources.cpu_millis, limits.cpu_millis),
         ("memory", resources.memory_bytes, limits.memory_bytes),
@@ -34,6 +35,25 @@ pub(super) fn requests_and_limits(p: &str, t: &TaskTemplate, errors: &mut Vec<Fi
         }
     }
     (resources, limits)
+}
+
+/// Shared GPUs (MIG slices, time-sliced replicas): names NVIDIA's device plugin could
+/// advertise, and never together with whole GPUs. Kubernetes would accept the mix, but a pod
+/// then holds a whole GPU and a slice of another, which is almost always a mistake in the
+/// task file (and would make the task's GPU fraction for fair share ambiguous).
+fn shared_gpus(p: &str, t: &TaskTemplate, resources: &Resources, errors: &mut Vec<FieldError>) {
+    for (field, map) in [("resources", &t.resources), ("limits", &t.limits)] {
+        for key in map.keys() {
+            match gpu_sharing(key) {
+                Some(Err(why)) => errors.push(FieldError::new(format!("{p}.{field}.{key}"), format!("{} {why}", quote(key)))),
+                Some(Ok(_)) if field == "resources" && resources.gpu > 0 => errors.push(FieldError::new(
+                    format!("{p}.{field}.{key}"),
+                    format!("cannot be combined with {GPU_RESOURCE}: request whole GPUs or a shared GPU (a MIG slice or time-sliced replica), not both"),
+                )),
+                _ => {}
+            }
+        }
+    }
 }
 
 fn quantities(path: &str, map: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) -> Resources {
