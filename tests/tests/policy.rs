@@ -343,6 +343,21 @@ fn a_gang_of_a_launcher_and_workers_starts_together_in_one_rack_knows_its_roles_
     let (code, _, err) = dev.cli(&["submit", &bad]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("tasks[1].after[0]: \"a\" is in the same gang group \"g\""), "{err}");
+
+    // Every member of a gang has one priority class (issue 17 item 6): a mixed gang is refused
+    // naming both fields, and nothing of it is stored.
+    let (_mixed_dir, mixed) = task_file(
+        "queue: policy\ntaskSet: mixedclass\ntasks:\n  \
+         - {name: a, gang: {group: g}, image: busybox, resources: {cpu: 1}}\n  \
+         - {name: b, gang: {group: g}, priorityClass: critical, image: busybox, resources: {cpu: 1}}\n",
+    );
+    let (code, _, err) = dev.cli(&["submit", &mixed]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tasks[1].priorityClass: \"critical\" differs from tasks[0].priorityClass \"default\" of gang group \"g\""),
+        "{err}"
+    );
+    assert!(tasks(&dev, "mixedclass").is_empty(), "a refused gang stores nothing");
 }
 
 #[test]
