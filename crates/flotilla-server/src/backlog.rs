@@ -51,9 +51,9 @@ pub fn all_schedulable(s: &State, now_ms: u64) -> Vec<flotilla_model::SchedTask>
     s.queued().filter(|t| s.is_schedulable(t, now_ms)).map(|t| sched_task(s, t, avoid_after, now_ms)).collect()
 }
 
-/// Every task holding resources, converted for the scheduler (O(running tasks)).
-/// What [`LeaderBacklog::lend_running`] lends without converting anything; kept so that the
-/// `leader` benchmark compares both in one run.
+/// Every task holding resources, converted for the scheduler (O(running tasks)): what each
+/// cycle built before the leader kept the list ([`LeaderBacklog::lend_running`]). Kept for
+/// the `leader` benchmark and as what the kept list is checked against.
 pub fn running(s: &State) -> Vec<Running> {
     let avoid_after = s.limits.avoid_cluster_after_failures;
     s.active().filter_map(|t| converted_running(s, t, avoid_after)).collect()
