@@ -24,7 +24,8 @@ pub const MIN_CYCLE_GAP: Duration = Duration::from_millis(50);
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 /// Shortest time between two refreshes of the state's gauges by this loop. Each refresh walks
 /// every active task under the state's read lock, which holds off the state machine's apply;
-/// after every cycle, it took a third of the replicas' CPU at 5,000 starts per second. A
+/// run after every cycle, it took 29% of the replicas' CPU samples at 5,000 starts per second
+/// and 150,000 running tasks (BENCHMARKS.md, "End to end at real density"). A
 /// scrape of `/metrics` refreshes them itself, so a scrape never reads stale gauges.
 const STATE_METRICS_EVERY: Duration = Duration::from_secs(1);
 
